@@ -1,0 +1,5 @@
+"""`python -m promptmlr` (also what `accelerate launch -m promptmlr` runs)."""
+
+from promptmlr.cli import main
+
+raise SystemExit(main())

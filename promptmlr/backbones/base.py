@@ -1,0 +1,173 @@
+"""The one interface every frozen CLIP backbone offers, whatever library its weights come from.
+
+A backbone turns images into a global embedding *and* dense per-location features in the joint
+image-text space, and turns token embeddings (not just token ids) into text embeddings, so that
+learnable context vectors can stand in for words (CoOp, Zhou et al. 2022; DualCoOp, Sun et al. 2022).
+
+"Frozen" is enforced, not hoped for: parameters never require gradients, the module stays in eval
+mode when a parent calls ``.train()``, and its weights never enter a parent's ``state_dict()``; a
+spec string and a weight fingerprint identify it instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class BackboneLoadError(RuntimeError):
+    """The weights for a backbone spec could not be obtained; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What image preprocessing a backbone expects: input resolution and normalisation."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+
+@dataclass
+class ImageFeatures:
+    """Output of :meth:`FrozenCLIP.encode_image`.
+
+    ``global_features`` is CLIP's own image embedding ``[B, D]``; ``dense_features`` holds one
+    joint-space vector per spatial location ``[B, H*W, D]`` (row-major over ``grid``).
+    """
+
+    global_features: torch.Tensor
+    dense_features: torch.Tensor
+    grid: tuple[int, int]
+
+
+DENSE_MODES = ("value", "tokens")
+
+
+def weight_fingerprint(module: nn.Module) -> str:
+    """SHA-256 over every named tensor's name, dtype, shape and bytes.
+
+    Computed on the weights as loaded (before any resolution change), so the same checkpoint has
+    the same fingerprint at every input size and whichever file format it came in.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+class FrozenCLIP(nn.Module, ABC):
+    """Base class of all backbones. Subclasses wrap one library's CLIP model as ``self.model``."""
+
+    def __init__(self, spec: str, preprocess: PreprocessConfig, dense_mode: str, fingerprint: str):
+        super().__init__()
+        if dense_mode not in DENSE_MODES:
+            raise ValueError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
+        self.spec = spec
+        self.preprocess = preprocess
+        self.dense_mode = dense_mode
+        self.fingerprint = fingerprint
+        self._register_state_dict_hook(_drop_own_entries)
+        self._register_load_state_dict_pre_hook(_fill_own_entries, with_module=True)
+
+    def freeze(self) -> "FrozenCLIP":
+        """Turn off gradients and dropout for good; subclasses call this at the end of ``__init__``."""
+        self.requires_grad_(False)
+        super().train(False)
+        return self
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        """Ignore ``mode``: a frozen encoder stays in eval mode (BatchNorm statistics, dropout)."""
+        return super().train(False)
+
+    # ----------------------------------------------------------------------------------- image side
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.image_size
+
+    def transform(self, train: bool = False, **augmentations) -> Callable:
+        """PIL image -> normalised tensor at this backbone's resolution (see ``data.transforms``)."""
+        from promptmlr.data.transforms import build_transform
+
+        return build_transform(self.preprocess, train=train, **augmentations)
+
+    @abstractmethod
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """Global embedding and dense joint-space features for a normalised image batch."""
+
+    # ------------------------------------------------------------------------------------ text side
+    @property
+    @abstractmethod
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text space."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Number of token positions the text encoder takes."""
+
+    @property
+    @abstractmethod
+    def token_embedding(self) -> nn.Embedding:
+        """The text encoder's token-embedding table (ids -> ``[width]`` vectors)."""
+
+    @property
+    @abstractmethod
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature, already exponentiated (about 100 for OpenAI's models)."""
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``[N, context_length]`` with start and end-of-text tokens, zero or eot padded."""
+
+    @abstractmethod
+    def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Index of the end-of-text token in each row of ``token_ids`` (where text features are read)."""
+
+    @abstractmethod
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
+        """Joint-space text features ``[N, D]`` from token embeddings ``[N, context_length, width]``."""
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = False) -> torch.Tensor:
+        """Text features for plain strings, through the same embedding path learnable prompts use."""
+        device = self.token_embedding.weight.device
+        token_ids = self.tokenize(texts).to(device)
+        features = self.encode_text_embeddings(self.token_embedding(token_ids), self.eot_positions(token_ids))
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def describe(self) -> dict:
+        """What identifies this backbone in checkpoints and exports (instead of its weights)."""
+        return {
+            "spec": self.spec,
+            "fingerprint": self.fingerprint,
+            "image_size": self.image_size,
+            "dense_mode": self.dense_mode,
+            "embed_dim": self.embed_dim,
+        }
+
+
+def _drop_own_entries(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: a frozen backbone contributes nothing to its parent's ``state_dict()``."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        del state_dict[key]
+
+
+def _fill_own_entries(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load pre-hook: supply the backbone's own current tensors, so that loading a parent's
+    ``state_dict()`` (which lacks them by design) neither fails strict checks nor changes them."""
+    for module_name, submodule in module.named_modules():
+        owner = f"{prefix}{module_name}." if module_name else prefix
+        persistent = {**submodule._parameters, **{
+            name: buffer for name, buffer in submodule._buffers.items()
+            if name not in submodule._non_persistent_buffers_set}}
+        for name, tensor in persistent.items():
+            if tensor is not None:
+                state_dict.setdefault(owner + name, tensor)

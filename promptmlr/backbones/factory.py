@@ -1,0 +1,58 @@
+"""Backbone specs -> frozen CLIP backbones: the single entry point, like open_clip's ``create_model``.
+
+A spec names where the weights come from::
+
+    openclip:<arch>                   random weights (seeded; tests and speed benchmarks)
+    openclip:<arch>:<pretrained-tag>  open_clip's download, e.g. openclip:RN101:openai
+    openclip:<arch>:<path>            a local checkpoint file
+    hf:<hub-id> | hf:<local-dir>      a transformers CLIPModel directory
+    <alias>                           a name registered with :func:`register_backbone_alias`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+
+from promptmlr.backbones.base import FrozenCLIP
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)  # tiny test architectures (and the sandbox's) by name
+
+_ALIASES: dict[str, str] = {}
+
+
+def register_backbone_alias(name: str, spec: str) -> None:
+    """Let ``name`` stand for ``spec`` wherever a backbone spec is accepted."""
+    _ALIASES[name] = spec
+
+
+def list_backbones() -> dict[str, str]:
+    """Registered aliases and the specs they stand for; plus any ``openclip:``/``hf:`` spec."""
+    return dict(_ALIASES)
+
+
+def resolve_spec(spec: str) -> str:
+    return _ALIASES.get(spec, spec)
+
+
+def create_backbone(spec: str, image_size: int | None = None, dense_mode: str = "value") -> FrozenCLIP:
+    """Build the frozen backbone named by ``spec`` at input resolution ``image_size`` (None keeps the
+    model's own). Raises :class:`BackboneLoadError` when weights cannot be obtained."""
+    resolved = resolve_spec(spec)
+    source, _, rest = resolved.partition(":")
+    if source == "openclip" and rest:
+        from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model
+
+        arch, _, weights = rest.partition(":")
+        model = load_openclip_model(arch, weights or None)
+        return OpenCLIPBackbone(spec, model, image_size=image_size, dense_mode=dense_mode)
+    if source == "hf" and rest:
+        from promptmlr.backbones.hf import HFCLIPBackbone, load_hf_clip
+
+        model, tokenizer, processor = load_hf_clip(rest)
+        return HFCLIPBackbone(spec, model, tokenizer, processor, image_size=image_size, dense_mode=dense_mode)
+    aliases = ", ".join(sorted(_ALIASES)) or "none"
+    raise ValueError(f"unknown backbone spec {spec!r}: use 'openclip:<arch>[:<tag-or-file>]', "
+                     f"'hf:<hub-id-or-dir>' or a registered name ({aliases})")
