@@ -1,0 +1,43 @@
+"""Shared test fixtures: the `../shared` folder, and tiny frozen backbones that run in milliseconds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOKENIZER_DIR = SHARED / "models" / "clip-bpe-tokenizer"
+TINY_SPECS = ("openclip:promptmlr-tiny-vit", "openclip:promptmlr-tiny-rn")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ``../shared``; skips the calling test with a reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: the shared data folder is not beside this checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny transformers CLIPModel saved with the real CLIP tokenizer files (offline)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer_dir = shared_path("models", "clip-bpe-tokenizer")
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-hf-clip")
+    CLIPModel(config).save_pretrained(directory)
+    for file in tokenizer_dir.iterdir():
+        if file.name != "README.md":
+            shutil.copy(file, directory)
+    return directory

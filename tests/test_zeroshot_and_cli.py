@@ -1,0 +1,68 @@
+"""The zero-shot Python API and the command-line skeleton."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from promptmlr.backbones import create_backbone
+from promptmlr.cli import main
+from promptmlr.zeroshot import class_text_features, zeroshot_scores
+
+CLASSES = ["cat", "dog", "traffic light"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone("openclip:promptmlr-tiny-vit")
+
+
+def test_scores_are_scaled_cosines_of_global_image_and_class_features(backbone):
+    images = torch.randn(5, 3, 32, 32)
+    scores = zeroshot_scores(backbone, images, CLASSES, templates=["a photo of a {}.", "a {}"], batch_size=2)
+    text = class_text_features(backbone, CLASSES, templates=["a photo of a {}.", "a {}"])
+    image = torch.nn.functional.normalize(backbone.encode_image(images).global_features, dim=-1)
+    torch.testing.assert_close(scores, backbone.logit_scale * image @ text.T)
+    assert scores.shape == (5, 3)
+
+
+def test_template_ensemble_is_the_normalised_mean_of_prompt_features(backbone):
+    features = class_text_features(backbone, ["cat"], templates=["a photo of a {}.", "a sketch of a {}."])
+    prompts = backbone.encode_text(["a photo of a cat.", "a sketch of a cat."], normalize=True)
+    torch.testing.assert_close(features[0], torch.nn.functional.normalize(prompts.mean(0), dim=-1))
+
+
+def test_description_ensemble_and_missing_descriptions(backbone):
+    descriptions = {"cat": ["a small furry pet with whiskers"], "dog": ["a barking pet"],
+                    "traffic light": ["a pole with red, amber and green lamps"]}
+    features = class_text_features(backbone, CLASSES, descriptions=descriptions)
+    torch.testing.assert_close(features[2], backbone.encode_text(descriptions["traffic light"], normalize=True)[0])
+    with pytest.raises(ValueError, match=r"no descriptions for classes: \['traffic light'\]"):
+        class_text_features(backbone, CLASSES, descriptions={"cat": ["x"], "dog": ["y"]})
+
+
+def test_pil_images_go_through_the_eval_transform_and_standardize(backbone):
+    images = [Image.new("L", (40, 24), 90), Image.new("RGB", (20, 50), (10, 200, 30))]
+    scores = zeroshot_scores(backbone, images, CLASSES, standardize=True)
+    expected = zeroshot_scores(backbone, torch.stack([backbone.transform()(i.convert("RGB")) for i in images]),
+                               CLASSES, standardize=True)
+    torch.testing.assert_close(scores, expected)
+    torch.testing.assert_close(scores.mean(dim=1), torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("tune", "eval", "predict", "export", "zeroshot", "data"):
+        assert command in out
+
+
+def test_console_script_reports_version():
+    result = subprocess.run([sys.executable, "-m", "promptmlr", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("promptmlr ")
