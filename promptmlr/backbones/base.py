@@ -163,7 +163,7 @@ def _drop_own_entries(module: nn.Module, state_dict: dict, prefix: str, local_me
 def _fill_own_entries(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     """Load pre-hook: supply the backbone's own current tensors, so that loading a parent's
     ``state_dict()`` (which lacks them by design) neither fails strict checks nor changes them."""
-    for module_name, submodule in module.named_modules():
+    for module_name, submodule in module.named_modules(remove_duplicate=False):
         owner = f"{prefix}{module_name}." if module_name else prefix
         persistent = {**submodule._parameters, **{
             name: buffer for name, buffer in submodule._buffers.items()

@@ -116,10 +116,14 @@ class OpenCLIPBackbone(FrozenCLIP):
                                       cfg.get("interpolation", "bicubic"))
         super().__init__(spec, preprocess, dense_mode, fingerprint)
         self.model = model
-        self.text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower apart
         self._tokenizer = open_clip.SimpleTokenizer(context_length=self.text.context_length)
         _set_input_size(visual, preprocess.image_size)
         self.freeze()
+
+    @property
+    def text(self) -> nn.Module:
+        """The text tower: the CLIP model itself, or CustomTextCLIP's separate ``text`` module."""
+        return getattr(self.model, "text", self.model)
 
     # ----------------------------------------------------------------------------------- image side
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:

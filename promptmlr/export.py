@@ -1,0 +1,143 @@
+"""The learned-prompts file: everything a method learned, in one self-describing safetensors file.
+
+Like a transformers/PEFT artefact it carries a header that says what it is for: format version,
+method and its config, backbone spec and weight fingerprint, input resolution, class names,
+descriptions, context length, decision thresholds, training metrics and the partial-label mask's
+hash. Loading rebuilds the method on the named backbone and refuses a file that does not fit.
+
+A second format, ``text-embeddings``, is a plain ``[C, D]`` classifier (each class's positive prompt
+feature) in ``.safetensors`` or ``.npy``, usable with open_clip or transformers alone:
+``scores = normalize(clip.encode_image(x)) @ embeddings.T``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from promptmlr.backbones import FrozenCLIP, create_backbone
+from promptmlr.models import MultiLabelMethod, build_method
+
+FORMAT_NAME = "promptmlr-prompts"
+FORMAT_VERSION = 1
+HEADER_KEY = "promptmlr"
+EXPORT_FORMATS = ("promptmlr", "text-embeddings")
+
+
+class PromptsFileError(ValueError):
+    """A prompts file that cannot be read, or that does not fit the backbone or dataset given."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temp_path)`` then rename over ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    return path
+
+
+def save_prompts(method: MultiLabelMethod, path: str | Path, thresholds: Sequence[float] | None = None,
+                 metrics: dict | None = None, mask_sha256: str | None = None, extra: dict | None = None) -> Path:
+    """Write ``method``'s learned tensors and a header describing them (atomically)."""
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **method.describe(),
+        "backbone": method.backbone.describe(),
+        "class_names": method.class_names,
+        "descriptions": method.descriptions,
+        "context_length": getattr(method.config, "n_ctx", None),
+        "thresholds": list(thresholds) if thresholds is not None else None,
+        "metrics": metrics or {},
+        "mask_sha256": mask_sha256,
+        **(extra or {}),
+    }
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in method.state_dict().items()}
+    return atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata={HEADER_KEY: json.dumps(header)}))
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a prompts file, checked to be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptsFileError(f"prompts file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for non-safetensors bytes
+        raise PromptsFileError(f"{path} is not a safetensors prompts file: {error}") from error
+    if HEADER_KEY not in metadata:
+        raise PromptsFileError(f"{path} has no promptmlr header; was it written by `promptmlr export`?")
+    header = json.loads(metadata[HEADER_KEY])
+    if header.get("format") != FORMAT_NAME or header.get("format_version", 0) > FORMAT_VERSION:
+        raise PromptsFileError(f"{path}: format {header.get('format')} v{header.get('format_version')} is not "
+                               f"readable by this promptmlr (reads {FORMAT_NAME} up to v{FORMAT_VERSION})")
+    return header
+
+
+def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
+                 class_names: Sequence[str] | None = None) -> tuple[MultiLabelMethod, dict[str, Any]]:
+    """Rebuild the method stored in ``path`` on ``backbone`` (default: the backbone its header names).
+
+    Refuses a backbone whose weight fingerprint differs from the one the prompts were learned on,
+    and, when ``class_names`` are given, a file learned for other classes.
+    """
+    header = read_header(path)
+    stored = header["backbone"]
+    if backbone is None:
+        backbone = create_backbone(stored["spec"], image_size=stored["image_size"], dense_mode=stored["dense_mode"])
+    if backbone.fingerprint != stored["fingerprint"]:
+        raise PromptsFileError(
+            f"{path} was learned on backbone '{stored['spec']}' (weights {stored['fingerprint'][:12]}…), but the "
+            f"backbone given is '{backbone.spec}' (weights {backbone.fingerprint[:12]}…). Use --backbone "
+            f"{stored['spec']} with the same weights, or learn prompts for this backbone.")
+    if class_names is not None and list(class_names) != header["class_names"]:
+        raise PromptsFileError(_class_mismatch(path, header["class_names"], list(class_names)))
+    method = build_method(header["method"], backbone, header["class_names"], header.get("descriptions"),
+                          **header.get("method_config", {}))
+    with safe_open(str(path), framework="pt") as handle:
+        state = {name: handle.get_tensor(name) for name in handle.keys()}
+    method.load_state_dict(state, strict=True)
+    return method, header
+
+
+def _class_mismatch(path: str | Path, stored: list[str], given: list[str]) -> str:
+    if len(stored) != len(given):
+        return (f"{path} holds prompts for {len(stored)} classes, but the dataset has {len(given)}; "
+                f"export prompts learned on this dataset")
+    differing = [(a, b) for a, b in zip(stored, given) if a != b][:5]
+    return f"{path} was learned for other classes (file vs dataset, first differences: {differing})"
+
+
+def export_text_embeddings(method: MultiLabelMethod, path: str | Path) -> Path:
+    """Write the ``[C, D]`` positive class features as ``.safetensors`` (with class names and the
+    backbone in the metadata) or ``.npy`` (array only; class order as in the run's config)."""
+    path = Path(path)
+    embeddings = method.class_embeddings().detach().cpu().float().contiguous()
+    if path.suffix == ".npy":
+        return atomic_write(path, lambda temp: _save_npy(temp, embeddings.numpy()))
+    if path.suffix != ".safetensors":
+        raise PromptsFileError(f"text embeddings are written as .safetensors or .npy, not {path.suffix!r}")
+    metadata = {"class_names": json.dumps(method.class_names), "backbone": json.dumps(method.backbone.describe()),
+                "method": method.name}
+    return atomic_write(path, lambda temp: save_file({"text_embeddings": embeddings}, str(temp), metadata=metadata))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file object, so numpy does not append '.npy' to the temp name
+        np.save(handle, array)

@@ -1,0 +1,10 @@
+"""Methods that score C classes from frozen CLIP features, resolved by name (``--method``).
+
+Importing this package registers every method: ``zeroshot``, ``linear``, ``dualcoop``,
+``positivecoop`` and ``promptmlr``.
+"""
+
+from promptmlr.models import coop, decoupled, linear, zeroshot  # noqa: F401  (registration)
+from promptmlr.models.base import MethodOutput, MultiLabelMethod, build_method, list_methods, register_method
+
+__all__ = ["MethodOutput", "MultiLabelMethod", "build_method", "list_methods", "register_method"]

@@ -1,0 +1,122 @@
+"""What every method shares: its output, its base class and the method registry.
+
+A method scores C classes from a frozen backbone's image features. It takes :class:`ImageFeatures`
+rather than pixels so that the engine can compute features once and cache them (the encoder is
+frozen); the backbone stays attached for its text encoder, which learnable prompts go through.
+
+Every method emits one logit per class whose sigmoid is P(positive). DualCoOp's two-way softmax
+over {negative, positive} scores is the same thing: softmax([s_neg, s_pos])[1] = sigmoid(s_pos - s_neg).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
+
+BYTES_PER_FLOAT = 4
+
+
+@dataclass
+class MethodOutput:
+    """Per-class logits ``[B, C]`` and, where the method has them, per-class spatial attention
+    ``[B, C, H*W]`` over ``grid``, category-specific features ``[B, C, D]`` and the class features
+    ``[C, D]`` they were scored against."""
+
+    logits: torch.Tensor
+    attention: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    category_features: torch.Tensor | None = None
+    class_features: torch.Tensor | None = None
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def attention_maps(self) -> torch.Tensor | None:
+        """Attention reshaped to images ``[B, C, H, W]`` for visualisation."""
+        if self.attention is None or self.grid is None:
+            return None
+        return self.attention.reshape(*self.attention.shape[:2], *self.grid)
+
+
+class MultiLabelMethod(nn.Module):
+    """Base class: subclasses set ``name`` and ``Config`` (a dataclass) and implement ``forward``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, backbone: FrozenCLIP, class_names: Sequence[str], config: Any,
+                 descriptions: Mapping[str, Sequence[str]] | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.class_names = list(class_names)
+        self.config = config
+        self.descriptions = {name: list(descriptions[name]) for name in class_names} if descriptions else None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def forward(self, features: ImageFeatures) -> MethodOutput:
+        raise NotImplementedError
+
+    def predict_images(self, images: torch.Tensor) -> MethodOutput:
+        """Encode normalised images with the frozen backbone, then score them."""
+        return self(self.backbone.encode_image(images))
+
+    def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra training terms beyond the classification loss (none by default)."""
+        return {}
+
+    def class_embeddings(self) -> torch.Tensor:
+        """Unit-norm joint-space vector per class ``[C, D]`` (its positive prompt feature): a plain
+        classifier usable with open_clip or transformers alone."""
+        raise NotImplementedError
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:
+        """Rough forward activation memory for a batch (the part that grows with C and HW)."""
+        return BYTES_PER_FLOAT * batch_size * self.num_classes * 2
+
+    def summary(self, batch_size: int, locations: int) -> str:
+        mebibytes = self.estimate_activation_bytes(batch_size, locations) / 2**20
+        return (f"method {self.name}: {self.trainable_parameter_count():,} trainable parameters; "
+                f"~{mebibytes:.1f} MiB head activations per batch of {batch_size} "
+                f"({self.num_classes} classes x {locations} locations)")
+
+    def describe(self) -> dict:
+        return {"method": self.name, "method_config": dataclasses.asdict(self.config)}
+
+
+_METHODS: dict[str, type[MultiLabelMethod]] = {}
+
+
+def register_method(cls: type[MultiLabelMethod]) -> type[MultiLabelMethod]:
+    """Class decorator: make a method available to ``build_method`` and ``--method`` by its name."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def build_method(name: str, backbone: FrozenCLIP, class_names: Sequence[str],
+                 descriptions: Mapping[str, Sequence[str]] | None = None, **options: Any) -> MultiLabelMethod:
+    """Create method ``name`` with ``options`` overriding its config defaults."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
+    cls = _METHODS[name]
+    fields = {field.name for field in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"method {name!r} has no option(s) {unknown}; its options: {sorted(fields)}")
+    return cls(backbone, class_names, cls.Config(**options), descriptions)

@@ -1,0 +1,81 @@
+"""DualCoOp (Sun et al., NeurIPS 2022) and PositiveCoOp (Rawlekar et al., 2024).
+
+Both compare every location's dense feature with each class's positive and negative feature and
+aggregate with DualCoOp's class-specific region aggregation: a spatial softmax of the positive
+similarity map weights the positive and the negative region scores (DualCoOp, section 3.3, its
+``20 * cos`` maps and ``5 *`` output scale). DualCoOp learns the negative as a text prompt;
+PositiveCoOp as a joint-space embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from promptmlr.backbones.base import ImageFeatures
+from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod, register_method
+from promptmlr.models.prompts import NegativeEmbedding, PromptConfig, PromptLearner
+
+
+@dataclass
+class CoOpConfig(PromptConfig):
+    map_scale: float = 20.0  # similarity maps are map_scale * cosine (DualCoOp)
+    output_scale: float = 5.0  # logits are output_scale * aggregated map scores (DualCoOp)
+
+
+def region_aggregation(dense: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, map_scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DualCoOp's class-specific region aggregation.
+
+    ``dense [B, HW, D]``, unit-norm ``positive``/``negative [C, D]`` -> positive and negative region
+    scores ``[B, C]`` and the spatial weights ``[B, C, HW]`` (softmax of the positive map).
+    """
+    dense = F.normalize(dense, dim=-1)
+    positive_map = map_scale * torch.einsum("bld,cd->bcl", dense, positive)
+    negative_map = map_scale * torch.einsum("bld,cd->bcl", dense, negative)
+    weights = torch.softmax(positive_map, dim=-1)
+    return (weights * positive_map).sum(-1), (weights * negative_map).sum(-1), weights
+
+
+class _RegionPromptMethod(MultiLabelMethod):
+    Config = CoOpConfig
+
+    def __init__(self, backbone, class_names, config: CoOpConfig, descriptions=None):
+        super().__init__(backbone, class_names, config, descriptions)
+        self.positive = PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
+                                      config.init_phrase, self.descriptions)
+        self.negative = self._negative_branch()
+
+    def _negative_branch(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def forward(self, features: ImageFeatures) -> MethodOutput:
+        positive, negative, weights = region_aggregation(features.dense_features, self.positive(), self.negative(),
+                                                         self.config.map_scale)
+        return MethodOutput(self.config.output_scale * (positive - negative), weights, features.grid)
+
+    def class_embeddings(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.positive()
+
+    def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:
+        return BYTES_PER_FLOAT * 6 * batch_size * self.num_classes * locations  # 3 maps and their gradients
+
+
+@register_method
+class DualCoOp(_RegionPromptMethod):
+    name = "dualcoop"
+
+    def _negative_branch(self) -> torch.nn.Module:
+        config = self.config
+        return PromptLearner(self.backbone, self.class_names, config.n_ctx, config.class_specific, init="random")
+
+
+@register_method
+class PositiveCoOp(_RegionPromptMethod):
+    name = "positivecoop"
+
+    def _negative_branch(self) -> torch.nn.Module:
+        return NegativeEmbedding(self.num_classes, self.backbone.embed_dim)

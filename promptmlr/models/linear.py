@@ -1,0 +1,46 @@
+"""A linear probe on frozen CLIP features (strong on MLR-PL per PositiveCoOp, Rawlekar et al. 2024)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptmlr.backbones.base import ImageFeatures
+from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
+from promptmlr.zeroshot import class_text_features
+
+POOLINGS = ("global", "dense")
+
+
+@dataclass
+class LinearConfig:
+    features: str = "global"  # CLIP's global embedding, or the mean of the dense features
+    init_scale: float = 10.0  # weights start as this times the zero-shot class features
+
+
+@register_method
+class LinearProbe(MultiLabelMethod):
+    """``logits = W x + b`` on the unit-norm image feature; W starts from the zero-shot classifier
+    (as LP-FT, Kumar et al. 2022), so training starts from CLIP's ranking rather than from noise."""
+
+    name = "linear"
+    Config = LinearConfig
+
+    def __init__(self, backbone, class_names, config: LinearConfig, descriptions=None):
+        super().__init__(backbone, class_names, config, descriptions)
+        if config.features not in POOLINGS:
+            raise ValueError(f"linear features must be one of {POOLINGS}, got {config.features!r}")
+        self.classifier = nn.Linear(backbone.embed_dim, self.num_classes)
+        with torch.no_grad():
+            self.classifier.weight.copy_(config.init_scale * class_text_features(backbone, class_names))
+            self.classifier.bias.zero_()
+
+    def forward(self, features: ImageFeatures) -> MethodOutput:
+        pooled = features.global_features if self.config.features == "global" else features.dense_features.mean(1)
+        return MethodOutput(self.classifier(F.normalize(pooled, dim=-1)))
+
+    def class_embeddings(self) -> torch.Tensor:
+        return F.normalize(self.classifier.weight.detach(), dim=-1)

@@ -1,0 +1,124 @@
+"""Learnable prompts: context vectors in front of each class name, through the frozen text encoder.
+
+CoOp (Zhou et al., IJCV 2022) replaces a hand-written template with learnable token embeddings
+``[v_1 ... v_M] <class name> .``; class-specific contexts (one set per class) follow CoOp's CSC
+variant and DualCoOp (Sun et al., NeurIPS 2022). PositiveCoOp (Rawlekar et al., 2024) replaces the
+negative *prompt* by a learned joint-space embedding, reporting that negative text prompts hurt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptmlr.backbones.base import FrozenCLIP
+
+CONTEXT_INIT_STD = 0.02  # CoOp's random context initialisation
+PLACEHOLDER = "X"
+PROMPT_INITS = ("phrase", "random", "descriptions-tokens", "descriptions-features")
+
+
+@dataclass
+class PromptConfig:
+    """How the positive prompts are built (shared by every prompt-learning method).
+
+    ``init``: ``phrase`` (context starts as ``init_phrase``), ``random``, ``descriptions-tokens``
+    (each class's context starts as the token embeddings of its first description) or
+    ``descriptions-features`` (phrase context plus a per-class feature offset that makes the initial
+    prompt feature equal the class's description-ensemble feature).
+    """
+
+    n_ctx: int = 16
+    class_specific: bool = True
+    init: str = "phrase"
+    init_phrase: str = "a photo of a"
+
+
+class PromptLearner(nn.Module):
+    """Learnable context + fixed class-name tokens -> one unit-norm text feature per class ``[C, D]``."""
+
+    def __init__(self, backbone: FrozenCLIP, class_names: Sequence[str], n_ctx: int = 16,
+                 class_specific: bool = True, init: str = "phrase", init_phrase: str = "a photo of a",
+                 descriptions: Mapping[str, Sequence[str]] | None = None):
+        super().__init__()
+        if init not in PROMPT_INITS:
+            raise ValueError(f"prompt init must be one of {PROMPT_INITS}, got {init!r}")
+        if init.startswith("descriptions") and not descriptions:
+            raise ValueError(f"prompt init {init!r} needs class descriptions (--descriptions FILE)")
+        if init == "descriptions-tokens" and not class_specific:
+            raise ValueError("prompt init 'descriptions-tokens' needs class-specific contexts")
+        self.backbone = backbone
+        self.n_ctx = n_ctx
+        token_ids = backbone.tokenize([" ".join([PLACEHOLDER] * n_ctx + [name]) + "." for name in class_names])
+        if (backbone.eot_positions(token_ids) >= backbone.context_length - 1).any():
+            raise ValueError(f"{n_ctx} context tokens plus a class name exceed the text encoder's "
+                             f"{backbone.context_length} positions; lower n_ctx")
+        with torch.no_grad():
+            embedded = backbone.token_embedding(token_ids)
+        self.register_buffer("eot", backbone.eot_positions(token_ids), persistent=False)
+        self.register_buffer("prefix", embedded[:, :1], persistent=False)  # start-of-text
+        self.register_buffer("suffix", embedded[:, 1 + n_ctx:], persistent=False)  # name, '.', end, padding
+        shape = (len(class_names), n_ctx) if class_specific else (n_ctx,)
+        self.context = nn.Parameter(self._initial_context(shape, init, init_phrase, class_names, descriptions))
+        self.feature_offset = None
+        if init == "descriptions-features":
+            self.feature_offset = nn.Parameter(self._offset_to_descriptions(class_names, descriptions))
+
+    def _initial_context(self, shape: tuple[int, ...], init: str, phrase: str, class_names: Sequence[str],
+                         descriptions: Mapping[str, Sequence[str]] | None) -> torch.Tensor:
+        width = self.prefix.shape[-1]
+        context = torch.randn(*shape, width) * CONTEXT_INIT_STD
+        if init in ("phrase", "descriptions-features"):
+            phrase_embedding = self._words_embedding([phrase])[0]
+            if phrase_embedding.shape[0] > self.n_ctx:
+                raise ValueError(f"init phrase {phrase!r} has {phrase_embedding.shape[0]} tokens, more than "
+                                 f"n_ctx={self.n_ctx}")
+            context[..., self.n_ctx - phrase_embedding.shape[0]:, :] = phrase_embedding
+        elif init == "descriptions-tokens":
+            for index, embedding in enumerate(self._words_embedding([descriptions[n][0] for n in class_names])):
+                kept = embedding[-self.n_ctx:]
+                context[index, self.n_ctx - kept.shape[0]:] = kept
+        return context
+
+    def _words_embedding(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Token embeddings of each text without its start and end tokens."""
+        token_ids = self.backbone.tokenize(texts)
+        ends = self.backbone.eot_positions(token_ids)
+        with torch.no_grad():
+            embedded = self.backbone.token_embedding(token_ids)
+        return [embedded[i, 1:end] for i, end in enumerate(ends.tolist())]
+
+    @torch.no_grad()
+    def _offset_to_descriptions(self, class_names: Sequence[str],
+                                descriptions: Mapping[str, Sequence[str]]) -> torch.Tensor:
+        from promptmlr.zeroshot import class_text_features
+
+        target = class_text_features(self.backbone, class_names, descriptions=descriptions)
+        return target - F.normalize(self._encode(), dim=-1)
+
+    def _encode(self) -> torch.Tensor:
+        classes = self.prefix.shape[0]
+        context = self.context if self.context.dim() == 3 else self.context.expand(classes, -1, -1)
+        embeddings = torch.cat([self.prefix, context.to(self.prefix.dtype), self.suffix], dim=1)
+        return self.backbone.encode_text_embeddings(embeddings, self.eot)
+
+    def forward(self) -> torch.Tensor:
+        features = F.normalize(self._encode(), dim=-1)
+        if self.feature_offset is not None:
+            features = F.normalize(features + self.feature_offset, dim=-1)
+        return features
+
+
+class NegativeEmbedding(nn.Module):
+    """PositiveCoOp's negative branch: a learned joint-space vector per class, no text encoder."""
+
+    def __init__(self, num_classes: int, embed_dim: int):
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(num_classes, embed_dim) * CONTEXT_INIT_STD)
+
+    def forward(self) -> torch.Tensor:
+        return F.normalize(self.embedding, dim=-1)

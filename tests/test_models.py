@@ -1,0 +1,241 @@
+"""Methods, prompts, the decoupling head, descriptions and the learned-prompts file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from promptmlr.backbones import create_backbone
+from promptmlr.descriptions import DescriptionsError, check_classes, load_descriptions, shipped_descriptions_path
+from promptmlr.export import PromptsFileError, export_text_embeddings, load_prompts, read_header, save_prompts
+from promptmlr.models import build_method, list_methods
+from promptmlr.models.head import SemanticDecouplingHead
+from promptmlr.models.prompts import PromptLearner
+from tests.conftest import TINY_SPECS
+
+CLASSES = ["cat", "dog", "traffic light", "red sofa"]
+DESCRIPTIONS = {name: [f"a blurry picture of a {name}", f"a {name} seen from above"] for name in CLASSES}
+TRAINABLE = [name for name in list_methods() if name != "zeroshot"]
+
+
+@pytest.fixture(scope="module", params=TINY_SPECS)
+def backbone(request):
+    return create_backbone(request.param)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return create_backbone(TINY_SPECS[0])
+
+
+def _batch(backbone, size: int = 6, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(size, 3, backbone.image_size, backbone.image_size, generator=generator)
+    targets = torch.randint(0, 2, (size, len(CLASSES)), generator=generator).float() * 2 - 1
+    targets[0, 0] = 0  # one unknown entry
+    return backbone.encode_image(images), targets
+
+
+def _loss(method, features, targets):
+    output = method(features)
+    known = targets != 0
+    loss = F.binary_cross_entropy_with_logits(output.logits[known], (targets[known] > 0).float())
+    return loss + sum(method.auxiliary_losses(output, targets).values())
+
+
+# ------------------------------------------------------------------------------------ every method
+@pytest.mark.parametrize("name", list_methods())
+def test_output_shapes(backbone, name):
+    features, _ = _batch(backbone)
+    output = build_method(name, backbone, CLASSES, DESCRIPTIONS)(features)
+    assert output.logits.shape == (6, len(CLASSES))
+    assert torch.all((output.probabilities >= 0) & (output.probabilities <= 1))
+    if output.attention is not None:
+        locations = features.dense_features.shape[1]
+        assert output.attention.shape == (6, len(CLASSES), locations)
+        torch.testing.assert_close(output.attention.sum(-1), torch.ones(6, len(CLASSES)))
+        assert output.attention_maps().shape == (6, len(CLASSES), *features.grid)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_training_moves_only_learnable_parameters_and_lowers_the_loss(backbone, name):
+    torch.manual_seed(0)
+    method = build_method(name, backbone, CLASSES, DESCRIPTIONS)
+    frozen = {n: p.clone() for n, p in backbone.named_parameters()}
+    learnable = {n: p.clone() for n, p in method.named_parameters() if p.requires_grad}
+    assert learnable and not any(n.startswith("backbone.") for n in learnable)
+    features, targets = _batch(backbone)
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=2e-2)
+    method.train()
+    losses = []
+    for _ in range(20):
+        loss = _loss(method, features, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert not backbone.training
+    for n, p in backbone.named_parameters():
+        assert p.grad is None and torch.equal(p, frozen[n]), n
+    moved = [n for n, p in method.named_parameters() if p.requires_grad and not torch.equal(p, learnable[n])]
+    assert moved
+
+
+def test_unknown_entries_do_not_reach_the_gradient(vit):
+    """The known-only loss used above gives exactly zero gradient through an unknown entry."""
+    method = build_method("promptmlr", vit, CLASSES, align_weight=0.0)
+    features, targets = _batch(vit)
+    output = method(features)
+    output.logits.retain_grad()
+    known = targets != 0
+    F.binary_cross_entropy_with_logits(output.logits[known], (targets[known] > 0).float()).backward()
+    assert output.logits.grad[0, 0] == 0 and output.logits.grad[known].abs().min() > 0
+
+
+def test_unknown_method_and_option_are_named():
+    backbone = create_backbone(TINY_SPECS[0])
+    with pytest.raises(ValueError, match="unknown method 'coop'; available: dualcoop, linear"):
+        build_method("coop", backbone, CLASSES)
+    with pytest.raises(ValueError, match=r"no option\(s\) \['n_context'\]"):
+        build_method("dualcoop", backbone, CLASSES, n_context=4)
+
+
+# ---------------------------------------------------------------------------------------- prompts
+def test_phrase_initialised_prompt_equals_the_hand_written_prompt(vit):
+    """With as many context tokens as the phrase has, the initial prompt IS 'a photo of a <class>.'"""
+    learner = PromptLearner(vit, CLASSES, n_ctx=4, init="phrase", init_phrase="a photo of a")
+    expected = vit.encode_text([f"a photo of a {name}." for name in CLASSES], normalize=True)
+    torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-5)
+
+
+def test_shared_context_has_one_set_of_vectors(vit):
+    learner = PromptLearner(vit, CLASSES, n_ctx=8, class_specific=False, init="random")
+    assert learner.context.shape == (8, vit.token_embedding.embedding_dim)
+    assert learner().shape == (len(CLASSES), vit.embed_dim)
+
+
+def test_description_feature_init_starts_at_the_description_ensemble(vit):
+    from promptmlr.zeroshot import class_text_features
+
+    learner = PromptLearner(vit, CLASSES, init="descriptions-features", descriptions=DESCRIPTIONS)
+    torch.testing.assert_close(learner(), class_text_features(vit, CLASSES, descriptions=DESCRIPTIONS),
+                               rtol=0, atol=1e-5)
+
+
+def test_description_token_init_copies_the_description_tokens(vit):
+    learner = PromptLearner(vit, CLASSES, n_ctx=16, init="descriptions-tokens", descriptions=DESCRIPTIONS)
+    ids = vit.tokenize([DESCRIPTIONS["dog"][0]])
+    length = int(vit.eot_positions(ids)) - 1
+    torch.testing.assert_close(learner.context[1, -length:], vit.token_embedding(ids)[0, 1:1 + length])
+
+
+def test_prompt_init_errors(vit):
+    with pytest.raises(ValueError, match="needs class descriptions"):
+        PromptLearner(vit, CLASSES, init="descriptions-tokens")
+    with pytest.raises(ValueError, match="more than n_ctx=2"):
+        PromptLearner(vit, CLASSES, n_ctx=2, init_phrase="a photo of a")
+    with pytest.raises(ValueError, match="exceed the text encoder's 77 positions"):
+        PromptLearner(vit, CLASSES, n_ctx=80, init="random")
+
+
+# ------------------------------------------------------------------------------------------- head
+def test_head_never_materialises_classes_by_locations_by_dims():
+    """Every tensor saved for backward stays far below B*C*HW*D elements."""
+    batch, classes, locations, dims = 2, 60, 49, 32
+    head = SemanticDecouplingHead(dims, classes, torch.randn(classes, dims))
+    dense = torch.randn(batch, locations, dims, requires_grad=True)
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        category, attention = head(dense)
+    category.sum().backward()
+    assert category.shape == (batch, classes, dims) and attention.shape == (batch, classes, locations)
+    assert max(sizes) <= batch * classes * locations  # linear in C*HW (and in C*D), not C*HW*D
+    assert head.estimate_activation_bytes(batch, locations, dims) < 4 * batch * classes * locations * dims / 4
+
+
+def test_head_pools_where_the_query_matches():
+    """A location that matches one class's query dominates that class's feature."""
+    dims = 8
+    queries = torch.eye(dims)[:2]
+    head = SemanticDecouplingHead(dims, 2, temperature=50.0)
+    dense = 0.1 * torch.randn(1, 9, dims)
+    dense[0, 4] = queries[0] * 3
+    dense[0, 7] = queries[1] * 3
+    _, attention = head(dense, queries)
+    assert attention[0, 0].argmax() == 4 and attention[0, 1].argmax() == 7
+    assert attention[0, 0, 4] > 0.9
+
+
+# ----------------------------------------------------------------------------------- descriptions
+def test_descriptions_yaml_and_text_formats(tmp_path):
+    text = tmp_path / "mine.txt"
+    text.write_text("# my classes\ncat: a furry pet; whiskers and a tail\ndog: a loyal pet\n")
+    assert load_descriptions(text) == {"cat": ["a furry pet", "whiskers and a tail"], "dog": ["a loyal pet"]}
+    bad = tmp_path / "bad.txt"
+    bad.write_text("cat a furry pet\n")
+    with pytest.raises(DescriptionsError, match="bad.txt, line 1"):
+        load_descriptions(bad)
+
+
+def test_descriptions_that_miss_or_add_classes_are_listed():
+    with pytest.raises(DescriptionsError, match=r"missing classes \['dog'\]; unknown classes \['cow'\]"):
+        check_classes({"cat": ["x"], "cow": ["y"]}, ["cat", "dog"])
+
+
+@pytest.mark.parametrize("dataset,count", [("voc2007", 20), ("coco2014", 80), ("nuswide", 81), ("vg200", 200)])
+def test_shipped_descriptions_cover_their_dataset(dataset, count):
+    descriptions = load_descriptions(shipped_descriptions_path(dataset))
+    assert len(descriptions) == count
+    assert all(3 <= len(phrases) <= 5 for phrases in descriptions.values())
+
+
+# ------------------------------------------------------------------------------------------ export
+@pytest.mark.parametrize("name", list_methods())
+def test_export_then_import_gives_identical_logits(tmp_path, vit, name):
+    torch.manual_seed(1)
+    method = build_method(name, vit, CLASSES, DESCRIPTIONS)
+    with torch.no_grad():  # make the learned state differ from a fresh initialisation
+        for parameter in method.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    features, _ = _batch(vit)
+    path = save_prompts(method, tmp_path / "prompts.safetensors", thresholds=[0.5] * 4, metrics={"mAP": 1.0},
+                        mask_sha256="ab" * 32)
+    loaded, header = load_prompts(path)
+    torch.testing.assert_close(loaded(features).logits, method(features).logits, rtol=0, atol=0)
+    assert header["backbone"]["fingerprint"] == vit.fingerprint and header["mask_sha256"] == "ab" * 32
+    assert header["class_names"] == CLASSES and header["method"] == name
+    assert not any(key.startswith("backbone.") for key in load_file(path))
+
+
+def test_a_file_for_another_backbone_or_other_classes_is_refused(tmp_path, vit):
+    path = save_prompts(build_method("dualcoop", vit, CLASSES), tmp_path / "p.safetensors")
+    with pytest.raises(PromptsFileError, match="learned on backbone 'openclip:promptmlr-tiny-vit'"):
+        load_prompts(path, backbone=create_backbone(TINY_SPECS[1]))
+    with pytest.raises(PromptsFileError, match="prompts for 4 classes, but the dataset has 3"):
+        load_prompts(path, class_names=CLASSES[:3])
+    with pytest.raises(PromptsFileError, match="learned for other classes"):
+        load_prompts(path, class_names=list(reversed(CLASSES)))
+    not_prompts = tmp_path / "x.safetensors"
+    not_prompts.write_bytes(b"garbage")
+    with pytest.raises(PromptsFileError, match="not a safetensors prompts file"):
+        read_header(not_prompts)
+
+
+def test_text_embeddings_export_is_a_plain_classifier(tmp_path, vit):
+    method = build_method("positivecoop", vit, CLASSES)
+    expected = method.class_embeddings()
+    stored = load_file(export_text_embeddings(method, tmp_path / "emb.safetensors"))["text_embeddings"]
+    torch.testing.assert_close(stored, expected)
+    array = np.load(export_text_embeddings(method, tmp_path / "emb.npy"))
+    np.testing.assert_allclose(array, expected.numpy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "emb.safetensors"]  # no temp files left
