@@ -13,10 +13,8 @@ feature) in ``.safetensors`` or ``.npy``, usable with open_clip or transformers 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
+from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod, build_method
 
 FORMAT_NAME = "promptmlr-prompts"
@@ -34,21 +33,6 @@ EXPORT_FORMATS = ("promptmlr", "text-embeddings")
 
 class PromptsFileError(ValueError):
     """A prompts file that cannot be read, or that does not fit the backbone or dataset given."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_path)`` then rename over ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    return path
 
 
 def save_prompts(method: MultiLabelMethod, path: str | Path, thresholds: Sequence[float] | None = None,

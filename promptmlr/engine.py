@@ -1,0 +1,404 @@
+"""The training loop: a plain accelerate loop over frozen features, with evaluation, model
+selection on the validation split, label recovery, EMA and resumable checkpoints.
+
+Runs unchanged on CPU, one GPU or several (``accelerate launch -m promptmlr tune ...``), in fp32,
+bf16 or fp16. Only the method's learnable parameters are optimised; the frozen encoder's features
+come from the feature cache (:mod:`promptmlr.cache`) or are computed under ``no_grad`` per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from promptmlr.backbones.base import ImageFeatures
+from promptmlr.cache import CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes, feature_shapes
+from promptmlr.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_states, save_checkpoint
+from promptmlr.config import TrainConfig
+from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.losses import build_loss
+from promptmlr.metrics import evaluate
+from promptmlr.models.base import MultiLabelMethod
+from promptmlr.recovery import RecoveryStats, recover_labels
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the batch and the last good checkpoint."""
+
+
+@dataclass
+class Splits:
+    """The data of one run: partially labelled training and validation parts, and a test split."""
+
+    train: MultiLabelDataset
+    val: MultiLabelDataset | None
+    test: MultiLabelDataset | None
+    full_train_labels: np.ndarray | None = None  # the unmasked labels, to score recovered labels
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    last_state: dict[str, torch.Tensor] | None = None
+    select_on: str = "val"
+    seconds: float = 0.0
+
+
+class ParameterEMA:
+    """Exponential moving average of a method's learnable tensors, swapped in for evaluation."""
+
+    def __init__(self, method: MultiLabelMethod, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in method.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, method: MultiLabelMethod) -> None:
+        for name, parameter in method.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(parameter.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self, method: MultiLabelMethod) -> None:
+        """Exchange live and averaged values (call twice to restore)."""
+        for name, parameter in method.named_parameters():
+            if name in self.shadow:
+                live = parameter.detach().clone()
+                parameter.copy_(self.shadow[name])
+                self.shadow[name] = live
+
+
+def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
+    """A CPU copy of the method's state (the frozen backbone is never part of it)."""
+    return {name: tensor.detach().cpu().clone() for name, tensor in method.state_dict().items()}
+
+
+class Trainer:
+    def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
+                 cache_directory: str | None = None):
+        if config.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+        if config.select_on not in ("val", "test"):
+            raise ValueError(f"train.select_on must be 'val' or 'test', got {config.select_on!r}")
+        self.config = config
+        self.splits = splits
+        self.run_dir = Path(run_dir)
+        self.loss_fn = build_loss(config.loss)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+            cpu=not torch.cuda.is_available(),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+        set_seed(config.seed)
+        self.method = method.to(self.accelerator.device)
+        self.cache_directory = cache_directory or config.cache.directory
+        self.use_cache = self._decide_cache()
+        self.labels = torch.from_numpy(splits.train.labels.astype(np.int8))
+        self.pseudo_labels = torch.zeros_like(self.labels)
+        self.last_recovery: RecoveryStats | None = None
+
+    # --------------------------------------------------------------------------------- data sources
+    def _decide_cache(self) -> bool:
+        cache = self.config.cache
+        if cache.enabled not in ("auto", "on", "off"):
+            raise ValueError(f"train.cache.enabled must be auto, on or off, got {cache.enabled!r}")
+        if cache.enabled == "off":
+            return False
+        images = sum(len(d) for d in (self.splits.train, self.splits.val, self.splits.test) if d is not None)
+        views = cache.views + 2  # train views, plus the eval views of val and test (upper bound)
+        size = estimated_bytes(self.method.backbone, images, views, cache.dtype)
+        fits = size <= cache.budget_gb * 2**30
+        if cache.enabled == "auto" and not fits:
+            self._print(f"feature cache off: ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb="
+                        f"{cache.budget_gb}; features are computed every step")
+        return fits or cache.enabled == "on"
+
+    def _transforms(self, train: bool) -> list:
+        backbone = self.method.backbone
+        if not train or (self.use_cache and self.config.cache.views == 1):
+            return [backbone.transform(train=False)]
+        augment = backbone.transform(train=True, randaugment=self.config.randaugment, cutout=self.config.cutout)
+        return [augment] * (self.config.cache.views if self.use_cache else 1)
+
+    def _loader(self, dataset: MultiLabelDataset, train: bool, description: str) -> DataLoader:
+        config = self.config
+        batch_size = config.batch_size if train else config.eval_batch_size
+        transforms = self._transforms(train)
+        if self.use_cache:
+            with self.accelerator.main_process_first():
+                cache = build_or_open_cache(
+                    self.method.backbone, dataset, transforms, self.cache_directory, config.seed,
+                    config.eval_batch_size, config.num_workers, config.cache.dtype, self.accelerator.autocast,
+                    f"caching {description} features")
+            source = CachedFeatureDataset(cache)
+        else:
+            source = dataset.with_transform(transforms[0])
+        loader = DataLoader(source, batch_size=batch_size, shuffle=train, num_workers=config.num_workers,
+                            drop_last=False, pin_memory=torch.cuda.is_available())
+        return self.accelerator.prepare_data_loader(loader)
+
+    def _features(self, batch) -> tuple[ImageFeatures, torch.Tensor]:
+        if self.use_cache:
+            global_features, dense, indices = batch
+            grid = self._grid
+            return ImageFeatures(global_features.float(), dense.float(), grid), indices
+        images, _, indices = batch
+        return encode(self.method.backbone, images, self.accelerator.autocast), indices
+
+    # ------------------------------------------------------------------------------------ training
+    def fit(self, resume: bool = False) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        started = time.time()
+        self._grid = feature_shapes(self.method.backbone)[1]
+        train_loader = self._loader(self.splits.train, train=True, description="train")
+        eval_loaders = {name: self._loader(dataset, train=False, description=name)
+                        for name, dataset in (("val", self.splits.val), ("test", self.splits.test))
+                        if dataset is not None}
+        if config.recovery.enabled:
+            eval_loaders["train-scoring"] = self._loader(self.splits.train, train=False, description="train (eval view)")
+        parameters = [p for p in self.method.parameters() if p.requires_grad]
+        optimizer = self._optimizer(parameters) if parameters else None
+        steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+        scheduler = None
+        if optimizer is not None:
+            scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_epochs * steps_per_epoch),
+                                                        max(1, config.epochs * steps_per_epoch))
+            self.method, optimizer, scheduler = accelerator.prepare(self.method, optimizer, scheduler)
+        ema = ParameterEMA(self._unwrapped, config.ema_decay) if config.ema_decay > 0 and parameters else None
+        result = TrainResult(select_on=config.select_on)
+        best_score = -math.inf
+        start_epoch = 0
+        checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        if resume and checkpoint_path.is_file():
+            state = load_checkpoint(checkpoint_path)
+            start_epoch, best_score = self._restore(state, optimizer, scheduler, ema, result)
+            self._print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+        epochs = config.epochs if parameters else 0
+        for epoch in range(start_epoch, epochs):
+            epoch_started = time.time()
+            train_loss = self._train_epoch(epoch, train_loader, optimizer, scheduler, ema, checkpoint_path)
+            record = {"epoch": epoch + 1, "train_loss": train_loss,
+                      "lr": scheduler.get_last_lr()[0] if scheduler else 0.0}
+            with _averaged(ema, self._unwrapped):
+                record.update(self._evaluate_splits(eval_loaders))
+                if config.recovery.enabled and epoch + 1 >= config.recovery.warmup_epochs:
+                    record["recovery"] = self._recover(eval_loaders["train-scoring"]).as_dict()
+            selection = record.get(f"{config.select_on}_mAP", -math.inf)
+            if selection > best_score or result.best_state is None:
+                best_score, result.best_epoch = selection, epoch + 1
+                with _averaged(ema, self._unwrapped):
+                    result.best_state = learnable_state(self._unwrapped)
+            record["seconds"] = time.time() - epoch_started
+            result.history.append(record)
+            self._print(_epoch_line(record))
+            if accelerator.is_main_process:
+                save_checkpoint(checkpoint_path, self._checkpoint(epoch + 1, optimizer, scheduler, ema, result,
+                                                                  best_score))
+        if not result.history:  # nothing to train (zero-shot): evaluate once
+            record = {"epoch": 0, **self._evaluate_splits(eval_loaders)}
+            result.history.append(record)
+            result.best_epoch = 0
+            result.best_state = learnable_state(self._unwrapped)
+        with _averaged(ema, self._unwrapped):
+            result.last_state = learnable_state(self._unwrapped)
+        result.seconds = time.time() - started
+        return result
+
+    @property
+    def _unwrapped(self) -> MultiLabelMethod:
+        return self.accelerator.unwrap_model(self.method)
+
+    def _optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        config = self.config
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+    def _targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known labels, plus recovered pseudo-labels where the label is unknown (weighted lower)."""
+        rows = indices.cpu()
+        known = self.labels[rows]
+        pseudo = self.pseudo_labels[rows]
+        targets = torch.where(known != 0, known, pseudo).float()
+        weights = torch.where(known != 0, torch.ones_like(targets),
+                              torch.full_like(targets, self.config.recovery.pseudo_weight) * (pseudo != 0))
+        device = self.accelerator.device
+        return targets.to(device), weights.to(device)
+
+    def _train_epoch(self, epoch: int, loader, optimizer, scheduler, ema, checkpoint_path: Path) -> float:
+        accelerator = self.accelerator
+        self.method.train()
+        loader.set_epoch(epoch)
+        if isinstance(loader.dataset, CachedFeatureDataset):
+            loader.dataset.draw_views(self.config.seed, epoch)
+        total, batches = 0.0, 0
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
+                        disable=not accelerator.is_local_main_process)
+        for step, batch in enumerate(progress):
+            features, indices = self._features(batch)
+            targets, weights = self._targets(indices)
+            with accelerator.accumulate(self.method), accelerator.autocast():
+                output = self.method(features)
+                loss = self.loss_fn(output.logits, targets, weights)
+                loss = loss + sum(self._unwrapped.auxiliary_losses(output, targets).values())
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(self._divergence_message(loss, epoch, step, indices, checkpoint_path))
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if ema is not None and accelerator.sync_gradients:
+                ema.update(self._unwrapped)
+            total += loss.item()
+            batches += 1
+            progress.set_postfix(loss=f"{total / batches:.4f}")
+        return total / max(batches, 1)
+
+    def _divergence_message(self, loss: torch.Tensor, epoch: int, step: int, indices: torch.Tensor,
+                            checkpoint_path: Path) -> str:
+        paths = [str(self.splits.train.image_paths[i]) for i in indices.cpu().tolist()[:4]]
+        kept = (f"the last good checkpoint is {checkpoint_path} (resume with --resume)"
+                if checkpoint_path.is_file() else "no checkpoint was written yet")
+        return (f"loss became {loss.item()} at epoch {epoch + 1}, batch {step} (images {paths}...); training "
+                f"stopped and {kept}. Lower train.lr, or use mixed_precision bf16 instead of fp16.")
+
+    # ---------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self, loader) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``[N, C]`` in dataset order, and the row indices they belong to."""
+        self.method.eval()
+        scores, rows = [], []
+        for batch in tqdm(loader, desc="scoring", leave=False, disable=not self.accelerator.is_local_main_process):
+            features, indices = self._features(batch)
+            with self.accelerator.autocast():
+                probabilities = self.method(features).probabilities.float()
+            probabilities, indices = self.accelerator.gather_for_metrics((probabilities, indices.to(probabilities.device)))
+            scores.append(probabilities.cpu().numpy())
+            rows.append(indices.cpu().numpy())
+        order = np.argsort(np.concatenate(rows), kind="stable")
+        return np.concatenate(scores)[order], np.concatenate(rows)[order]
+
+    def _evaluate_splits(self, loaders: dict) -> dict:
+        record = {}
+        for name in ("val", "test"):
+            if name in loaders:
+                scores, _ = self.predict(loaders[name])
+                dataset = getattr(self.splits, name)
+                for key, value in evaluate(scores, dataset.labels, self.config.threshold).items():
+                    record[f"{name}_{key}"] = value
+        return record
+
+    def scores_for(self, split: str) -> np.ndarray:
+        """Probabilities for a whole split with the method's current weights (used for predictions)."""
+        dataset = getattr(self.splits, split)
+        return self.predict(self._loader(dataset, train=False, description=split))[0]
+
+    # ------------------------------------------------------------------------------------ recovery
+    @torch.no_grad()
+    def _recover(self, loader) -> RecoveryStats:
+        probabilities, similarity = self._scores_and_prototype_similarity(loader)
+        labels = self.labels.numpy()
+        pseudo, stats = recover_labels(probabilities, labels, self.config.recovery, similarity,
+                                       self.splits.full_train_labels)
+        self.pseudo_labels = torch.from_numpy(pseudo)
+        self.last_recovery = stats
+        return stats
+
+    def _scores_and_prototype_similarity(self, loader) -> tuple[np.ndarray, np.ndarray | None]:
+        """Train-set probabilities and, when prototypes are used, each entry's cosine similarity to its
+        class prototype (the mean unit category feature of the known positives): two passes."""
+        if self.config.recovery.prototype_weight == 0:
+            return self.predict(loader)[0], None
+        self.method.eval()
+        labels = self.labels.to(self.accelerator.device)
+        sums, counts = None, None
+        for batch in loader:
+            features, indices = self._features(batch)
+            category = self.method(features).category_features
+            if category is None:
+                raise ValueError(f"recovery.prototype_weight needs category-specific features, which method "
+                                 f"{self._unwrapped.name} does not have; set it to 0")
+            positive = (labels[indices] == 1).float()
+            batch_sums = torch.einsum("bc,bcd->cd", positive, category.float())
+            sums = batch_sums if sums is None else sums + batch_sums
+            counts = positive.sum(0) if counts is None else counts + positive.sum(0)
+        sums = self.accelerator.reduce(sums, "sum")
+        prototypes = torch.nn.functional.normalize(sums / counts.clamp_min(1)[:, None], dim=-1)
+        similarity = np.zeros(tuple(self.labels.shape), dtype=np.float32)
+        probabilities = np.zeros_like(similarity)
+        for batch in loader:
+            features, indices = self._features(batch)
+            output = self.method(features)
+            rows = indices.cpu().numpy()
+            similarity[rows] = (output.category_features.float() * prototypes).sum(-1).cpu().numpy()
+            probabilities[rows] = output.probabilities.float().cpu().numpy()
+        return probabilities, similarity
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def _checkpoint(self, epoch: int, optimizer, scheduler, ema, result: TrainResult, best_score: float) -> dict:
+        return {
+            "epoch": epoch,
+            "method": learnable_state(self._unwrapped),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "ema": ema.shadow if ema else None,
+            "pseudo_labels": self.pseudo_labels,
+            "best_score": best_score,
+            "best_epoch": result.best_epoch,
+            "best_state": result.best_state,
+            "history": result.history,
+        }
+
+    def _restore(self, state: dict, optimizer, scheduler, ema, result: TrainResult) -> tuple[int, float]:
+        self._unwrapped.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state["ema"] is not None:
+            ema.shadow = {name: tensor.to(self.accelerator.device) for name, tensor in state["ema"].items()}
+        self.pseudo_labels = state["pseudo_labels"]
+        result.best_epoch, result.best_state, result.history = state["best_epoch"], state["best_state"], state["history"]
+        restore_rng_states(state["rng"])
+        return state["epoch"], state["best_score"]
+
+    def _print(self, message: str) -> None:
+        self.accelerator.print(message)
+
+
+class _averaged:
+    """Context manager: evaluate with the EMA weights (no-op without EMA)."""
+
+    def __init__(self, ema: ParameterEMA | None, method: MultiLabelMethod):
+        self.ema, self.method = ema, method
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.ema.swap(self.method)
+
+    def __exit__(self, *exc_info):
+        if self.ema is not None:
+            self.ema.swap(self.method)
+
+
+def _epoch_line(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}"]
+    for key in ("train_loss", "val_mAP", "test_mAP"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.3f}" if "loss" in key else f"{key} {record[key]:.2f}")
+    if "recovery" in record:
+        recovery = record["recovery"]
+        parts.append(f"recovered +{recovery['recovered_positive']}/-{recovery['recovered_negative']}")
+    return " | ".join(parts)
+

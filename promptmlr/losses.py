@@ -1,0 +1,86 @@
+"""Partial-label losses: only known entries count, and the loss is normalised by how many there are.
+
+Every loss takes per-class logits ``[B, C]`` (sigmoid = P(positive)), targets in {1, -1, 0} and an
+optional per-entry weight (1 for true labels, lower for recovered pseudo-labels, 0 for unknown).
+Normalising by the summed weight of known entries keeps the loss scale independent of the known
+proportion; DualCoOp instead sums and multiplies by an unpublished weight per proportion.
+
+DualCoOp's ASL is written on the softmax over {negative, positive} scores; since
+softmax([s-, s+])[1] = sigmoid(s+ - s-), it is this sigmoid form applied to the margin logit every
+method emits (:func:`two_way_to_margin` converts ``[B, 2, C]`` scores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+@dataclass
+class LossConfig:
+    name: str = "asl"  # asl | partial-bce | bce
+    gamma_neg: float = 2.0  # ASL focusing on negatives (Ridnik et al., ICCV 2021; DualCoOp's setting)
+    gamma_pos: float = 1.0
+    clip: float = 0.05  # ASL probability margin on negatives
+
+
+def two_way_to_margin(scores: torch.Tensor) -> torch.Tensor:
+    """``[B, 2, C]`` (negative, positive) scores -> the equivalent margin logit ``[B, C]``."""
+    return scores[:, 1] - scores[:, 0]
+
+
+def _known_weights(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    known = (targets != 0).to(targets.dtype if targets.is_floating_point() else torch.float32)
+    return known if weights is None else known * weights
+
+
+def _normalised(entry_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (entry_loss * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                    gamma_neg: float = 2.0, gamma_pos: float = 1.0, clip: float = 0.05) -> torch.Tensor:
+    """ASL (Ridnik et al., ICCV 2021) over known entries.
+
+    Positives: ``-(1-p)^gamma_pos log p``. Negatives: with the shifted probability
+    ``p_m = max(p - clip, 0)``, ``-p_m^gamma_neg log(1 - p_m)``.
+    """
+    probability = torch.sigmoid(logits.float())
+    shifted = (probability - clip).clamp(min=0) if clip > 0 else probability
+    positive = -((1 - probability) ** gamma_pos) * torch.log(probability.clamp(min=EPS))
+    negative = -(shifted ** gamma_neg) * torch.log((1 - shifted).clamp(min=EPS))
+    entry_loss = torch.where(targets > 0, positive, torch.where(targets < 0, negative, torch.zeros_like(positive)))
+    return _normalised(entry_loss, _known_weights(targets, weights))
+
+
+def partial_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Partial BCE (Durand et al., CVPR 2019) with their g(p) = 1/p normalisation: each image's BCE
+    over its known labels divided by its number of known labels, averaged over images."""
+    entry_weights = _known_weights(targets, weights)
+    entry_loss = F.binary_cross_entropy_with_logits(logits.float(), (targets > 0).float(), reduction="none")
+    per_image_weight = entry_weights.sum(dim=1)
+    has_known = per_image_weight > 0
+    per_image = (entry_loss * entry_weights).sum(dim=1)[has_known] / per_image_weight[has_known]
+    return per_image.mean() if has_known.any() else logits.sum() * 0
+
+
+def naive_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The baseline that treats every unknown label as negative (mean BCE over all entries)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), (targets > 0).float())
+
+
+def build_loss(config: LossConfig) -> Callable[..., torch.Tensor]:
+    """``loss(logits, targets, weights=None)`` for a config."""
+    if config.name == "asl":
+        return lambda logits, targets, weights=None: asymmetric_loss(
+            logits, targets, weights, config.gamma_neg, config.gamma_pos, config.clip)
+    if config.name == "partial-bce":
+        return partial_bce
+    if config.name == "bce":
+        return naive_bce
+    raise ValueError(f"unknown loss {config.name!r}; choose asl, partial-bce or bce")

@@ -1,0 +1,129 @@
+"""Label recovery: turn confident predictions on unknown entries into weighted pseudo-labels.
+
+After a warm-up, each epoch re-scores the training images and, for every *unknown* entry, decides
+positive, negative or still unknown (CLSL, Xing et al. 2024, and SST's pseudo-labels, Chen et al.
+AAAI 2022). The score used may be refined by two pieces of evidence from SST:
+
+* cross-image transfer: the similarity of the image's category-specific feature to the class
+  prototype (mean feature of known positives), mapped to [0, 1] per class by a logistic curve
+  centred between the mean similarity of known positives and of known negatives;
+* intra-image transfer: label co-occurrence estimated from known labels only,
+  ``P(c | k) = #(k and c positive) / #(k positive, c known)``; an unknown (i, c) takes the largest
+  ``P(c | k)`` over the image's known positives k.
+
+Refined score = (1 - w_p - w_c) * probability + w_p * prototype + w_c * co-occurrence.
+Thresholds are fixed, or per class from the score distribution (``prior``): of the unknown
+entries of class c, the top ``prior_fraction * prior_c * U_c`` become positive and the bottom
+``prior_fraction * (1 - prior_c) * U_c`` negative, where prior_c is the class's positive rate among
+its known labels. Re-estimated from scratch every epoch; the loss weighs them below true labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from promptmlr.config import RecoveryConfig
+
+
+@dataclass
+class RecoveryStats:
+    unknown: int
+    recovered_positive: int
+    recovered_negative: int
+    precision_positive: float | None = None  # against the full labels, when they are held
+    precision_negative: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cooccurrence_evidence(labels: np.ndarray) -> np.ndarray:
+    """``[N, C]``: for each entry, max over the image's known positives k of P(c | k) (0 if none)."""
+    positive = (labels == 1).astype(np.float64)
+    known = (labels != 0).astype(np.float64)
+    both_positive = positive.T @ positive  # [k, c]
+    k_positive_c_known = positive.T @ known
+    conditional = np.divide(both_positive, k_positive_c_known, out=np.zeros_like(both_positive),
+                            where=k_positive_c_known > 0)
+    np.fill_diagonal(conditional, 0.0)
+    evidence = np.zeros(labels.shape)
+    for row in np.flatnonzero(positive.any(axis=1)):
+        evidence[row] = conditional[positive[row] > 0].max(axis=0)
+    return evidence
+
+
+def prototype_evidence(similarity: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Map prototype cosine similarities ``[N, C]`` to [0, 1] per class (see module docstring)."""
+    evidence = np.full(similarity.shape, 0.5)
+    for column in range(labels.shape[1]):
+        positive = similarity[labels[:, column] == 1, column]
+        negative = similarity[labels[:, column] == -1, column]
+        if positive.size and negative.size and positive.mean() > negative.mean():
+            centre = (positive.mean() + negative.mean()) / 2
+            steepness = 4.0 / (positive.mean() - negative.mean())  # sigmoid(2) ~ 0.88 at the positive mean
+            evidence[:, column] = 1.0 / (1.0 + np.exp(-steepness * (similarity[:, column] - centre)))
+    return evidence
+
+
+def refine_scores(probabilities: np.ndarray, labels: np.ndarray, config: RecoveryConfig,
+                  prototype_similarity: np.ndarray | None = None) -> np.ndarray:
+    weight_probability = 1.0 - config.prototype_weight - config.cooccurrence_weight
+    if weight_probability < 0:
+        raise ValueError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
+    refined = weight_probability * probabilities
+    if config.prototype_weight > 0:
+        if prototype_similarity is None:
+            raise ValueError("recovery.prototype_weight > 0 needs a method with category-specific features "
+                             "(promptmlr); set it to 0 for this method")
+        refined = refined + config.prototype_weight * prototype_evidence(prototype_similarity, labels)
+    if config.cooccurrence_weight > 0:
+        refined = refined + config.cooccurrence_weight * cooccurrence_evidence(labels)
+    return refined
+
+
+def recover_labels(probabilities: np.ndarray, labels: np.ndarray, config: RecoveryConfig,
+                   prototype_similarity: np.ndarray | None = None, full_labels: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, RecoveryStats]:
+    """Pseudo-labels ``[N, C]`` in {1, -1, 0} for the unknown entries of ``labels`` (known entries 0)."""
+    scores = refine_scores(probabilities, labels, config, prototype_similarity)
+    unknown = labels == 0
+    if config.thresholds == "fixed":
+        positive = unknown & (scores >= config.positive_threshold)
+        negative = unknown & (scores <= config.negative_threshold)
+    elif config.thresholds == "prior":
+        positive, negative = _prior_thresholds(scores, labels, config.prior_fraction)
+    else:
+        raise ValueError(f"recovery.thresholds must be 'fixed' or 'prior', got {config.thresholds!r}")
+    pseudo = np.zeros_like(labels)
+    pseudo[positive] = 1
+    pseudo[negative] = -1
+    return pseudo, _stats(pseudo, unknown, full_labels)
+
+
+def _prior_thresholds(scores: np.ndarray, labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    positive = np.zeros(labels.shape, dtype=bool)
+    negative = np.zeros(labels.shape, dtype=bool)
+    for column in range(labels.shape[1]):
+        known = labels[:, column] != 0
+        rows = np.flatnonzero(~known)
+        if not known.any() or rows.size == 0:
+            continue
+        prior = (labels[known, column] == 1).mean()
+        order = rows[np.argsort(-scores[rows, column], kind="stable")]
+        top = int(fraction * prior * rows.size)
+        bottom = int(fraction * (1 - prior) * rows.size)
+        positive[order[:top], column] = True
+        negative[order[rows.size - bottom:], column] = True
+    return positive, negative
+
+
+def _stats(pseudo: np.ndarray, unknown: np.ndarray, full_labels: np.ndarray | None) -> RecoveryStats:
+    stats = RecoveryStats(int(unknown.sum()), int((pseudo == 1).sum()), int((pseudo == -1).sum()))
+    if full_labels is not None:
+        for value, field in ((1, "precision_positive"), (-1, "precision_negative")):
+            chosen = pseudo == value
+            if chosen.any():
+                setattr(stats, field, float((full_labels[chosen] == value).mean()))
+    return stats

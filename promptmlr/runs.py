@@ -1,0 +1,73 @@
+"""The run folder: what a ``tune`` run leaves for people and for later commands to read.
+
+::
+
+    RUN_DIR/
+      config.yaml               the resolved configuration (re-runnable with --config)
+      metrics.json              per-epoch history, the selected and the last epoch, mask hash, timings
+      best.safetensors          learned prompts of the selected epoch (export format)
+      last.safetensors          learned prompts of the last epoch
+      predictions_test.csv      test probabilities per image and class (selected epoch)
+      summary.md                the closing table
+      checkpoint.pt             resumable training state (learnable parameters only)
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+BEST_PROMPTS = "best.safetensors"
+LAST_PROMPTS = "last.safetensors"
+SUMMARY_FILE = "summary.md"
+REPORTED = ("mAP", "mAP_voc2012", "CF1", "OF1", "CF1_top3", "OF1_top3")
+
+
+def write_config(run_dir: Path, config: dict) -> Path:
+    return write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> Path:
+    return write_json_atomic(run_dir / METRICS_FILE, metrics)
+
+
+def write_predictions(path: Path, image_paths: Sequence[Path], class_names: Sequence[str], scores: np.ndarray) -> Path:
+    """CSV with an ``image`` column and one probability column per class."""
+    def write(temp: Path) -> None:
+        with open(temp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", *class_names])
+            for image, row in zip(image_paths, scores):
+                writer.writerow([str(image), *(f"{value:.6f}" for value in row)])
+
+    return atomic_write(path, write)
+
+
+def summary_table(rows: dict[str, dict], keys: Sequence[str] = REPORTED) -> str:
+    """A Markdown table: one row per named result (e.g. 'selected (val)', 'last'), one column per metric."""
+    header = "| result | " + " | ".join(keys) + " |"
+    rule = "| --- |" + " --- |" * len(keys)
+    lines = [header, rule]
+    for name, metrics in rows.items():
+        cells = [f"{metrics[key]:.2f}" if key in metrics else "–" for key in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(run_dir: Path, title: str, table: str, notes: Sequence[str]) -> Path:
+    text = f"# {title}\n\n{table}\n\n" + "".join(f"- {note}\n" for note in notes)
+    return write_text_atomic(run_dir / SUMMARY_FILE, text)
+
+
+def split_metrics(record: dict, split: str) -> dict:
+    """``{"test_mAP": 1, "val_mAP": 2}`` -> ``{"mAP": 1}`` for ``split="test"``."""
+    prefix = f"{split}_"
+    return {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
