@@ -4,57 +4,108 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Sequence
 
 from promptmlr import __version__
-
-NOT_BUILT = {
-    "tune": "training (issue #5)",
-    "eval": "evaluation (issue #5)",
-    "predict": "prediction (issue #5)",
-    "export": "export (issue #5)",
-    "zeroshot": "the zero-shot command (issue #5; the Python API is promptmlr.zeroshot)",
-}
 
 
 class CommandError(Exception):
     """A user-facing failure: printed as one clear message, exit status 1, no traceback."""
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"promptmlr {name}: not built yet — {NOT_BUILT[name]}.", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from promptmlr.data.commands import add_data_commands, add_dataset_arguments
+
     parser = argparse.ArgumentParser(
         prog="promptmlr",
         description="Multi-label recognition with partial labels on a frozen CLIP.")
     parser.add_argument("--version", action="version", version=f"promptmlr {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    help_texts = {
-        "tune": "learn prompts and head on a partially labelled dataset",
-        "eval": "evaluate a run or a prompts file on a dataset split",
-        "predict": "label images with learned prompts",
-        "export": "write a run's learned prompts to a file",
-        "zeroshot": "zero-shot multi-label scores for a dataset",
-    }
-    for name, help_text in help_texts.items():
-        command = commands.add_parser(name, help=help_text)
-        command.set_defaults(handler=_not_built(name))
-    from promptmlr.data.commands import add_data_commands
+
+    tune = commands.add_parser("tune", help="learn prompts and head on a partially labelled dataset",
+                               description="Learn prompts (and a head) on a partially labelled dataset; writes a "
+                                           "run folder with the config, metrics, learned prompts and predictions.")
+    add_dataset_arguments(tune, required=False)
+    tune.add_argument("--known", type=float, help="proportion of training labels kept, in (0, 1] (default 1)")
+    tune.add_argument("--method", help="zeroshot, linear, dualcoop, positivecoop or promptmlr (default)")
+    tune.add_argument("--backbone", metavar="SPEC", help="e.g. sandbox, openclip:RN101:openai, hf:DIR")
+    tune.add_argument("--image-size", type=int, metavar="PX", help="input resolution (default: the backbone's)")
+    tune.add_argument("--descriptions", metavar="FILE", help="class descriptions (YAML or 'class: a; b' text); "
+                                                             "'none' to use none (default: shipped ones)")
+    tune.add_argument("--config", type=Path, metavar="FILE", help="a YAML config (see configs/)")
+    tune.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default runs/<dataset>-<method>-...)")
+    tune.add_argument("--epochs", type=int)
+    tune.add_argument("--seed", type=int)
+    tune.add_argument("--select-on", choices=("val", "test"),
+                      help="model selection split (default val; test reproduces the anchors' habit)")
+    tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
+    tune.set_defaults(handler=_lazy("tune_command"))
+
+    evaluate = commands.add_parser("eval", help="evaluate a run or a prompts file on a dataset split")
+    evaluate.add_argument("prompts", type=Path, metavar="RUN_DIR|PROMPTS_FILE")
+    add_dataset_arguments(evaluate, required=False)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--which", choices=("best", "last"), default="best", help="with a run folder")
+    evaluate.set_defaults(handler=_lazy("eval_command"))
+
+    predict = commands.add_parser("predict", help="label images with learned prompts")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE|DIR")
+    predict.add_argument("--prompts", required=True, type=Path, metavar="FILE|RUN_DIR")
+    choice = predict.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", type=float, help="probability threshold (default: the file's, else 0.5)")
+    choice.add_argument("--topk", type=int, help="report the K most probable labels instead")
+    predict.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write attention overlays of predicted labels")
+    predict.set_defaults(handler=_lazy("predict_command"))
+
+    export = commands.add_parser("export", help="write a run's learned prompts to a file")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE")
+    export.add_argument("--format", choices=("promptmlr", "text-embeddings"), default="promptmlr",
+                        help="promptmlr: everything, reloadable; text-embeddings: a [C, D] classifier "
+                             "(.safetensors or .npy)")
+    export.add_argument("--which", choices=("best", "last"), default="best")
+    export.set_defaults(handler=_lazy("export_command"))
+
+    zeroshot = commands.add_parser("zeroshot", help="zero-shot multi-label scores for a dataset")
+    add_dataset_arguments(zeroshot, required=False)
+    zeroshot.add_argument("--backbone", metavar="SPEC", default="sandbox")
+    zeroshot.add_argument("--image-size", type=int, metavar="PX")
+    zeroshot.add_argument("--split", default="test")
+    zeroshot.add_argument("--descriptions", metavar="FILE", help="description ensemble ('none': templates only)")
+    zeroshot.add_argument("--standardize", action="store_true", help="per-image z-scores (SPARC)")
+    zeroshot.set_defaults(handler=_lazy("zeroshot_command"))
 
     add_data_commands(commands.add_parser("data", help="prepare, mask and verify datasets"))
     return parser
+
+
+def _lazy(name: str):
+    """A handler that imports :mod:`promptmlr.commands` only when run, so ``--help`` stays fast."""
+    def run(args: argparse.Namespace) -> int:
+        from promptmlr import commands
+
+        return getattr(commands, name)(args)
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except CommandError as error:
+    except Exception as error:  # user-facing errors become one line; anything else is a bug: traceback
+        if not _is_user_error(error):
+            raise
         print(f"promptmlr {args.command}: error: {error}", file=sys.stderr)
         return 1
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors that describe bad input (a file, a field, an option) rather than a bug."""
+    from promptmlr.commands import USER_ERRORS
+
+    return isinstance(error, (CommandError, *USER_ERRORS))

@@ -16,16 +16,13 @@ from typing import Any
 
 import yaml
 
+from promptmlr.errors import ConfigError
 from promptmlr.losses import LossConfig
 
 CONFIG_DIRS = (
     Path(__file__).resolve().parents[1] / "configs",  # a source checkout (editable install)
     Path(sys.prefix) / "share" / "promptmlr" / "configs",  # a wheel install (pyproject data-files)
 )
-
-
-class ConfigError(ValueError):
-    """A config file or override that names an unknown key or has a value of the wrong type."""
 
 
 @dataclass

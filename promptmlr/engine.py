@@ -8,7 +8,6 @@ come from the feature cache (:mod:`promptmlr.cache`) or are computed under ``no_
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from promptmlr.cache import CachedFeatureDataset, build_or_open_cache, encode, e
 from promptmlr.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.config import TrainConfig
 from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.errors import ConfigError
 from promptmlr.losses import build_loss
 from promptmlr.metrics import evaluate
 from promptmlr.models.base import MultiLabelMethod
@@ -91,9 +91,9 @@ class Trainer:
     def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
                  cache_directory: str | None = None):
         if config.optimizer not in OPTIMIZERS:
-            raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+            raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
         if config.select_on not in ("val", "test"):
-            raise ValueError(f"train.select_on must be 'val' or 'test', got {config.select_on!r}")
+            raise ConfigError(f"train.select_on must be 'val' or 'test', got {config.select_on!r}")
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
@@ -114,7 +114,7 @@ class Trainer:
     def _decide_cache(self) -> bool:
         cache = self.config.cache
         if cache.enabled not in ("auto", "on", "off"):
-            raise ValueError(f"train.cache.enabled must be auto, on or off, got {cache.enabled!r}")
+            raise ConfigError(f"train.cache.enabled must be auto, on or off, got {cache.enabled!r}")
         if cache.enabled == "off":
             return False
         images = sum(len(d) for d in (self.splits.train, self.splits.val, self.splits.test) if d is not None)
@@ -329,7 +329,7 @@ class Trainer:
             features, indices = self._features(batch)
             category = self.method(features).category_features
             if category is None:
-                raise ValueError(f"recovery.prototype_weight needs category-specific features, which method "
+                raise ConfigError(f"recovery.prototype_weight needs category-specific features, which method "
                                  f"{self._unwrapped.name} does not have; set it to 0")
             positive = (labels[indices] == 1).float()
             batch_sums = torch.einsum("bc,bcd->cd", positive, category.float())

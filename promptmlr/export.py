@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 

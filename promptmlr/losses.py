@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from promptmlr.errors import ConfigError
+
 EPS = 1e-8
 
 
@@ -83,4 +85,4 @@ def build_loss(config: LossConfig) -> Callable[..., torch.Tensor]:
         return partial_bce
     if config.name == "bce":
         return naive_bce
-    raise ValueError(f"unknown loss {config.name!r}; choose asl, partial-bce or bce")
+    raise ConfigError(f"unknown loss {config.name!r}; choose asl, partial-bce or bce")

@@ -19,11 +19,20 @@ from promptmlr.data import build_dataset, make_partial_labels, mask_sha256, spli
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.descriptions import Descriptions, check_classes, load_descriptions, shipped_descriptions_path
 from promptmlr.engine import Splits, Trainer
+from promptmlr.errors import ConfigError
 from promptmlr.export import save_prompts
 from promptmlr.metrics import evaluate
 from promptmlr.models import MultiLabelMethod, build_method
-from promptmlr.runs import (BEST_PROMPTS, LAST_PROMPTS, split_metrics, summary_table, write_config, write_metrics,
-                            write_predictions, write_summary)
+from promptmlr.runs import (
+    BEST_PROMPTS,
+    LAST_PROMPTS,
+    split_metrics,
+    summary_table,
+    write_config,
+    write_metrics,
+    write_predictions,
+    write_summary,
+)
 
 
 @dataclass
@@ -36,28 +45,29 @@ class TuneResult:
 def load_splits(config: DataConfig) -> tuple[Splits, str]:
     """Training data masked by the partial-label protocol, a validation split carved from it, the
     test split, and the SHA-256 of the mask."""
-    train = build_dataset(config.dataset, _root(config), config.train_split, **config.options)
+    train = build_dataset(config.dataset, dataset_root(config), config.train_split, **config.options)
     if len(train) == 0:
-        raise ValueError(f"{config.dataset}/{config.train_split} has no images under {config.root}")
+        raise ConfigError(f"{config.dataset}/{config.train_split} has no images under {config.root}")
     partial = make_partial_labels(train.labels, config.known, config.mask_seed, config.mask_scheme)
     masked = train.with_labels(partial)
     if config.val_fraction > 0:
         train_rows, val_rows = split_validation(partial, config.val_fraction, config.val_seed)
     else:
         train_rows, val_rows = np.arange(len(train)), None
-    test = build_dataset(config.dataset, _root(config), config.test_split, **config.options) if config.test_split else None
+    test = build_dataset(config.dataset, dataset_root(config), config.test_split, **config.options) if config.test_split else None
     splits = Splits(train=masked.subset(train_rows), val=masked.subset(val_rows) if val_rows is not None else None,
                     test=test, full_train_labels=train.labels[train_rows])
     return splits, mask_sha256(partial)
 
 
-def _root(config: DataConfig) -> Path:
+def dataset_root(config: DataConfig) -> Path:
+    """Where the dataset's files are; the synthetic world has a default folder of its own."""
     if config.root is None:
         from promptmlr.data.synthetic import default_synthetic_root
 
         if config.dataset == "synthetic":
             return default_synthetic_root()
-        raise ValueError(f"dataset {config.dataset} needs --data-root (where its files are)")
+        raise ConfigError(f"dataset {config.dataset} needs --data-root (where its files are)")
     return Path(config.root)
 
 
@@ -97,8 +107,7 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
     log(f"backbone {backbone.spec} at {backbone.image_size}px ({locations} locations); descriptions: "
         f"{descriptions_source}")
     log(method.summary(config.train.batch_size, locations))
-    write_config(run_dir, {**config.to_dict(), "derived": {"mask_sha256": mask_hash, "descriptions": descriptions_source,
-                                                          "backbone_fingerprint": backbone.fingerprint}})
+    write_config(run_dir, config.to_dict())
     trainer = Trainer(method, splits, config.train, run_dir)
     result = trainer.fit(resume=resume)
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
@@ -122,7 +131,7 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
     table = summary_table(rows)
     metrics = {
         "dataset": config.data.dataset, "method": config.model.method, "backbone": backbone.spec,
-        "known": config.data.known, "seed": config.train.seed, "mask_sha256": mask_hash,
+        "backbone_fingerprint": backbone.fingerprint, "descriptions": descriptions_source, "known": config.data.known, "seed": config.train.seed, "mask_sha256": mask_hash,
         "selected_on": result.select_on, "best_epoch": result.best_epoch,
         "best": best, "last": last, "history": result.history,
         "trainable_parameters": method.trainable_parameter_count(),

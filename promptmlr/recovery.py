@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from promptmlr.config import RecoveryConfig
+from promptmlr.errors import ConfigError
 
 
 @dataclass
@@ -71,11 +72,11 @@ def refine_scores(probabilities: np.ndarray, labels: np.ndarray, config: Recover
                   prototype_similarity: np.ndarray | None = None) -> np.ndarray:
     weight_probability = 1.0 - config.prototype_weight - config.cooccurrence_weight
     if weight_probability < 0:
-        raise ValueError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
+        raise ConfigError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
     refined = weight_probability * probabilities
     if config.prototype_weight > 0:
         if prototype_similarity is None:
-            raise ValueError("recovery.prototype_weight > 0 needs a method with category-specific features "
+            raise ConfigError("recovery.prototype_weight > 0 needs a method with category-specific features "
                              "(promptmlr); set it to 0 for this method")
         refined = refined + config.prototype_weight * prototype_evidence(prototype_similarity, labels)
     if config.cooccurrence_weight > 0:
@@ -95,7 +96,7 @@ def recover_labels(probabilities: np.ndarray, labels: np.ndarray, config: Recove
     elif config.thresholds == "prior":
         positive, negative = _prior_thresholds(scores, labels, config.prior_fraction)
     else:
-        raise ValueError(f"recovery.thresholds must be 'fixed' or 'prior', got {config.thresholds!r}")
+        raise ConfigError(f"recovery.thresholds must be 'fixed' or 'prior', got {config.thresholds!r}")
     pseudo = np.zeros_like(labels)
     pseudo[positive] = 1
     pseudo[negative] = -1

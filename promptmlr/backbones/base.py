@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from promptmlr.errors import ConfigError
+
 
 class BackboneLoadError(RuntimeError):
     """The weights for a backbone spec could not be obtained; the message says what was tried."""
@@ -70,7 +72,7 @@ class FrozenCLIP(nn.Module, ABC):
     def __init__(self, spec: str, preprocess: PreprocessConfig, dense_mode: str, fingerprint: str):
         super().__init__()
         if dense_mode not in DENSE_MODES:
-            raise ValueError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
+            raise ConfigError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
         self.spec = spec
         self.preprocess = preprocess
         self.dense_mode = dense_mode

@@ -16,6 +16,7 @@ from pathlib import Path
 import open_clip
 
 from promptmlr.backbones.base import FrozenCLIP
+from promptmlr.errors import ConfigError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # tiny test architectures (and the sandbox's) by name
@@ -54,5 +55,5 @@ def create_backbone(spec: str, image_size: int | None = None, dense_mode: str = 
         model, tokenizer, processor = load_hf_clip(rest)
         return HFCLIPBackbone(spec, model, tokenizer, processor, image_size=image_size, dense_mode=dense_mode)
     aliases = ", ".join(sorted(_ALIASES)) or "none"
-    raise ValueError(f"unknown backbone spec {spec!r}: use 'openclip:<arch>[:<tag-or-file>]', "
+    raise ConfigError(f"unknown backbone spec {spec!r}: use 'openclip:<arch>[:<tag-or-file>]', "
                      f"'hf:<hub-id-or-dir>' or a registered name ({aliases})")

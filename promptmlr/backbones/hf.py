@@ -18,6 +18,7 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures, PreprocessConfig, weight_fingerprint
 from promptmlr.backbones.network import hub_endpoint, require_reachable
+from promptmlr.errors import ConfigError
 
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")
 
@@ -60,7 +61,7 @@ class HFCLIPBackbone(FrozenCLIP):
         preprocess = PreprocessConfig(image_size or vision.image_size, tuple(processor.image_mean),
                                       tuple(processor.image_std), "bicubic")
         if preprocess.image_size % vision.patch_size:
-            raise ValueError(f"input size must be a multiple of the patch size {vision.patch_size}, "
+            raise ConfigError(f"input size must be a multiple of the patch size {vision.patch_size}, "
                              f"got {preprocess.image_size}")
         super().__init__(spec, preprocess, dense_mode, weight_fingerprint(model))
         self.model = model

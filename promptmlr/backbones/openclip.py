@@ -21,6 +21,7 @@ from torch import nn
 
 from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures, PreprocessConfig, weight_fingerprint
 from promptmlr.backbones.network import hub_endpoint, require_reachable
+from promptmlr.errors import ConfigError
 
 RANDOM_INIT_SEED = 0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -196,7 +197,7 @@ def _set_input_size(visual: nn.Module, image_size: int) -> None:
     """Interpolate the image tower's position embedding for ``image_size`` input (in place)."""
     if isinstance(visual, ModifiedResNet):
         if image_size % 32:
-            raise ValueError(f"ModifiedResNet input size must be a multiple of 32, got {image_size}")
+            raise ConfigError(f"ModifiedResNet input size must be a multiple of 32, got {image_size}")
         pool = visual.attnpool
         new = resize_grid_embedding(pool.positional_embedding.data, (image_size // 32, image_size // 32))
         pool.positional_embedding = nn.Parameter(new, requires_grad=False)
@@ -204,7 +205,7 @@ def _set_input_size(visual: nn.Module, image_size: int) -> None:
         return
     patch = visual.patch_size[0]
     if image_size % patch:
-        raise ValueError(f"ViT input size must be a multiple of the patch size {patch}, got {image_size}")
+        raise ConfigError(f"ViT input size must be a multiple of the patch size {patch}, got {image_size}")
     grid = (image_size // patch, image_size // patch)
     visual.positional_embedding = nn.Parameter(resize_grid_embedding(visual.positional_embedding.data, grid),
                                                requires_grad=False)

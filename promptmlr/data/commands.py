@@ -1,11 +1,148 @@
-"""``promptmlr data ...`` subcommands (wired into :mod:`promptmlr.cli`)."""
+"""``promptmlr data ...`` subcommands (wired into :mod:`promptmlr.cli`): list, mask, verify.
+
+:func:`add_dataset_arguments` and :func:`dataset_options` are the one way a command names a
+dataset (``--dataset``, ``--data-root`` and the dataset options), shared by ``data verify`` and
+the training and evaluation commands, so an option means the same everywhere. Heavy imports stay
+inside the handlers to keep ``promptmlr --help`` fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from promptmlr.cli import CommandError
+
+# flag -> (keyword option of the loaders, choices or None, help)
+DATASET_OPTIONS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
+    "--difficult": ("difficult", ("negative", "ignore"),
+                    "voc2007: classes present only as 'difficult' objects count as negative (default, as "
+                    "DualCoOp/HCP) or stay unknown (official VOC rule)"),
+    "--image-list": ("image_list", ("all", "annotated"),
+                     "coco2014: every image (default, HCP-MLR-PL) or only annotated ones (DualCoOp)"),
+    "--missing-as": ("missing_as", ("unknown", "negative"),
+                     "jsonl/csv: classes an image does not mention are unknown (default) or negative"),
+    "--classes": ("classes", None, "jsonl/vg200: class-names file, one per line (default <data-root>/classes.txt)"),
+    "--labels": ("labels", None, "jsonl/csv: labels file to read instead of <data-root>/<split>.jsonl|.csv"),
+}
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """Add ``--dataset``, ``--data-root`` and the dataset options to ``parser``.
+
+    ``required=False`` leaves ``--dataset``/``--data-root`` as None when not given, for commands that
+    can take them from a config file instead.
+    """
+    parser.add_argument("--dataset", required=required, metavar="NAME",
+                        help="dataset name (promptmlr data list shows them): voc2007, coco2014, nuswide, "
+                             "vg200, yolo, jsonl, csv")
+    parser.add_argument("--data-root", required=required, type=Path, metavar="DIR", help="folder holding the dataset")
+    group = parser.add_argument_group("dataset options (each applies to the datasets named)")
+    for flag, (dest, choices, help_text) in DATASET_OPTIONS.items():
+        group.add_argument(flag, dest=dest, choices=choices, default=None,
+                           metavar=None if choices else "FILE", help=help_text)
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, str]:
+    """The dataset options given on the command line, as keyword arguments for ``build_dataset``."""
+    return {dest: getattr(args, dest) for dest, _, _ in DATASET_OPTIONS.values() if getattr(args, dest) is not None}
 
 
 def add_data_commands(parser: argparse.ArgumentParser) -> None:
-    """Register ``data mask``, ``data verify`` and friends on the ``data`` parser."""
+    """Register ``data list``, ``data mask`` and ``data verify`` on the ``data`` parser."""
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    del actions  # filled in by the datasets issue (#3)
+
+    listing = actions.add_parser("list", help="the datasets promptmlr can read, their splits and options")
+    listing.set_defaults(handler=run_list)
+
+    mask = actions.add_parser(
+        "mask", help="hide labels: keep a proportion of a 1/-1/0 label matrix (partial-label protocol)",
+        description="Keep a proportion of the entries of a comma-separated 1/-1/0 label matrix and set "
+                    "the rest to 0 (unknown), as the SST/SARB/HCP-MLR-PL protocol does.")
+    mask.add_argument("--labels", required=True, type=Path, metavar="IN.txt", help="full label matrix")
+    mask.add_argument("--known", required=True, type=float, metavar="P", help="proportion of labels kept, in (0, 1]")
+    mask.add_argument("--seed", type=int, default=0, help="random seed (default 0, the published protocol)")
+    mask.add_argument("--scheme", choices=("hcp", "dualcoop"), default="hcp",
+                      help="hcp: numpy legacy generator (default, reproduces the published files); "
+                           "dualcoop: torch.rand as DualCoOp")
+    mask.add_argument("--out", required=True, type=Path, metavar="OUT.txt", help="where to write the partial labels")
+    mask.set_defaults(handler=run_mask)
+
+    verify = actions.add_parser(
+        "verify", help="decode every image and read every label; list bad files",
+        description="Decode every image and read every label of a dataset; print counts per split, "
+                    "positives per class and labels per image, and every missing or corrupt file. "
+                    "Exits with status 1 if anything is wrong.")
+    add_dataset_arguments(verify)
+    verify.add_argument("--split", metavar="SPLIT", help="split to check (default: every split present)")
+    verify.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")
+    verify.set_defaults(handler=run_verify)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from promptmlr.data.registry import get_dataset_spec, list_datasets
+
+    for name in list_datasets():
+        spec = get_dataset_spec(name)
+        splits = "files in the data root" if callable(spec.splits) else ", ".join(spec.splits)
+        options = ", ".join(f"{key}={value}" for key, value in spec.options().items()) or "none"
+        print(f"{name:10s} {spec.description}\n{'':10s} splits: {splits}; options: {options}")
+    return 0
+
+
+def run_mask(args: argparse.Namespace) -> int:
+    from promptmlr.data.labels import make_partial_labels, mask_sha256, read_label_matrix, write_label_matrix
+    from promptmlr.data.textfiles import DatasetError
+
+    if args.out.resolve() == args.labels.resolve():
+        raise CommandError(f"--out {args.out} is the input file; write the partial labels elsewhere")
+    try:
+        labels = read_label_matrix(args.labels)
+        partial = make_partial_labels(labels, args.known, seed=args.seed, scheme=args.scheme)
+    except DatasetError as error:
+        raise CommandError(str(error)) from None
+    write_label_matrix(args.out, partial)
+    kept = float((partial != 0).sum()) / max(1, int((labels != 0).sum()))
+    print(f"wrote {args.out}: {partial.shape[0]} images x {partial.shape[1]} classes, {kept:.1%} of the known "
+          f"entries kept (known={args.known}, seed={args.seed}, scheme={args.scheme})")
+    print(f"mask sha256 {mask_sha256(partial)}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from promptmlr.data.registry import build_dataset, get_dataset_spec
+    from promptmlr.data.textfiles import DatasetError, SplitNotFoundError
+    from promptmlr.data.verify import verify_dataset
+
+    if not args.data_root.expanduser().exists():
+        raise CommandError(f"data root {args.data_root} does not exist")
+    try:
+        spec = get_dataset_spec(args.dataset)
+        spec.check_options(dataset_options(args))
+        splits = [args.split] if args.split else list(spec.available_splits(args.data_root.expanduser()))
+    except DatasetError as error:
+        raise CommandError(str(error)) from None
+    found, failures = 0, []
+    for split in splits:
+        try:
+            dataset = build_dataset(args.dataset, args.data_root, split, **dataset_options(args))
+        except SplitNotFoundError as error:
+            if args.split:
+                raise CommandError(str(error)) from None
+            print(f"{args.dataset}/{split}: not present ({error})")
+            continue
+        except DatasetError as error:
+            failures.append(f"labels   {error}")
+            continue
+        found += 1
+        report = verify_dataset(dataset, workers=args.workers)
+        print(report.summary())
+        failures += [f"{problem.kind:8s} {problem.path}: {problem.reason}" for problem in report.problems]
+    if not found and not failures:
+        raise CommandError(f"{args.dataset}: no split found under {args.data_root}")
+    if failures:
+        print(f"\n{len(failures)} problem(s):")
+        print("\n".join(f"  {line}" for line in failures))
+        return 1
+    print("\nall images decoded and all labels read: no problems")
+    return 0

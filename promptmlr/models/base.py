@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
+from promptmlr.errors import ConfigError
 
 BYTES_PER_FLOAT = 4
 
@@ -113,10 +114,10 @@ def build_method(name: str, backbone: FrozenCLIP, class_names: Sequence[str],
                  descriptions: Mapping[str, Sequence[str]] | None = None, **options: Any) -> MultiLabelMethod:
     """Create method ``name`` with ``options`` overriding its config defaults."""
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
     cls = _METHODS[name]
     fields = {field.name for field in dataclasses.fields(cls.Config)}
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise ValueError(f"method {name!r} has no option(s) {unknown}; its options: {sorted(fields)}")
+        raise ConfigError(f"method {name!r} has no option(s) {unknown}; its options: {sorted(fields)}")
     return cls(backbone, class_names, cls.Config(**options), descriptions)

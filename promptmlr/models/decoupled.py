@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
+from promptmlr.errors import ConfigError
 from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.prompts import NegativeEmbedding, PromptConfig, PromptLearner
@@ -47,9 +48,9 @@ class PromptMLR(MultiLabelMethod):
     def __init__(self, backbone, class_names, config: PromptMLRConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
         if config.negative not in NEGATIVE_BRANCHES:
-            raise ValueError(f"negative must be one of {NEGATIVE_BRANCHES}, got {config.negative!r}")
+            raise ConfigError(f"negative must be one of {NEGATIVE_BRANCHES}, got {config.negative!r}")
         if config.query not in QUERIES:
-            raise ValueError(f"query must be one of {QUERIES}, got {config.query!r}")
+            raise ConfigError(f"query must be one of {QUERIES}, got {config.query!r}")
         self.positive = PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
                                       config.init_phrase, self.descriptions)
         self.negative = self._negative_branch(config.negative)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import FrozenCLIP
+from promptmlr.errors import ConfigError
 
 CONTEXT_INIT_STD = 0.02  # CoOp's random context initialisation
 PLACEHOLDER = "X"
@@ -46,16 +47,16 @@ class PromptLearner(nn.Module):
                  descriptions: Mapping[str, Sequence[str]] | None = None):
         super().__init__()
         if init not in PROMPT_INITS:
-            raise ValueError(f"prompt init must be one of {PROMPT_INITS}, got {init!r}")
+            raise ConfigError(f"prompt init must be one of {PROMPT_INITS}, got {init!r}")
         if init.startswith("descriptions") and not descriptions:
-            raise ValueError(f"prompt init {init!r} needs class descriptions (--descriptions FILE)")
+            raise ConfigError(f"prompt init {init!r} needs class descriptions (--descriptions FILE)")
         if init == "descriptions-tokens" and not class_specific:
-            raise ValueError("prompt init 'descriptions-tokens' needs class-specific contexts")
+            raise ConfigError("prompt init 'descriptions-tokens' needs class-specific contexts")
         self.backbone = backbone
         self.n_ctx = n_ctx
         token_ids = backbone.tokenize([" ".join([PLACEHOLDER] * n_ctx + [name]) + "." for name in class_names])
         if (backbone.eot_positions(token_ids) >= backbone.context_length - 1).any():
-            raise ValueError(f"{n_ctx} context tokens plus a class name exceed the text encoder's "
+            raise ConfigError(f"{n_ctx} context tokens plus a class name exceed the text encoder's "
                              f"{backbone.context_length} positions; lower n_ctx")
         with torch.no_grad():
             embedded = backbone.token_embedding(token_ids)
@@ -75,7 +76,7 @@ class PromptLearner(nn.Module):
         if init in ("phrase", "descriptions-features"):
             phrase_embedding = self._words_embedding([phrase])[0]
             if phrase_embedding.shape[0] > self.n_ctx:
-                raise ValueError(f"init phrase {phrase!r} has {phrase_embedding.shape[0]} tokens, more than "
+                raise ConfigError(f"init phrase {phrase!r} has {phrase_embedding.shape[0]} tokens, more than "
                                  f"n_ctx={self.n_ctx}")
             context[..., self.n_ctx - phrase_embedding.shape[0]:, :] = phrase_embedding
         elif init == "descriptions-tokens":

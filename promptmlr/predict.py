@@ -1,0 +1,119 @@
+"""Label new images with learned prompts, and draw where each predicted label was found.
+
+One unreadable image never stops the others: it is reported with its path and reason, and the
+caller's exit status says that something failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from promptmlr.data.images import ImageLoadError, load_image
+from promptmlr.files import atomic_write
+from promptmlr.models import MultiLabelMethod
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+HEATMAP_ALPHA = 0.55
+
+
+@dataclass
+class Prediction:
+    image: Path
+    labels: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), most probable first
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    heatmap: Path | None = None
+
+    def as_dict(self) -> dict:
+        return {"image": str(self.image), "labels": [{"class": c, "probability": p} for c, p in self.labels],
+                "probabilities": self.probabilities, "error": self.error,
+                "heatmap": str(self.heatmap) if self.heatmap else None}
+
+
+def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given, and the image files inside any directory (sorted, recursively)."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(item)
+    return paths
+
+
+def choose_labels(probabilities: np.ndarray, class_names: Sequence[str], threshold: float | Sequence[float] | None,
+                  top_k: int | None) -> list[tuple[str, float]]:
+    """Labels above the (per-class) threshold, or the ``top_k`` most probable, most probable first."""
+    order = np.argsort(-probabilities, kind="stable")
+    if top_k is not None:
+        chosen = order[:top_k]
+    else:
+        thresholds = np.broadcast_to(np.asarray(threshold if threshold is not None else 0.5), probabilities.shape)
+        chosen = [i for i in order if probabilities[i] >= thresholds[i]]
+    return [(class_names[i], float(probabilities[i])) for i in chosen]
+
+
+@torch.no_grad()
+def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: float | Sequence[float] | None = None,
+                   top_k: int | None = None, heatmap_dir: Path | None = None, batch_size: int = 32) -> list[Prediction]:
+    """Predictions for each image path, in order; unreadable images carry an ``error``."""
+    method.eval()
+    transform = method.backbone.transform(train=False)
+    device = method.backbone.token_embedding.weight.device
+    predictions = []
+    for start in range(0, len(images), batch_size):
+        batch_paths = images[start:start + batch_size]
+        loaded, batch_predictions = [], []
+        for path in batch_paths:
+            prediction = Prediction(Path(path))
+            batch_predictions.append(prediction)
+            try:
+                loaded.append((prediction, load_image(path)))
+            except ImageLoadError as error:
+                prediction.error = str(error)
+        if loaded:
+            tensors = torch.stack([transform(image) for _, image in loaded]).to(device)
+            output = method.predict_images(tensors)
+            probabilities = output.probabilities.float().cpu().numpy()
+            maps = output.attention_maps()
+            for row, (prediction, image) in enumerate(loaded):
+                prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[row])))
+                prediction.labels = choose_labels(probabilities[row], method.class_names, threshold, top_k)
+                if heatmap_dir is not None and maps is not None and prediction.labels:
+                    prediction.heatmap = write_heatmap(image, maps[row].float().cpu().numpy(), method.class_names,
+                                                       prediction.labels, Path(heatmap_dir) / f"{prediction.image.stem}.png")
+        predictions.extend(batch_predictions)
+    return predictions
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """[H, W] in [0, 1] -> RGB uint8 on a blue-to-red ramp."""
+    heat = np.clip(heat, 0.0, 1.0)
+    red = np.clip(1.5 - np.abs(4 * heat - 3), 0, 1)
+    green = np.clip(1.5 - np.abs(4 * heat - 2), 0, 1)
+    blue = np.clip(1.5 - np.abs(4 * heat - 1), 0, 1)
+    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
+
+
+def write_heatmap(image: Image.Image, maps: np.ndarray, class_names: Sequence[str],
+                  labels: Sequence[tuple[str, float]], path: Path, panel: int = 224) -> Path:
+    """One PNG: the image, then one panel per predicted label with its attention map overlaid."""
+    base = image.convert("RGB").resize((panel, panel), Image.BICUBIC)
+    panels = [base]
+    for name, probability in labels:
+        heat = maps[class_names.index(name)]
+        heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
+        heat_image = Image.fromarray(colorize(heat)).resize((panel, panel), Image.BILINEAR)
+        overlay = Image.blend(base, heat_image, HEATMAP_ALPHA)
+        ImageDraw.Draw(overlay).text((4, 4), f"{name} {probability:.2f}", fill=(255, 255, 255))
+        panels.append(overlay)
+    sheet = Image.new("RGB", (panel * len(panels), panel))
+    for index, part in enumerate(panels):
+        sheet.paste(part, (index * panel, 0))
+    return atomic_write(path, lambda temp: sheet.save(temp, format="PNG"))
