@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -98,10 +99,7 @@ class Trainer:
         self.splits = splits
         self.run_dir = Path(run_dir)
         self.loss_fn = build_loss(config.loss)
-        self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-            cpu=not torch.cuda.is_available(),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
+        self.accelerator = _accelerator(config)
         set_seed(config.seed)
         self.method = method.to(self.accelerator.device)
         self.cache_directory = cache_directory or config.cache.directory
@@ -375,6 +373,19 @@ class Trainer:
 
     def _print(self, message: str) -> None:
         self.accelerator.print(message)
+
+
+def _accelerator(config: TrainConfig) -> Accelerator:
+    """An Accelerator for this run. accelerate keeps one process-wide state; a second run in the same
+    single process (a benchmark, a notebook) with another precision needs it reset first."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision fp16 needs a GPU; use bf16 (or no) on the CPU")
+    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                       cpu=not torch.cuda.is_available(),
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
 
 
 class _averaged:

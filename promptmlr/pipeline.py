@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from accelerate.utils import set_seed
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
 from promptmlr.cache import feature_shapes
@@ -99,6 +100,7 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
     backbone = build_backbone(config.model)
     class_names = splits.train.class_names
     descriptions, descriptions_source = resolve_descriptions(config.model, config.data.dataset, class_names)
+    set_seed(config.train.seed)  # random prompt contexts and embeddings start the same in every run
     method = build_method(config.model.method, backbone, class_names, descriptions, **config.model.options)
     locations = _locations(backbone)
     log(f"data {config.data.dataset}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "

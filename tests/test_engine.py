@@ -1,0 +1,191 @@
+"""The training engine and the commands end to end, on a tiny backbone and a small CSV dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from promptmlr.cache import build_or_open_cache
+from promptmlr.cli import main
+from promptmlr.config import resolve_config
+from promptmlr.data import build_dataset
+from promptmlr.engine import Trainer, TrainingDivergedError
+from promptmlr.pipeline import tune
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory) -> Path:
+    """CSV splits of 32 px images whose labels are the colour channels lit in them."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 48), ("test", 24)):
+        rows = [["image", *CLASSES]]
+        for index in range(count):
+            labels = rng.random(3) < 0.5
+            labels[rng.integers(3)] = True
+            pixels = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
+            for channel in np.flatnonzero(labels):
+                top = rng.integers(0, 16)
+                pixels[top:top + 16, :, channel] = 230
+            path = root / "images" / f"{split}{index}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            rows.append([f"images/{path.name}", *("1" if value else "-1" for value in labels)])
+        with open(root / f"{split}.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+    return root
+
+
+def _config(root: Path, tmp_path: Path, **train):
+    settings = {"epochs": 3, "batch_size": 8, "num_workers": 0, "lr": 0.01,
+                "cache": {"directory": str(tmp_path / "cache")}, **train}
+    return resolve_config("csv", overrides=[{
+        "data": {"root": str(root), "known": 0.5, "val_fraction": 0.25},
+        "model": {"backbone": "openclip:promptmlr-tiny-vit", "method": "promptmlr"},
+        "train": settings}])
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, monkeypatch, cache):
+    train = {"cache": {"enabled": cache, "directory": str(tmp_path / "cache")}, "ema_decay": 0.5,
+             "recovery": {"enabled": True, "warmup_epochs": 1}}
+    uninterrupted = tune(_config(colour_data, tmp_path, **train), tmp_path / "full", log=_quiet)
+
+    original = Trainer._train_epoch
+
+    def crash_in_third_epoch(self, epoch, *args):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        tune(_config(colour_data, tmp_path, **train), tmp_path / "resumed", log=_quiet)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = tune(_config(colour_data, tmp_path, **train), tmp_path / "resumed", resume=True, log=_quiet)
+
+    assert [r["train_loss"] for r in resumed.metrics["history"]] == \
+           [r["train_loss"] for r in uninterrupted.metrics["history"]]
+    for name in ("best.safetensors", "last.safetensors"):
+        full, again = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
+        assert full.keys() == again.keys()
+        assert all(torch.equal(full[key], again[key]) for key in full)
+
+
+def test_a_nan_loss_stops_names_the_batch_and_keeps_the_last_good_checkpoint(colour_data, tmp_path, monkeypatch):
+    from promptmlr import engine
+
+    real_loss = engine.build_loss
+
+    def loss_that_breaks_in_epoch_two(config):
+        loss_fn, calls = real_loss(config), {"count": 0}
+
+        def loss(logits, targets, weights=None):
+            calls["count"] += 1
+            value = loss_fn(logits, targets, weights)
+            return value * float("nan") if calls["count"] > 6 else value  # 5 batches per epoch
+
+        return loss
+
+    monkeypatch.setattr(engine, "build_loss", loss_that_breaks_in_epoch_two)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 1 \(images \['.*train\d+\.png'") as error:
+        tune(_config(colour_data, tmp_path), tmp_path / "run", log=_quiet)
+    assert "checkpoint.pt" in str(error.value)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+
+
+def test_feature_cache_is_reused_and_rebuilt_when_the_resolution_changes(colour_data, tmp_path, monkeypatch):
+    from promptmlr import cache as cache_module
+    from promptmlr.backbones import create_backbone
+
+    dataset = build_dataset("csv", colour_data, "test")
+    calls = {"count": 0}
+    real_encode = cache_module.encode
+
+    def counting_encode(*args, **kwargs):
+        calls["count"] += 1
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "encode", counting_encode)
+    for size, expected_calls in ((32, 1), (32, 1), (48, 2)):
+        backbone = create_backbone("openclip:promptmlr-tiny-vit", image_size=size)
+        cache = build_or_open_cache(backbone, dataset, [backbone.transform()], tmp_path, 0, 64, 0)
+        assert calls["count"] == expected_calls
+        assert cache.dense_features.shape == (1, 24, (size // 8) ** 2, 32)
+    images = torch.stack([backbone.transform()(dataset.with_transform(None)[i][0]) for i in range(2)])
+    torch.testing.assert_close(torch.from_numpy(np.array(cache.global_features[0, :2])).float(),
+                               backbone.encode_image(images).global_features, atol=2e-3, rtol=2e-3)
+
+
+def test_optimiser_variants_ema_and_accumulation_run(colour_data, tmp_path):
+    result = tune(_config(colour_data, tmp_path, optimizer="sgd", lr=0.05, grad_accum=2, ema_decay=0.9,
+                          mixed_precision="bf16", epochs=2, select_on="test"),
+                  tmp_path / "run", log=_quiet)
+    assert result.metrics["selected_on"] == "test"
+    assert "selected on the test set" in (tmp_path / "run" / "summary.md").read_text()
+    assert np.isfinite(result.metrics["best"]["test_mAP"])
+
+
+def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["tune", "--dataset", "csv", "--data-root", str(colour_data), "--known", "0.5", "--method", "promptmlr",
+            "--backbone", "openclip:promptmlr-tiny-vit", "--epochs", "4", "--out", str(run),
+            "--set", "train.num_workers=0", "--set", "train.batch_size=8", "--set", "train.lr=0.01",
+            "--set", f"train.cache.directory={tmp_path / 'cache'}", "--set", "data.val_fraction=0.25"]
+    assert main(args) == 0
+    assert {"config.yaml", "metrics.json", "best.safetensors", "last.safetensors", "predictions_test.csv",
+            "summary.md", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 4 and len(metrics["mask_sha256"]) == 64
+    assert metrics["best"]["test_mAP"] > 60  # colours are easy even for a random tiny encoder with training
+
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert f"{metrics['best']['test_mAP']:.2f}" in capsys.readouterr().out
+    evaluated = json.loads((run / "eval_csv_test.json").read_text())
+    assert evaluated["mAP"] == pytest.approx(metrics["best"]["test_mAP"], abs=1e-6)
+
+    assert main(["export", str(run), "--out", str(tmp_path / "emb.npy"), "--format", "text-embeddings"]) == 0
+    assert np.load(tmp_path / "emb.npy").shape == (3, 32)
+    assert main(["export", str(run), "--out", str(tmp_path / "prompts.safetensors")]) == 0
+
+    with open(run / "predictions_test.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 24
+    image = Path(rows[0]["image"])
+    capsys.readouterr()
+    code = main(["predict", str(image), str(tmp_path / "missing.png"), "--prompts", str(tmp_path / "prompts.safetensors"),
+                 "--json", "--heatmaps", str(tmp_path / "heat")])
+    assert code == 1  # one image could not be read; the other was still predicted
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[1]["error"] and "missing.png" in lines[1]["error"]
+    for name in CLASSES:
+        assert lines[0]["probabilities"][name] == pytest.approx(float(rows[0][name]), abs=1e-4)
+    if lines[0]["labels"]:
+        assert Image.open(lines[0]["heatmap"]).size == (224 * (1 + len(lines[0]["labels"])), 224)
+
+
+def test_commands_refuse_bad_input_with_one_line(colour_data, tmp_path, capsys):
+    base = ["tune", "--dataset", "csv", "--data-root", str(colour_data), "--out", str(tmp_path / "r")]
+    assert main(base + ["--known", "0"]) == 1
+    assert "known proportion must be in (0, 1]" in capsys.readouterr().err
+    assert main(base + ["--method", "nope", "--backbone", "openclip:promptmlr-tiny-vit"]) == 1
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(base + ["--set", "train.epoch=3"]) == 1
+    assert "unknown key 'epoch'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing.safetensors"), "--dataset", "csv", "--data-root",
+                 str(colour_data)]) == 1
+    assert "does not exist" in capsys.readouterr().err
