@@ -1,12 +1,15 @@
-"""Shared test fixtures: the `../shared` folder, and tiny frozen backbones that run in milliseconds."""
+"""Shared test fixtures: the read-only ``../shared`` folder, tiny generated images, and tiny frozen
+backbones that run in milliseconds."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
+from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER_DIR = SHARED / "models" / "clip-bpe-tokenizer"
@@ -41,3 +44,25 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if file.name != "README.md":
             shutil.copy(file, directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (as CI clones it); tests skip when it is absent."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared test data not found at {path} (CI clones the repo with shared/ beside it)")
+    return path
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    """Write a small image file: ``make_image(path, size=(32, 24), color=(200, 30, 30), mode="RGB")``."""
+
+    def make(path: Path, size: tuple[int, int] = (32, 24), color=(200, 30, 30), mode: str = "RGB",
+             **save_options) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, size, color).save(path, **save_options)
+        return path
+
+    return make

@@ -34,8 +34,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True
     can take them from a config file instead.
     """
     parser.add_argument("--dataset", required=required, metavar="NAME",
-                        help="dataset name (promptmlr data list shows them): voc2007, coco2014, nuswide, "
-                             "vg200, yolo, jsonl, csv")
+                        help="dataset name, e.g. voc2007, coco2014, yolo, jsonl (promptmlr data list shows all)")
     parser.add_argument("--data-root", required=required, type=Path, metavar="DIR", help="folder holding the dataset")
     group = parser.add_argument_group("dataset options (each applies to the datasets named)")
     for flag, (dest, choices, help_text) in DATASET_OPTIONS.items():

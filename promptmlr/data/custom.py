@@ -1,0 +1,170 @@
+"""A user's own partially labelled data: JSONL or CSV files, one per split, in a data folder.
+
+JSONL (``<root>/<split>.jsonl`` and a class-names file ``<root>/classes.txt``, one name per line)::
+
+    {"image": "photos/001.jpg", "positive": ["dog", "sofa"], "negative": ["cat"]}
+
+Classes in neither list are unknown (0); ``missing_as="negative"`` makes them negative instead,
+for data labelled exhaustively. ``negative`` may be left out.
+
+CSV (``<root>/<split>.csv``; the header names the classes, values 1 / -1 / 0)::
+
+    image,dog,cat,sofa
+    photos/001.jpg,1,-1,0
+
+With ``missing_as="negative"`` the 0s become negatives. In both formats a relative image path is
+relative to the folder of the file that lists it, and ``labels=FILE`` reads that file instead of
+``<root>/<split>.<ext>`` (``classes=FILE`` likewise replaces ``classes.txt``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
+from promptmlr.data.registry import register_dataset
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, check_choice, read_class_names, read_lines
+
+MISSING_AS = ("unknown", "negative")
+JSONL_KEYS = ("image", "positive", "negative")
+
+
+def split_files(root: Path, suffix: str) -> tuple[str, ...]:
+    """Splits of a custom data folder: the stems of its ``*.<suffix>`` files."""
+    return tuple(sorted(p.stem for p in root.glob(f"*{suffix}"))) if root.is_dir() else ()
+
+
+def labels_file(root: Path, split: str, suffix: str, labels: str | None) -> Path:
+    """The file for ``split``: ``labels`` if given, else ``<root>/<split><suffix>``."""
+    if labels:
+        path = Path(labels)
+        if not path.is_file():
+            raise DatasetError(f"labels file {path} not found")
+        return path
+    if root.is_file():
+        raise DatasetError(f"data root {root} is a file; give its folder as the data root, or the file as "
+                           "--labels FILE")
+    path = root / f"{split}{suffix}"
+    if not path.is_file():
+        found = ", ".join(split_files(root, suffix)) or "none"
+        raise SplitNotFoundError(f"no {path}; splits in {root}: {found} (name files <split>{suffix}, "
+                                 "or pass --labels FILE)")
+    return path
+
+
+def resolve_image(listed_in: Path, image: str) -> Path:
+    """An image path as written in a labels file; relative ones start at that file's folder."""
+    path = Path(image).expanduser()
+    return path if path.is_absolute() else listed_in.parent / path
+
+
+@register_dataset("jsonl", splits=lambda root: split_files(root, ".jsonl"))
+def build_jsonl(root: Path, split: str, classes: str | None = None, labels: str | None = None,
+                missing_as: str = "unknown") -> MultiLabelDataset:
+    """Your own data as JSONL lines {"image", "positive", "negative"} plus a class-names file."""
+    check_choice("missing_as", missing_as, MISSING_AS)
+    path = labels_file(root, split, ".jsonl", labels)
+    classes_path = Path(classes) if classes else root / "classes.txt"
+    class_names = read_class_names(classes_path)
+    column_of = {name: column for column, name in enumerate(class_names)}
+    default = NEGATIVE if missing_as == "negative" else UNKNOWN
+    images, rows = [], []
+    for number, line in read_lines(path, "JSONL labels file"):
+        record = parse_jsonl_record(path, number, line)
+        row = np.full(len(class_names), default, dtype=np.int8)
+        for key, value in (("negative", NEGATIVE), ("positive", POSITIVE)):
+            for name in record.get(key, []):
+                if name not in column_of:
+                    raise DatasetError(f"{path}, line {number}: class {name!r} in \"{key}\" is not in the "
+                                       f"class list {classes_path}; add it there or fix the spelling")
+                row[column_of[name]] = value
+        both = set(record.get("positive", [])) & set(record.get("negative", []))
+        if both:
+            raise DatasetError(f"{path}, line {number}: {', '.join(sorted(both))} listed as both positive and negative")
+        images.append(resolve_image(path, record["image"]))
+        rows.append(row)
+    return MultiLabelDataset("jsonl", split, class_names, images, stack_rows(path, rows, len(class_names)))
+
+
+def parse_jsonl_record(path: Path, number: int, line: str) -> dict:
+    """One JSONL line, checked: an object with a string ``image`` and lists of class names."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        raise DatasetError(f"{path}, line {number}: expected an object with an \"image\" path, e.g. "
+                           '{"image": "a.jpg", "positive": ["dog"], "negative": ["cat"]}')
+    unknown = sorted(set(record) - set(JSONL_KEYS))
+    if unknown:
+        raise DatasetError(f"{path}, line {number}: unknown field(s) {', '.join(unknown)}; "
+                           f"the fields are {', '.join(JSONL_KEYS)}")
+    for key in ("positive", "negative"):
+        value = record.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise DatasetError(f"{path}, line {number}: \"{key}\" must be a list of class names")
+    return record
+
+
+@register_dataset("csv", splits=lambda root: split_files(root, ".csv"))
+def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str = "unknown") -> MultiLabelDataset:
+    """Your own data as CSV: header image,<class1>,<class2>,... and rows of 1/-1/0."""
+    check_choice("missing_as", missing_as, MISSING_AS)
+    path = labels_file(root, split, ".csv", labels)
+    rows = read_csv_records(path)
+    if not rows:
+        raise DatasetError(f"{path}: empty; the first line must be the header image,<class1>,<class2>,...")
+    (header_line, header), body = rows[0], rows[1:]
+    if len(header) < 2 or header[0].strip() != "image":
+        raise DatasetError(f"{path}, line {header_line}: the header must be image,<class1>,<class2>,... "
+                           f"got {','.join(header)!r}")
+    class_names = [name.strip() for name in header[1:]]
+    repeated = sorted({name for name in class_names if class_names.count(name) > 1 or not name})
+    if repeated:
+        raise DatasetError(f"{path}, line {header_line}: class columns must have unique, non-empty names; "
+                           f"check {', '.join(repr(name) for name in repeated)}")
+    images, matrix = [], []
+    for number, row in body:
+        if len(row) != len(header):
+            raise DatasetError(f"{path}, line {number}: {len(row)} columns, the header has {len(header)} "
+                               f"(image + {len(class_names)} classes)")
+        values = [value.strip() for value in row[1:]]
+        if not set(values) <= {"1", "-1", "0"}:
+            bad = next(v for v in values if v not in ("1", "-1", "0"))
+            raise DatasetError(f"{path}, line {number}: value {bad!r}; class columns take 1, -1 or 0")
+        images.append(resolve_image(path, row[0].strip()))
+        matrix.append(np.array([int(value) for value in values], dtype=np.int8))
+    labels_matrix = stack_rows(path, matrix, len(class_names))
+    if missing_as == "negative":
+        labels_matrix[labels_matrix == UNKNOWN] = NEGATIVE
+    return MultiLabelDataset("csv", split, class_names, images, labels_matrix)
+
+
+def read_csv_records(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-blank CSV records with the line number each starts on (for error messages)."""
+    records = []
+    line = 1
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        try:
+            for row in reader:
+                if any(field.strip() for field in row):
+                    records.append((line, row))
+                line = reader.line_num + 1
+        except csv.Error as error:
+            raise DatasetError(f"{path}, line {reader.line_num}: not valid CSV ({error})") from None
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{path}: not a UTF-8 text file ({error}); save it as UTF-8") from None
+    return records
+
+
+def stack_rows(path: Path, rows: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """``[N, C]`` from per-image rows; a file without any image is an error."""
+    if not rows:
+        raise DatasetError(f"{path}: no images listed")
+    return np.stack(rows).astype(np.int8).reshape(len(rows), num_classes)

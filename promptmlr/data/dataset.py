@@ -1,0 +1,90 @@
+"""The one dataset type every loader returns: image paths, class names and a 1/-1/0 label matrix.
+
+Loaders only *describe* a dataset (they read list and label files, never pixels), so building one
+is fast and cheap to copy; pixels are read lazily in ``__getitem__`` through
+:func:`promptmlr.data.images.load_image`. Masking, validation splits and transforms make new views
+with :meth:`with_labels`, :meth:`subset` and :meth:`with_transform`; nothing is changed in place.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from promptmlr.data.images import load_image
+from promptmlr.data.labels import as_label_matrix
+from promptmlr.data.textfiles import DatasetError
+
+
+class MultiLabelDataset(Dataset):
+    """Images with a label vector over ``C`` classes: 1 positive, -1 negative, 0 unknown.
+
+    ``dataset[i]`` is ``(image, labels, i)``: ``image`` is ``transform(PIL RGB image)`` (the PIL
+    image itself when ``transform`` is None, for inspection; a DataLoader needs a transform that
+    returns tensors), ``labels`` a float32 tensor ``[C]``, and ``i`` the row index, which lets a
+    training loop look up or update per-image state (e.g. recovered labels) without a second map.
+    """
+
+    def __init__(self, name: str, split: str, class_names: Sequence[str], image_paths: Sequence[str | Path],
+                 labels: np.ndarray, transform: Callable[[Any], Any] | None = None):
+        self.name = name
+        self.split = split
+        self.class_names = [str(c) for c in class_names]
+        self.image_paths = [Path(p) for p in image_paths]
+        self.labels = as_label_matrix(labels, where=f"{name}/{split} labels")
+        self.transform = transform
+        if len(set(self.class_names)) != len(self.class_names):
+            repeated = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+            raise DatasetError(f"{name}/{split}: class names repeat: {', '.join(repeated)}")
+        if self.labels.shape != (len(self.image_paths), len(self.class_names)):
+            raise DatasetError(f"{name}/{split}: label matrix is {self.labels.shape[0]}x{self.labels.shape[1]}, "
+                               f"but there are {len(self.image_paths)} images and {len(self.class_names)} classes")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, int]:
+        image = load_image(self.image_paths[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
+
+    def __repr__(self) -> str:
+        return (f"MultiLabelDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+                f"classes={self.num_classes})")
+
+    def with_labels(self, labels: np.ndarray) -> "MultiLabelDataset":
+        """The same images with another label matrix of the same shape (e.g. a partial-label mask)."""
+        labels = as_label_matrix(labels, where=f"{self.name}/{self.split} new labels")
+        if labels.shape != self.labels.shape:
+            raise DatasetError(f"{self.name}/{self.split}: new labels are {labels.shape[0]}x{labels.shape[1]}, "
+                               f"the dataset is {self.labels.shape[0]}x{self.labels.shape[1]}")
+        return self._replace(labels=labels)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "MultiLabelDataset":
+        """The rows ``indices`` (in that order) as a new dataset; row ``j`` of it is ``indices[j]`` here."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise DatasetError(f"{self.name}/{self.split}: subset indices must be in [0, {len(self)}), "
+                               f"got values from {rows.min()} to {rows.max()}")
+        return self._replace(image_paths=[self.image_paths[i] for i in rows.tolist()],
+                             labels=self.labels[rows])
+
+    def with_transform(self, transform: Callable[[Any], Any] | None) -> "MultiLabelDataset":
+        """The same images and labels, read through another transform (train vs. eval)."""
+        return self._replace(transform=transform)
+
+    def _replace(self, **changes: Any) -> "MultiLabelDataset":
+        clone = copy.copy(self)
+        for key, value in changes.items():
+            setattr(clone, key, value)
+        return clone

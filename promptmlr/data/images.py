@@ -1,0 +1,93 @@
+"""Loading one image file the same way everywhere: oriented, RGB, and named when it fails.
+
+Every loader, ``data verify`` and every DataLoader worker reads pixels through :func:`load_image`:
+
+* EXIF orientation is applied (``ImageOps.exif_transpose``): phone photos are stored sideways with
+  an orientation tag, and a model shown the raw pixels learns from rotated images.
+* Every mode becomes RGB. Grayscale (``1``, ``L``, 16-bit ``I;16``/``I`` scaled to 8 bits), CMYK,
+  YCbCr and palette images are converted; images with transparency (``RGBA``, ``LA``, ``PA``,
+  palette with a transparent colour) are *composited on white*, which is how a viewer shows them. A plain
+  ``convert("RGB")`` would instead keep whatever colour the invisible pixels happen to store
+  (often black), putting objects on a background nobody sees.
+* Any failure raises :class:`ImageLoadError` naming the file and the reason, so a bad file in a
+  dataset of 100,000 is found by name instead of through an opaque PIL trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+WHITE = (255, 255, 255)
+_PREFIX = "cannot load image "
+_SEPARATOR = " — "
+_ALPHA_MODES = ("RGBA", "LA", "PA")
+
+
+class ImageLoadError(OSError):
+    """An image file is missing, unreadable or corrupt; ``path`` and ``reason`` say which and why.
+
+    PyTorch re-raises an exception from a DataLoader worker by calling its class with the worker's
+    whole formatted traceback as the only argument. That case is recognised here and cut back to
+    the original one-line message, so training stops with ``cannot load image <path> — <reason>``
+    and the same ``path``/``reason`` attributes, never a trace from inside the worker.
+    """
+
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None:  # rebuilt by torch.utils.data from a worker's traceback text
+            path, reason = _parse_message(str(path))
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{_PREFIX}{self.path}{_SEPARATOR}{self.reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+    def __str__(self) -> str:
+        return f"{_PREFIX}{self.path}{_SEPARATOR}{self.reason}"
+
+
+def _parse_message(text: str) -> tuple[str, str]:
+    """Recover ``(path, reason)`` from a message that ends with this class's own one-line form."""
+    last = text.rstrip().splitlines()[-1] if text.strip() else ""
+    _, found, message = last.partition(_PREFIX)
+    path, separator, reason = message.partition(_SEPARATOR)
+    if found and separator:
+        return path, reason
+    return text, "unknown reason"
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully and return it upright and in RGB; raise :class:`ImageLoadError` if not."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode every byte now: truncation shows here, not in a worker later
+            image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(path, "is a directory, not an image file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file Pillow can read (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(path, f"corrupt or unreadable ({type(error).__name__}: {error})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited on white (see the module docstring)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grayscale (PNG, TIFF): map 0..65535 onto 0..255 instead of clipping at 255
+        image = image.convert("I").point(lambda value: value / 257).convert("L")
+    return image.convert("RGB")
