@@ -125,7 +125,8 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
     unwrapped.load_state_dict(result.best_state)
     if splits.test is not None:
         scores = trainer.scores_for("test")
-        write_predictions(run_dir / "predictions_test.csv", splits.test.image_paths, class_names, scores)
+        write_predictions(run_dir / "predictions_test", splits.test.image_paths, class_names, scores,
+                          splits.test.labels)
     selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
     if result.select_on == "test":
         selected_label += " ⚠ selected on the test set, as the anchors do"

@@ -8,6 +8,7 @@
       best.safetensors          learned prompts of the selected epoch (export format)
       last.safetensors          learned prompts of the last epoch
       predictions_test.csv      test probabilities per image and class (selected epoch)
+      predictions_test.npz      the same as arrays, with the test labels (scores, labels, classes, images)
       summary.md                the closing table
       checkpoint.pt             resumable training state (learnable parameters only)
 """
@@ -39,16 +40,24 @@ def write_metrics(run_dir: Path, metrics: dict) -> Path:
     return write_json_atomic(run_dir / METRICS_FILE, metrics)
 
 
-def write_predictions(path: Path, image_paths: Sequence[Path], class_names: Sequence[str], scores: np.ndarray) -> Path:
-    """CSV with an ``image`` column and one probability column per class."""
-    def write(temp: Path) -> None:
+def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequence[str], scores: np.ndarray,
+                      labels: np.ndarray) -> None:
+    """``<stem>.csv`` (an ``image`` column, one probability column per class) for people and
+    spreadsheets, and ``<stem>.npz`` (scores, labels, class names, images) for ``promptmlr report``."""
+    def write_csv(temp: Path) -> None:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", *class_names])
             for image, row in zip(image_paths, scores):
                 writer.writerow([str(image), *(f"{value:.6f}" for value in row)])
 
-    return atomic_write(path, write)
+    def write_npz(temp: Path) -> None:
+        with open(temp, "wb") as handle:  # a file object, so numpy does not append '.npz' to the name
+            np.savez_compressed(handle, scores=scores.astype(np.float32), labels=labels.astype(np.int8),
+                                class_names=np.array(class_names), images=np.array([str(p) for p in image_paths]))
+
+    atomic_write(stem.with_suffix(".csv"), write_csv)
+    atomic_write(stem.with_suffix(".npz"), write_npz)
 
 
 def summary_table(rows: dict[str, dict], keys: Sequence[str] = REPORTED) -> str:

@@ -146,7 +146,7 @@ def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
             "--set", "train.num_workers=0", "--set", "train.batch_size=8", "--set", "train.lr=0.01",
             "--set", f"train.cache.directory={tmp_path / 'cache'}", "--set", "data.val_fraction=0.25"]
     assert main(args) == 0
-    assert {"config.yaml", "metrics.json", "best.safetensors", "last.safetensors", "predictions_test.csv",
+    assert {"config.yaml", "metrics.json", "best.safetensors", "last.safetensors", "predictions_test.csv", "predictions_test.npz",
             "summary.md", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 4 and len(metrics["mask_sha256"]) == 64
