@@ -132,3 +132,10 @@ def test_a_user_can_train_on_jsonl_and_csv_data(jsonl_root, csv_root):
 def test_a_labels_file_given_as_data_root_says_what_to_do(jsonl_root):
     with pytest.raises(DatasetError, match="is a file; give its folder as the data root, or the file as --labels"):
         build_dataset("jsonl", jsonl_root / "train.jsonl", "train")
+
+
+def test_custom_reads_whichever_format_the_split_has(jsonl_root, csv_root):
+    assert build_dataset("custom", jsonl_root, "train").name == "jsonl"
+    assert build_dataset("custom", csv_root, "train").name == "csv"
+    with pytest.raises(DatasetError, match="--classes applies to JSONL data"):
+        build_dataset("custom", csv_root, "train", classes="classes.txt")

@@ -168,3 +168,15 @@ def stack_rows(path: Path, rows: list[np.ndarray], num_classes: int) -> np.ndarr
     if not rows:
         raise DatasetError(f"{path}: no images listed")
     return np.stack(rows).astype(np.int8).reshape(len(rows), num_classes)
+
+
+@register_dataset("custom", splits=lambda root: tuple(sorted({*split_files(root, ".jsonl"), *split_files(root, ".csv")})))
+def build_custom(root: Path, split: str, classes: str | None = None, labels: str | None = None,
+                 missing_as: str = "unknown") -> MultiLabelDataset:
+    """Your own data, JSONL or CSV: whichever of <split>.jsonl / <split>.csv (or --labels FILE) exists."""
+    suffix = Path(labels).suffix if labels else (".jsonl" if (root / f"{split}.jsonl").is_file() else ".csv")
+    if suffix == ".jsonl":
+        return build_jsonl(root, split, classes, labels, missing_as)
+    if classes:
+        raise DatasetError("--classes applies to JSONL data; a CSV file names its classes in its header")
+    return build_csv(root, split, labels, missing_as)
