@@ -166,7 +166,8 @@ class Trainer:
                         for name, dataset in (("val", self.splits.val), ("test", self.splits.test))
                         if dataset is not None}
         if config.recovery.enabled:
-            eval_loaders["train-scoring"] = self._loader(self.splits.train, train=False, description="train (eval view)")
+            eval_loaders["train-scoring"] = self._loader(self.splits.train, train=False,
+                                                         description="train (eval view)")
         parameters = [p for p in self.method.parameters() if p.requires_grad]
         optimizer = self._optimizer(parameters) if parameters else None
         steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
@@ -283,7 +284,8 @@ class Trainer:
             features, indices = self._features(batch)
             with self.accelerator.autocast():
                 probabilities = self.method(features).probabilities.float()
-            probabilities, indices = self.accelerator.gather_for_metrics((probabilities, indices.to(probabilities.device)))
+            probabilities, indices = self.accelerator.gather_for_metrics(
+                (probabilities, indices.to(probabilities.device)))
             scores.append(probabilities.cpu().numpy())
             rows.append(indices.cpu().numpy())
         order = np.argsort(np.concatenate(rows), kind="stable")
@@ -367,7 +369,8 @@ class Trainer:
         if ema is not None and state["ema"] is not None:
             ema.shadow = {name: tensor.to(self.accelerator.device) for name, tensor in state["ema"].items()}
         self.pseudo_labels = state["pseudo_labels"]
-        result.best_epoch, result.best_state, result.history = state["best_epoch"], state["best_state"], state["history"]
+        result.best_epoch, result.best_state = state["best_epoch"], state["best_state"]
+        result.history = state["history"]
         restore_rng_states(state["rng"])
         return state["epoch"], state["best_score"]
 

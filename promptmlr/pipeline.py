@@ -55,7 +55,9 @@ def load_splits(config: DataConfig) -> tuple[Splits, str]:
         train_rows, val_rows = split_validation(partial, config.val_fraction, config.val_seed)
     else:
         train_rows, val_rows = np.arange(len(train)), None
-    test = build_dataset(config.dataset, dataset_root(config), config.test_split, **config.options) if config.test_split else None
+    test = None
+    if config.test_split:
+        test = build_dataset(config.dataset, dataset_root(config), config.test_split, **config.options)
     splits = Splits(train=masked.subset(train_rows), val=masked.subset(val_rows) if val_rows is not None else None,
                     test=test, full_train_labels=train.labels[train_rows])
     return splits, mask_sha256(partial)
@@ -134,7 +136,8 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
     table = summary_table(rows)
     metrics = {
         "dataset": config.data.dataset, "method": config.model.method, "backbone": backbone.spec,
-        "backbone_fingerprint": backbone.fingerprint, "descriptions": descriptions_source, "known": config.data.known, "seed": config.train.seed, "mask_sha256": mask_hash,
+        "backbone_fingerprint": backbone.fingerprint, "descriptions": descriptions_source,
+        "known": config.data.known, "seed": config.train.seed, "mask_sha256": mask_hash,
         "selected_on": result.select_on, "best_epoch": result.best_epoch,
         "best": best, "last": last, "history": result.history,
         "trainable_parameters": method.trainable_parameter_count(),

@@ -86,8 +86,9 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
                 prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[row])))
                 prediction.labels = choose_labels(probabilities[row], method.class_names, threshold, top_k)
                 if heatmap_dir is not None and maps is not None and prediction.labels:
+                    target = Path(heatmap_dir) / f"{prediction.image.stem}.png"
                     prediction.heatmap = write_heatmap(image, maps[row].float().cpu().numpy(), method.class_names,
-                                                       prediction.labels, Path(heatmap_dir) / f"{prediction.image.stem}.png")
+                                                       prediction.labels, target)
         predictions.extend(batch_predictions)
     return predictions
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from promptmlr.backbones import BackboneLoadError, create_backbone
-from promptmlr.backbones import network
+from promptmlr.backbones import BackboneLoadError, create_backbone, network
 from promptmlr.backbones.openclip import resize_grid_embedding
 from tests.conftest import TINY_SPECS
 

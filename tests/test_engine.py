@@ -146,8 +146,8 @@ def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
             "--set", "train.num_workers=0", "--set", "train.batch_size=8", "--set", "train.lr=0.01",
             "--set", f"train.cache.directory={tmp_path / 'cache'}", "--set", "data.val_fraction=0.25"]
     assert main(args) == 0
-    assert {"config.yaml", "metrics.json", "best.safetensors", "last.safetensors", "predictions_test.csv", "predictions_test.npz",
-            "summary.md", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    assert {"config.yaml", "metrics.json", "best.safetensors", "last.safetensors", "predictions_test.csv",
+            "predictions_test.npz", "summary.md", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 4 and len(metrics["mask_sha256"]) == 64
     assert metrics["best"]["test_mAP"] > 60  # colours are easy even for a random tiny encoder with training
@@ -167,7 +167,8 @@ def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
     assert len(rows) == 24
     image = Path(rows[0]["image"])
     capsys.readouterr()
-    code = main(["predict", str(image), str(tmp_path / "missing.png"), "--prompts", str(tmp_path / "prompts.safetensors"),
+    prompts = str(tmp_path / "prompts.safetensors")
+    code = main(["predict", str(image), str(tmp_path / "missing.png"), "--prompts", prompts,
                  "--json", "--heatmaps", str(tmp_path / "heat")])
     assert code == 1  # one image could not be read; the other was still predicted
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

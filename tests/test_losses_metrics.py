@@ -11,8 +11,13 @@ from sklearn.metrics import average_precision_score
 
 from promptmlr.config import RecoveryConfig
 from promptmlr.losses import LossConfig, asymmetric_loss, build_loss, naive_bce, partial_bce, two_way_to_margin
-from promptmlr.metrics import (average_precision, evaluate, mean_average_precision, per_class_average_precision,
-                               threshold_metrics)
+from promptmlr.metrics import (
+    average_precision,
+    evaluate,
+    mean_average_precision,
+    per_class_average_precision,
+    threshold_metrics,
+)
 from promptmlr.recovery import cooccurrence_evidence, recover_labels
 
 

@@ -42,7 +42,8 @@ def load_hf_clip(source: str) -> tuple[CLIPModel, object, CLIPImageProcessor]:
     try:
         return _from_pretrained(source, local_files_only=False)
     except OSError as error:
-        raise BackboneLoadError(f"loading '{source}' from the Hugging Face Hub failed: {error}. {how_to_fix}") from error
+        raise BackboneLoadError(f"loading '{source}' from the Hugging Face Hub failed: {error}. "
+                                f"{how_to_fix}") from error
 
 
 def _from_pretrained(source: str, local_files_only: bool) -> tuple[CLIPModel, object, CLIPImageProcessor]:

@@ -170,7 +170,11 @@ def stack_rows(path: Path, rows: list[np.ndarray], num_classes: int) -> np.ndarr
     return np.stack(rows).astype(np.int8).reshape(len(rows), num_classes)
 
 
-@register_dataset("custom", splits=lambda root: tuple(sorted({*split_files(root, ".jsonl"), *split_files(root, ".csv")})))
+def custom_splits(root: Path) -> tuple[str, ...]:
+    return tuple(sorted({*split_files(root, ".jsonl"), *split_files(root, ".csv")}))
+
+
+@register_dataset("custom", splits=custom_splits)
 def build_custom(root: Path, split: str, classes: str | None = None, labels: str | None = None,
                  missing_as: str = "unknown") -> MultiLabelDataset:
     """Your own data, JSONL or CSV: whichever of <split>.jsonl / <split>.csv (or --labels FILE) exists."""
