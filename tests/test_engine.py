@@ -190,3 +190,11 @@ def test_commands_refuse_bad_input_with_one_line(colour_data, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing.safetensors"), "--dataset", "csv", "--data-root",
                  str(colour_data)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_zeroshot_command_reports_a_table(colour_data, capsys):
+    assert main(["zeroshot", "--dataset", "csv", "--data-root", str(colour_data), "--backbone",
+                 "openclip:promptmlr-tiny-vit", "--standardize"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot openclip:promptmlr-tiny-vit on csv/test; descriptions: none" in out
+    assert "| zeroshot |" in out
