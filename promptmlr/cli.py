@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     zeroshot.add_argument("--standardize", action="store_true", help="per-image z-scores (SPARC)")
     zeroshot.set_defaults(handler=_lazy("zeroshot_command"))
 
+    report = commands.add_parser("report", help="plots and a Markdown summary of finished runs",
+                                 description="Per-class AP bars and precision-recall curves for each run, mAP "
+                                             "against the known proportion across runs (mean ± std over seeds) "
+                                             "and report.md with every run's numbers.")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    report.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the PNGs and report.md go")
+    report.add_argument("--pr-classes", metavar="NAME[,NAME...]",
+                        help="classes to draw PR curves for (default: all up to 20 classes, else the 6 best "
+                             "and the 6 worst by AP)")
+    report.set_defaults(handler=_lazy("report_command"))
+
     add_data_commands(commands.add_parser("data", help="prepare, mask and verify datasets"))
     return parser
 

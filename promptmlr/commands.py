@@ -156,3 +156,16 @@ def zeroshot_command(args: argparse.Namespace) -> int:
     print(f"zero-shot {backbone.spec} on {dataset.name}/{args.split}; descriptions: {source}")
     print(summary_table({"zeroshot": metrics}))
     return 0
+
+
+# -------------------------------------------------------------------------------------------- report
+def report_command(args: argparse.Namespace) -> int:
+    from promptmlr.report import ReportError, known_table, write_report
+
+    classes = [name.strip() for name in args.pr_classes.split(",") if name.strip()] if args.pr_classes else None
+    try:
+        result = write_report(args.run_dirs, args.out, pr_classes=classes)
+    except ReportError as error:
+        raise CommandError(str(error)) from error
+    print(f"\n{known_table(result.groups)}\n\n{len(result.files)} files written; the report: {result.markdown}")
+    return 0

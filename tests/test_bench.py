@@ -1,0 +1,167 @@
+"""tools/bench: the accuracy benchmark (runs, results files, resuming) and the speed benchmark
+(micro-benchmarks and a scaled-down recipe), on the tiny backbone and tiny data."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_report import TINY, write_colour_csv
+
+BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    return _load("accuracy")
+
+
+@pytest.fixture(scope="module")
+def speed():
+    return _load("speed")
+
+
+def _accuracy_args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--dataset", "csv", "--data-root", str(data), "--backbone", TINY, "--methods", "zeroshot,linear",
+            "--known", "0.3", "0.7", "--seeds", "0", "--epochs", "1", "--out", str(out),
+            "--set", "train.num_workers=0", "--set", "train.batch_size=8", "--set", f"train.cache.directory={cache}",
+            "--set", "data.val_fraction=0.25", *extra]
+
+
+def test_accuracy_bench_runs_every_method_and_proportion_and_resumes(accuracy, tmp_path, capsys, monkeypatch):
+    data = write_colour_csv(tmp_path / "data")
+    out = tmp_path / "bench"
+    args = _accuracy_args(data, out, tmp_path / "cache")
+    assert accuracy.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| method | 30% | 70% |" in printed
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method"], r["known"], r["seed"]) for r in rows] == [
+        ("zeroshot", "0.3", "0"), ("linear", "0.3", "0"), ("zeroshot", "0.7", "0"), ("linear", "0.7", "0")]
+    for row in rows:
+        run = out / "runs" / f"{row['method']}-k{row['known']}-s0"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert float(row["test_mAP"]) == pytest.approx(metrics["best"]["test_mAP"])
+        assert float(row["test_mAP_voc2012"]) == pytest.approx(metrics["best"]["test_mAP_voc2012"])
+        assert float(row["total_seconds"]) > 0 and row["recovery_precision_positive"] == ""
+        assert int(row["trainable_parameters"]) == metrics["trainable_parameters"]
+        assert metrics["known"] == float(row["known"])
+    assert rows[0]["trainable_parameters"] == "0" and int(rows[1]["trainable_parameters"]) > 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 4 and len(results["aggregate"]) == 4 and results["failed"] == []
+    assert "## test mAP" in (out / "results.md").read_text()
+    with Image.open(out / "map_vs_known.png") as image:
+        assert image.format == "PNG"
+
+    # run again: every run is read back, none is trained
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(accuracy, "tune", no_training)
+    assert accuracy.main(args) == 0
+    assert capsys.readouterr().out.count(": reused") == 4
+    with open(out / "results.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == rows
+
+    # the same folder with another config is refused, not mixed in
+    assert accuracy.main(_accuracy_args(data, out, tmp_path / "cache", "--set", "train.lr=0.5")) == 1
+    assert "train.lr" in capsys.readouterr().err
+
+
+def test_accuracy_bench_refuses_overrides_it_sets_itself(accuracy, tmp_path, capsys):
+    assert accuracy.main(["--dataset", "csv", "--data-root", str(tmp_path), "--out", str(tmp_path / "b"),
+                          "--set", "data.known=0.5"]) == 2
+    assert "--known" in capsys.readouterr().err
+
+
+def test_seed_sets_mask_and_training_seed(accuracy, tmp_path):
+    args = accuracy.build_parser().parse_args(["--dataset", "csv", "--data-root", str(tmp_path), "--methods",
+                                               "linear", "--known", "0.5", "--seeds", "3", "--out", str(tmp_path)])
+    [(name, config)] = accuracy.plan(args)
+    assert name == "linear-k0.5-s3"
+    assert (config.data.mask_seed, config.train.seed, config.data.known) == (3, 3, 0.5)
+
+
+def test_speed_quick_reports_every_throughput(speed, tmp_path, capsys):
+    out = tmp_path / "speed"
+    assert speed.main(["--quick", "--archs", "promptmlr-tiny-vit", "--image-sizes", "32", "--methods", "dualcoop",
+                       "zeroshot", "--precisions", "fp32", "bf16", "--out", str(out)]) == 0
+    report = json.loads((out / "speed.json").read_text())
+    assert report["device"]["type"] == "cpu" and report["device"]["name"]
+    assert "resource.getrusage" in report["memory_kind"]
+    rows = report["results"]
+    assert [(r["precision"], r["method"]) for r in rows] == [("fp32", "dualcoop"), ("fp32", "zeroshot"),
+                                                             ("bf16", "dualcoop"), ("bf16", "zeroshot")]
+    for row in rows:
+        assert row["backbone"] == TINY and row["image_size"] == 32 and row["batch_size"] == 2
+        expected = ["extract", "predict", "predict_cached", "peak_memory_mib"]
+        if row["method"] == "dualcoop":
+            expected += ["train_cached", "train_uncached"]
+        assert all(row[key] > 0 for key in expected)
+    assert "| backbone | px | batch |" in (out / "speed.md").read_text()
+    assert report["device"]["name"] in capsys.readouterr().out
+
+
+def _tiny_voc(root: Path, count: int) -> Path:
+    """A VOCdevkit with only a train split (as ../shared has), built from the per-class files."""
+    from promptmlr.data.voc import VOC_CLASSES
+
+    year = root / "VOCdevkit" / "VOC2007"
+    (year / "ImageSets" / "Main").mkdir(parents=True)
+    (year / "JPEGImages").mkdir()
+    rng = np.random.default_rng(0)
+    ids = [f"{index:06d}" for index in range(count)]
+    for image_id in ids:
+        pixels = rng.integers(0, 255, (40, 48, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(year / "JPEGImages" / f"{image_id}.jpg")
+    (year / "ImageSets" / "Main" / "train.txt").write_text("".join(f"{i}\n" for i in ids))
+    for name in VOC_CLASSES:
+        labels = rng.choice([1, -1, -1, 0], size=count)
+        (year / "ImageSets" / "Main" / f"{name}_train.txt").write_text(
+            "".join(f"{i} {v:2d}\n" for i, v in zip(ids, labels)))
+    return root / "VOCdevkit"
+
+
+def test_speed_recipe_scaled_down_splits_the_wall_time(speed, tmp_path, capsys):
+    voc = _tiny_voc(tmp_path / "voc", 12)
+    out = tmp_path / "recipe"
+    assert speed.main(["--recipe", "voc2007", "--data-root", str(voc), "--recipe-images", "6", "--recipe-epochs", "2",
+                       "--recipe-backbone", TINY, "--set", "model.image_size=32", "--set", "train.num_workers=0",
+                       "--out", str(out)]) == 0
+    report = json.loads((out / "recipe.json").read_text())
+    assert report["data"] == {"train_images": 6, "test_images": 6, "scaled_down": True, "train_source": "train",
+                              "test_source": "train (images 7-12; there is no test split here)"}
+    phases = report["phases_seconds"]
+    assert phases["caching"] > 0 and phases["training"] > 0 and phases["evaluation"] > 0
+    assert sum(phases.values()) == pytest.approx(report["wall_seconds"])
+    assert report["extrapolated_full_recipe_seconds"] > report["wall_seconds"]
+    assert report["epochs"] == 2 and report["image_size"] == 32 and report["device"]["name"]
+    assert not (out / "recipe-cache").exists()  # a cold cache next time
+    assert "| caching |" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit, match="--recipe-images"):  # the full recipe needs trainval and test
+        speed.main(["--recipe", "voc2007", "--data-root", str(voc), "--out", str(out)])
