@@ -178,11 +178,17 @@ class OpenCLIPBackbone(FrozenCLIP):
     def eot_positions(self, token_ids: torch.Tensor) -> torch.Tensor:
         return token_ids.argmax(dim=-1)  # the end-of-text id is the largest in CLIP's vocabulary
 
+    @property
+    def causal_text(self) -> bool:
+        return self.text.attn_mask is not None
+
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         text = self.text
         cast_dtype = text.transformer.get_cast_dtype()
-        x = embeddings.to(cast_dtype) + text.positional_embedding.to(cast_dtype)
-        x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask))
+        length = embeddings.shape[1]
+        x = embeddings.to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)
+        mask = text.attn_mask[:length, :length] if text.attn_mask is not None else None
+        x = text.ln_final(text.transformer(x, attn_mask=mask))
         x = x[torch.arange(x.shape[0], device=x.device), eot_positions]
         projection = text.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection

@@ -60,9 +60,11 @@ class PromptLearner(nn.Module):
                              f"{backbone.context_length} positions; lower n_ctx")
         with torch.no_grad():
             embedded = backbone.token_embedding(token_ids)
-        self.register_buffer("eot", backbone.eot_positions(token_ids), persistent=False)
+        eot = backbone.eot_positions(token_ids)
+        self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("prefix", embedded[:, :1], persistent=False)  # start-of-text
-        self.register_buffer("suffix", embedded[:, 1 + n_ctx:], persistent=False)  # name, '.', end, padding
+        suffix = embedded[:, 1 + n_ctx:backbone.text_length(eot)]  # name, '.', end (padding dropped)
+        self.register_buffer("suffix", suffix, persistent=False)
         shape = (len(class_names), n_ctx) if class_specific else (n_ctx,)
         self.context = nn.Parameter(self._initial_context(shape, init, init_phrase, class_names, descriptions))
         self.feature_offset = None
