@@ -6,7 +6,9 @@
 2. A semantic decoupling head (:mod:`promptmlr.models.head`, the SARL idea) pools one feature per
    category from the dense map, attending with the class's query.
 3. Logits ``s * (cos(f_c, t+_c) - cos(f_c, t-_c))`` compare each category feature with its own
-   class's prompts only.
+   class's prompts only; a global branch adds the same margin computed on CLIP's global image
+   embedding (weight ``global_weight``), the signal a linear probe lives on, so local evidence
+   refines rather than replaces it.
 4. Category-specific prompt alignment: a cross-entropy over classes that makes the feature pooled
    for class c (where c is a known positive) closer to c's prompt than to any other class's, against
    semantic confusion between co-occurring classes (in the spirit of SARL's category-specific
@@ -38,6 +40,7 @@ class PromptMLRConfig(PromptConfig):
     attention_temperature: float = 10.0  # initial tau of the head's spatial softmax (learned)
     logit_scale: float = 20.0
     align_weight: float = 0.1  # weight of the alignment term; 0 disables it
+    global_weight: float = 1.0  # weight of the global-feature score added to the category-specific one
 
 
 @register_method
@@ -74,10 +77,18 @@ class PromptMLR(MultiLabelMethod):
         positive = self.positive()
         category, attention = self.head(features.dense_features, positive)
         category = F.normalize(category, dim=-1)
-        positive_score = (category * positive).sum(-1)
-        negative_score = self.threshold if self.negative is None else (category * self.negative()).sum(-1)
-        logits = self.config.logit_scale * (positive_score - negative_score)
+        negative = None if self.negative is None else self.negative()
+        logits = self._margin(category, positive, negative)
+        if self.config.global_weight:
+            image = F.normalize(features.global_features, dim=-1)[:, None, :]
+            logits = logits + self.config.global_weight * self._margin(image, positive, negative)
         return MethodOutput(logits, attention, features.grid, category, positive)
+
+    def _margin(self, features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None) -> torch.Tensor:
+        """``s * (cos(f, t+) - cos(f, t-))`` per class for unit features ``[B, C or 1, D]``."""
+        positive_score = (features * positive).sum(-1)
+        negative_score = self.threshold if negative is None else (features * negative).sum(-1)
+        return self.config.logit_scale * (positive_score - negative_score)
 
     def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Alignment: each known-positive category feature should pick its own class's prompt."""
