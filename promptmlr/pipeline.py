@@ -18,6 +18,7 @@ from promptmlr.cache import feature_shapes
 from promptmlr.config import CacheConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from promptmlr.data import build_dataset, make_partial_labels, mask_sha256, split_validation
 from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.data.sandbox import default_synthetic_root
 from promptmlr.descriptions import Descriptions, check_classes, load_descriptions, shipped_descriptions_path
 from promptmlr.engine import Splits, Trainer
 from promptmlr.errors import ConfigError
@@ -66,8 +67,6 @@ def load_splits(config: DataConfig) -> tuple[Splits, str]:
 def dataset_root(config: DataConfig) -> Path:
     """Where the dataset's files are; the synthetic world has a default folder of its own."""
     if config.root is None:
-        from promptmlr.data.synthetic import default_synthetic_root
-
         if config.dataset == "synthetic":
             return default_synthetic_root()
         raise ConfigError(f"dataset {config.dataset} needs --data-root (where its files are)")

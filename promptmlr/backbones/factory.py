@@ -22,11 +22,17 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # tiny test architectures (and the sandbox's) by name
 
 _ALIASES: dict[str, str] = {}
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def register_backbone_alias(name: str, spec: str) -> None:
     """Let ``name`` stand for ``spec`` wherever a backbone spec is accepted."""
     _ALIASES[name] = spec
+
+
+# The sandbox CLIP shipped with promptmlr (tools/pretrain_sandbox_clip.py), loaded through the very
+# code path a user's own checkpoint file takes.
+register_backbone_alias("sandbox", f"openclip:promptmlr-sandbox-vit:{WEIGHTS_DIR / 'sandbox-vit.safetensors'}")
 
 
 def list_backbones() -> dict[str, str]:

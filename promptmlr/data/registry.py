@@ -57,7 +57,7 @@ class DatasetSpec:
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 # modules of promptmlr.data whose import registers datasets; imported when the registry is first asked
-BUILTIN_MODULES = ("voc", "coco", "nuswide", "vg", "yolo", "custom")
+BUILTIN_MODULES = ("voc", "coco", "nuswide", "vg", "yolo", "custom", "sandbox")
 
 
 def _import_builtin_loaders() -> None:

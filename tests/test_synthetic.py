@@ -1,0 +1,173 @@
+"""The synthetic world and the sandbox CLIP pretrained on it (issue #6): determinism, labels that
+agree with pixels and captions, the written dataset layout, the shipped checkpoint's zero-shot mAP,
+and a pretraining loop that lowers the loss."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from promptmlr.data.synthetic import (
+    COLOURS,
+    MIN_VISIBLE,
+    NUM_CLASSES,
+    SHAPES,
+    SYNTHETIC_CLASS_NAMES,
+    TEST_INDEX_OFFSET,
+    THEMES,
+    SyntheticWorld,
+    caption_class_names,
+    visible_fractions,
+    write_synthetic_dataset,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "promptmlr" / "backbones" / "weights" / "sandbox-vit.safetensors"
+SANDBOX_SPEC = f"openclip:promptmlr-sandbox-vit:{WEIGHTS}"
+# Zero-shot mAP of the shipped checkpoint on the fixed set below, measured when it was shipped
+# (see promptmlr/backbones/weights/sandbox-vit.json); chance on the same set is CHANCE_MAP.
+MEASURED_ZEROSHOT_MAP = 18.91
+CHANCE_MAP = 6.30
+ZEROSHOT_SET = dict(seed=0, image_size=64, count=256)
+
+
+def _load_pretrain_tool():
+    spec = importlib.util.spec_from_file_location("pretrain_sandbox_clip", REPO / "tools" / "pretrain_sandbox_clip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -------------------------------------------------------------------------------------------- world
+def test_class_names_are_colour_major_and_fixed():
+    assert NUM_CLASSES == len(COLOURS) * len(SHAPES) == 40
+    assert SYNTHETIC_CLASS_NAMES[:3] == ["red circle", "red square", "red triangle"]
+    assert SYNTHETIC_CLASS_NAMES[8] == "green circle" and SYNTHETIC_CLASS_NAMES[-1] == "purple diamond"
+    assert all(name in SYNTHETIC_CLASS_NAMES for theme in THEMES for name in theme.classes)
+
+
+def test_same_seed_gives_identical_images_and_labels():
+    a, b = SyntheticWorld(seed=7, image_size=96), SyntheticWorld(seed=7, image_size=96)
+    for index in (0, 5, TEST_INDEX_OFFSET + 3):
+        scene_a, scene_b = a.scene(index), b.scene(index)
+        assert scene_a == scene_b
+        np.testing.assert_array_equal(a.render_array(scene_a), b.render_array(scene_b))
+        np.testing.assert_array_equal(a.labels(scene_a), b.labels(scene_b))
+    # order does not matter (lazy generation in any worker), and another seed gives another world
+    assert a.scene(5) == SyntheticWorld(seed=7).scene(5)
+    assert SyntheticWorld(seed=8).scene(5) != a.scene(5)
+    assert a.render(a.scene(0)).size == (96, 96)
+
+
+def test_scenes_have_one_to_five_sufficiently_visible_objects():
+    world = SyntheticWorld(seed=0)
+    counts = []
+    for index in range(150):
+        scene = world.scene(index)
+        counts.append(len(scene.objects))
+        labels = world.labels(scene)
+        assert labels.dtype.kind == "i" and set(np.unique(labels)) <= {0, 1}
+        assert labels.sum() == len({o.class_name for o in scene.objects}) >= 1
+        assert min(visible_fractions(scene.objects)) >= MIN_VISIBLE
+    assert min(counts) == 1 and max(counts) == 5
+
+
+def test_themes_make_classes_co_occur():
+    world = SyntheticWorld(seed=0)
+    labels = np.stack([world.labels(world.scene(i)) for i in range(1500)]).astype(float)
+    together = labels.T @ labels
+    expected = np.outer(labels.sum(0), labels.sum(0)) / len(labels)
+    theme = [SYNTHETIC_CLASS_NAMES.index(name) for name in THEMES[0].classes[:2]]
+    assert together[theme[0], theme[1]] > 2 * expected[theme[0], theme[1]]
+
+
+def test_captions_name_exactly_the_labelled_classes():
+    world = SyntheticWorld(seed=3)
+    rng = np.random.default_rng(0)
+    captions = set()
+    for index in range(120):
+        scene = world.scene(index)
+        truth = {SYNTHETIC_CLASS_NAMES[c] for c in np.flatnonzero(world.labels(scene))}
+        for variant in (scene, scene.mirror()):
+            caption = world.caption(variant, rng)
+            captions.add(caption)
+            assert caption_class_names(caption) == truth, caption
+    assert len(captions) > 200  # varied wording
+
+
+def test_mirrored_scene_renders_flipped_and_swaps_left_and_right():
+    world = SyntheticWorld(seed=0, image_size=64)
+    scene = world.scene(11)
+    np.testing.assert_array_equal(world.render_array(scene.mirror()), world.render_array(scene)[:, ::-1])
+    twice = scene.mirror().mirror()
+    assert not twice.mirrored and [o.class_name for o in twice.objects] == [o.class_name for o in scene.objects]
+    assert [o.x for o in twice.objects] == pytest.approx([o.x for o in scene.objects])
+    assert [o.x for o in scene.mirror().objects] == pytest.approx([1 - o.x for o in scene.objects])
+
+
+def test_write_synthetic_dataset_layout(tmp_path):
+    out = write_synthetic_dataset(tmp_path / "synth", n_train=4, n_test=2, seed=5, image_size=32)
+    assert (out / "classes.txt").read_text().splitlines() == SYNTHETIC_CLASS_NAMES
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["seed"], meta["n_train"], meta["n_test"], meta["image_size"]) == (5, 4, 2, 32)
+    world = SyntheticWorld(seed=5, image_size=32)
+    for split, count, offset in (("train", 4, 0), ("test", 2, TEST_INDEX_OFFSET)):
+        with open(out / f"{split}.csv") as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == ["image", *SYNTHETIC_CLASS_NAMES] and len(rows) == count + 1
+        for i, row in enumerate(rows[1:]):
+            assert row[0] == f"{split}/{i:06d}.png" and (out / row[0]).is_file()
+            expected = world.labels(world.scene(offset + i))
+            assert [int(v) for v in row[1:]] == [1 if v else -1 for v in expected]
+        from PIL import Image
+        with Image.open(out / rows[1][0]) as image:
+            np.testing.assert_array_equal(np.asarray(image), world.render_array(world.scene(offset)))
+    from promptmlr.data import build_dataset
+
+    dataset = build_dataset("synthetic", out, "train")
+    assert dataset.name == "synthetic" and dataset.class_names == SYNTHETIC_CLASS_NAMES
+    assert len(dataset) == 4 and set(np.unique(dataset.labels)) <= {1, -1}
+
+
+# -------------------------------------------------------------------------------- sandbox backbone
+def _zeroshot_on_fixed_set(backbone) -> tuple[float, float]:
+    from promptmlr.zeroshot import zeroshot_scores
+
+    tool = _load_pretrain_tool()
+    world = SyntheticWorld(ZEROSHOT_SET["seed"], ZEROSHOT_SET["image_size"])
+    scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(ZEROSHOT_SET["count"])]
+    labels = np.stack([world.labels(s) for s in scenes])
+    scores = zeroshot_scores(backbone, [world.render(s) for s in scenes], SYNTHETIC_CLASS_NAMES,
+                             templates=("a photo of a {}.",)).numpy()
+    chance = 100.0 * float(labels.mean(0)[labels.sum(0) > 0].mean())
+    return tool.mean_ap(scores, labels), chance
+
+
+def test_shipped_sandbox_checkpoint_loads_and_beats_chance():
+    from promptmlr.backbones import create_backbone, list_backbones
+
+    assert list_backbones()["sandbox"] == SANDBOX_SPEC  # the alias is a user-style checkpoint-file spec
+    backbone = create_backbone("sandbox")
+    assert backbone.preprocess.image_size == 64 and backbone.context_length >= 40
+    assert WEIGHTS.stat().st_size < 10e6
+    zeroshot, chance = _zeroshot_on_fixed_set(backbone)
+    assert chance == pytest.approx(CHANCE_MAP, abs=0.01)
+    assert zeroshot == pytest.approx(MEASURED_ZEROSHOT_MAP, abs=1.5)
+    assert zeroshot > 2 * chance
+
+
+def test_a_few_pretraining_steps_lower_the_loss():
+    tool = _load_pretrain_tool()
+    torch.manual_seed(0)
+    args = tool.parse_args(["--batch-size", "32", "--lr", "1e-3", "--warmup", "1", "--steps", "8", "--data-seed", "2"])
+    images, scenes = tool.render_pool(args.data_seed, args.image_size, 32, args.max_objects, workers=1)
+    trainer = tool.Trainer(args, tool.ARCH, images, scenes)
+    batch = trainer.batch(32)
+    losses = [trainer.train_step(*batch) for _ in range(8)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.3, losses

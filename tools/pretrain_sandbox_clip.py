@@ -1,0 +1,492 @@
+"""Pretrain the sandbox CLIP contrastively on the synthetic world, and ship it.
+
+The sandbox backbone (issue #6) is an open_clip CLIP (``promptmlr-sandbox-vit``: a small ViT image
+tower and a text transformer with the standard CLIP BPE tokenizer) trained from scratch on
+(scene, caption) pairs from :mod:`promptmlr.data.synthetic`, so that prompt tuning has a frozen,
+pretrained encoder to work with offline. Three modes:
+
+train (default)
+    Render a pool of scenes once (``--pool-size``, in ``--workers`` processes, cached to
+    ``<out-dir>/pool-<seed>-<size>-<n>.npz``), then train with symmetric InfoNCE, AdamW, linear
+    warmup and cosine decay. Each step draws a batch from the pool, flips half the images left-right
+    (the caption is written for the flipped scene, so "left of" stays true) and writes a fresh
+    caption for every image. Progress (step, loss, lr, images/s) goes to stdout; every
+    ``--save-every`` steps and at the end the model is saved atomically to
+    ``<out-dir>/last.pt`` with a zero-shot mAP on held-out scenes, so a usable checkpoint exists
+    even if the run is cut short (``--time-budget`` stops it cleanly).
+--bench
+    Time a few steps of one or more architectures (``--bench-arch``) and exit.
+--finalize
+    Take ``<out-dir>/last.pt``, store it as fp16 safetensors at
+    ``promptmlr/backbones/weights/sandbox-vit.safetensors``, load it back through
+    ``create_backbone("openclip:promptmlr-sandbox-vit:<file>")`` (the path a user's own checkpoint
+    takes), measure zero-shot mAP against chance and a linear-probe ceiling on a held-out synthetic
+    set, and write the recipe next to it (``sandbox-vit.json``).
+
+Example (the shipped checkpoint's command is recorded in ``sandbox-vit.json``)::
+
+    python tools/pretrain_sandbox_clip.py --out-dir /tmp/sandbox_run --steps 1500 --batch-size 512
+    python tools/pretrain_sandbox_clip.py --out-dir /tmp/sandbox_run --finalize
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
+from promptmlr.data.synthetic import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS_DIR = REPO / "promptmlr" / "backbones" / "weights"
+ARCH = "promptmlr-sandbox-vit"
+EVAL_TEMPLATE = "a photo of a {}."
+
+
+# ------------------------------------------------------------------------------------------ data
+def _render_chunk(job: tuple[int, int, int, int, int]) -> tuple[np.ndarray, list]:
+    seed, size, max_objects, start, stop = job
+    world = SyntheticWorld(seed, size, max_objects)
+    scenes = [world.scene(i) for i in range(start, stop)]
+    return np.stack([world.render_array(s, size) for s in scenes]), scenes
+
+
+def render_pool(seed: int, size: int, count: int, max_objects: int, workers: int, offset: int = 0,
+                log=print) -> tuple[np.ndarray, list]:
+    """Scenes ``offset .. offset+count-1`` of ``SyntheticWorld(seed)`` rendered at ``size``: a uint8
+    ``[N, size, size, 3]`` array and the scenes."""
+    chunk = 2000
+    jobs = [(seed, size, max_objects, offset + s, offset + min(s + chunk, count)) for s in range(0, count, chunk)]
+    start = time.time()
+    images, scenes = [], []
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for i, (array, part) in enumerate(pool.imap(_render_chunk, jobs)):
+                images.append(array)
+                scenes.extend(part)
+                if (i + 1) % 10 == 0:
+                    log(f"rendered {len(scenes)}/{count} scenes ({time.time() - start:.0f}s)")
+    else:
+        for job in jobs:
+            array, part = _render_chunk(job)
+            images.append(array)
+            scenes.extend(part)
+    return np.concatenate(images), scenes
+
+
+def load_or_render_pool(args, log) -> tuple[np.ndarray, list]:
+    cache = Path(args.out_dir) / f"pool-{args.data_seed}-{args.image_size}-{args.pool_size}-{args.max_objects}.npz"
+    world = SyntheticWorld(args.data_seed, args.image_size, args.max_objects)
+    if cache.exists():
+        images = np.load(cache)["images"]
+        scenes = [world.scene(i) for i in range(args.pool_size)]  # layout is cheap; pixels are cached
+        log(f"loaded pool {cache}")
+        return images, scenes
+    images, scenes = render_pool(args.data_seed, args.image_size, args.pool_size, args.max_objects,
+                                 args.workers, log=log)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, images=images)
+    os.replace(tmp, cache)
+    return images, scenes
+
+
+def to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------------------- model
+def build_model(arch: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return open_clip.create_model(arch, pretrained=None, device="cpu")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's convention: no weight decay on gains, biases, norms and the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exclude else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def clip_loss(image_features, text_features, logit_scale) -> torch.Tensor:
+    image_features = F.normalize(image_features.float(), dim=-1)
+    text_features = F.normalize(text_features.float(), dim=-1)
+    logits = logit_scale * image_features @ text_features.T
+    target = torch.arange(logits.shape[0])
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def mean_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes with at least one positive of sklearn's average precision, in percent."""
+    from sklearn.metrics import average_precision_score
+
+    keep = labels.sum(0) > 0
+    return 100.0 * float(np.mean([average_precision_score(labels[:, c], scores[:, c])
+                                  for c in np.flatnonzero(keep)]))
+
+
+@torch.no_grad()
+def quick_zeroshot(model, tokenizer, images: torch.Tensor, labels: np.ndarray) -> float:
+    model.eval()
+    text = model.encode_text(tokenizer([EVAL_TEMPLATE.format(c) for c in SYNTHETIC_CLASS_NAMES]))
+    image = torch.cat([model.encode_image(images[i:i + 256]) for i in range(0, len(images), 256)])
+    scores = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+    model.train()
+    return mean_ap(scores.numpy(), labels)
+
+
+def lr_at(step: int, args, elapsed: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 0 at ``--steps`` or at ``--time-budget`` seconds,
+    whichever comes first (so a run on a slow or busy machine still ends with a decayed rate)."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    if args.time_budget:
+        progress = max(progress, elapsed / args.time_budget)
+    return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------- training
+class Trainer:
+    """One training run's state: model, optimiser, pool, and the step function."""
+
+    def __init__(self, args, arch: str, images: np.ndarray, scenes: list, log=print):
+        self.args, self.arch, self.images, self.scenes, self.log = args, arch, images, scenes, log
+        self.world = SyntheticWorld(args.data_seed, args.image_size, args.max_objects)
+        self.model = build_model(arch, args.seed)
+        self.model.train()
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr,
+                                           betas=(0.9, 0.98), eps=1e-6)
+        self.rng = np.random.default_rng([args.seed, 1])
+        self.order = np.empty(0, np.int64)
+        self.step = 0
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.order) < size:
+            self.order = np.concatenate([self.order, self.rng.permutation(len(self.images))])
+        idx, self.order = self.order[:size], self.order[size:]
+        flip = self.rng.random(size) < 0.5
+        images = self.images[idx].copy()
+        images[flip] = images[flip][:, :, ::-1]
+        captions = []
+        for i, f in zip(idx, flip):
+            scene = self.scenes[i].mirror() if f else self.scenes[i]
+            captions.append(self.world.caption(scene, self.rng))
+        return to_tensor(images, self.mean, self.std), self.tokenizer(captions)
+
+    def train_step(self, images: torch.Tensor, tokens: torch.Tensor, elapsed: float = 0.0) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.args, elapsed)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
+            image_features = self.model.encode_image(images)
+            text_features = self.model.encode_text(tokens)
+        loss = clip_loss(image_features, text_features, self.model.logit_scale.exp())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+        self.step += 1
+        return float(loss.detach())
+
+
+def eval_set(args, mean, std) -> tuple[torch.Tensor, np.ndarray]:
+    world = SyntheticWorld(args.data_seed, args.image_size, args.max_objects)
+    scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
+    images = np.stack([world.render_array(s) for s in scenes])
+    return to_tensor(images, mean, std), np.stack([world.labels(s) for s in scenes])
+
+
+def train(args) -> None:
+    log = _logger()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    images, scenes = load_or_render_pool(args, log)
+    log(f"pool: {len(images)} scenes at {args.image_size}px ready in {time.time() - start:.0f}s")
+    trainer = Trainer(args, args.arch, images, scenes, log)
+    eval_images, eval_labels = eval_set(args, trainer.mean, trainer.std)
+    chance = 100.0 * float(eval_labels.mean(0)[eval_labels.sum(0) > 0].mean())
+    log(f"arch {args.arch}: {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M params; "
+        f"held-out eval {args.eval_size} scenes, chance mAP {chance:.2f}")
+    resume = out / "last.pt"
+    if args.resume and resume.exists():
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.step = state["step"]
+        log(f"resumed from step {trainer.step}")
+    else:
+        state = {}
+    train_start = time.time() - state.get("train_seconds", 0.0)
+    seen, window, losses = state.get("pairs_seen", 0), time.time(), []
+    history = state.get("history", [])
+    while trainer.step < args.steps:
+        images_t, tokens = trainer.batch(args.batch_size)
+        losses.append(trainer.train_step(images_t, tokens, time.time() - train_start))
+        seen += args.batch_size
+        elapsed = time.time() - train_start
+        out_of_time = args.time_budget and elapsed > args.time_budget
+        if trainer.step % args.log_every == 0:
+            rate = args.log_every * args.batch_size / (time.time() - window)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            log(f"step {trainer.step}/{args.steps} loss {np.mean(losses):.4f} lr {lr:.2e} "
+                f"scale {trainer.model.logit_scale.exp().item():.1f} {rate:.0f} img/s elapsed {elapsed / 60:.1f}min")
+            window, losses = time.time(), []
+        if trainer.step % args.save_every == 0 or trainer.step == args.steps or out_of_time:
+            zeroshot = quick_zeroshot(trainer.model, trainer.tokenizer, eval_images, eval_labels)
+            history.append({"step": trainer.step, "zeroshot_map": round(zeroshot, 2),
+                            "minutes": round(elapsed / 60, 1)})
+            save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                         "step": trainer.step, "arch": args.arch, "args": vars(args), "history": history,
+                         "train_seconds": elapsed, "pairs_seen": seen, "chance_map": chance,
+                         "command": _command()}, resume)
+            log(f"saved step {trainer.step}: zero-shot mAP {zeroshot:.2f} (chance {chance:.2f})")
+        if out_of_time:
+            log(f"time budget of {args.time_budget}s reached at step {trainer.step}; stopping")
+            break
+    log("done")
+
+
+def bench(args) -> None:
+    log = _logger()
+    torch.set_num_threads(args.threads)
+    t = time.time()
+    images, scenes = render_pool(args.data_seed, args.image_size, 2 * args.batch_size, args.max_objects, 1)
+    log(f"render: {(time.time() - t) / len(images) * 1e3:.2f} ms/scene at {args.image_size}px (one process)")
+    for arch in args.bench_arch:
+        trainer = Trainer(args, arch, images, scenes, log)
+        params = sum(p.numel() for p in trainer.model.parameters())
+        times, batch_times = [], []
+        for i in range(args.bench_steps):
+            t0 = time.time()
+            batch = trainer.batch(args.batch_size)
+            t1 = time.time()
+            loss = trainer.train_step(*batch)
+            times.append(time.time() - t1)
+            batch_times.append(t1 - t0)
+            log(f"  {arch} step {i} loss {loss:.3f} step {times[-1]:.2f}s batch {batch_times[-1]:.2f}s")
+        step = float(np.median(times[1:])) if len(times) > 1 else times[0]
+        log(f"{arch}: {params / 1e6:.2f}M params, fp16 {params * 2 / 1e6:.1f}MB, batch {args.batch_size}: "
+            f"{step:.2f}s/step + {np.median(batch_times):.2f}s data = "
+            f"{args.batch_size / (step + np.median(batch_times)):.0f} img/s (bf16={args.bf16})")
+
+
+# ------------------------------------------------------------------------------------- finalize
+def finalize(args) -> None:
+    """Ship ``<out-dir>/last.pt``: fp16 safetensors, loaded back through the user path, evaluated."""
+    from safetensors.torch import save_file
+    from sklearn.linear_model import LogisticRegression
+
+    from promptmlr.backbones import create_backbone
+    from promptmlr.zeroshot import zeroshot_scores
+
+    log = _logger()
+    torch.set_num_threads(args.threads)
+    state = torch.load(Path(args.out_dir) / "last.pt", map_location="cpu", weights_only=False)
+    weights_dir = Path(args.weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    target = weights_dir / "sandbox-vit.safetensors"
+    tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state["model"].items()}
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"arch": state["arch"], "step": str(state["step"])})
+    os.replace(tmp, target)
+    target.chmod(0o644)
+    spec = f"openclip:{state['arch']}:{target}"
+    backbone = create_backbone(spec)
+    log(f"loaded {spec} ({target.stat().st_size / 1e6:.1f} MB)")
+
+    results = {}
+    world = SyntheticWorld(args.eval_seed, args.eval_image_size)
+    test = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
+    labels = np.stack([world.labels(s) for s in test])
+    images = [world.render(s) for s in test]
+    scores = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,)).numpy()
+    results["zeroshot_map"] = round(mean_ap(scores, labels), 2)
+    results["chance_map"] = round(100.0 * float(labels.mean(0)[labels.sum(0) > 0].mean()), 2)
+    standardized = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,),
+                                   standardize=True).numpy()
+    results["zeroshot_map_standardized"] = round(mean_ap(standardized, labels), 2)
+    small_world = SyntheticWorld(0, 64)  # the fixed set tests/test_synthetic.py asserts on
+    small = [small_world.scene(TEST_INDEX_OFFSET + i) for i in range(256)]
+    small_labels = np.stack([small_world.labels(s) for s in small])
+    small_scores = zeroshot_scores(backbone, [small_world.render(s) for s in small], SYNTHETIC_CLASS_NAMES,
+                                   templates=(EVAL_TEMPLATE,)).numpy()
+    results["test_set"] = {"set": "SyntheticWorld(seed=0, image_size=64) test scenes TEST_INDEX_OFFSET + 0..255",
+                           "zeroshot_map": round(mean_ap(small_scores, small_labels), 2),
+                           "chance_map": round(100.0 * float(small_labels.mean(0)[small_labels.sum(0) > 0].mean()), 2)}
+    fp32 = _fp32_backbone(state)
+    scores32 = zeroshot_scores(fp32, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,)).numpy()
+    results["zeroshot_map_fp32_weights"] = round(mean_ap(scores32, labels), 2)
+    log(f"zero-shot mAP {results['zeroshot_map']} (fp32 weights {results['zeroshot_map_fp32_weights']}), "
+        f"chance {results['chance_map']}; standardized per image {results['zeroshot_map_standardized']}; "
+        f"test set {results['test_set']}")
+
+    train_scenes = [world.scene(i) for i in range(args.probe_train)]
+    with torch.no_grad():
+        def features(scenes):
+            batch = torch.stack([backbone.transform(train=False)(world.render(s)) for s in scenes])
+            return torch.cat([backbone.encode_image(batch[i:i + 256]).global_features
+                              for i in range(0, len(batch), 256)]).numpy()
+        train_x, test_x = features(train_scenes), features(test)
+    train_y = np.stack([world.labels(s) for s in train_scenes])
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    probe = np.zeros_like(scores)
+    for c in range(len(SYNTHETIC_CLASS_NAMES)):
+        if train_y[:, c].min() == train_y[:, c].max():  # a class absent from the probe's training set
+            continue
+        clf = LogisticRegression(C=0.1, max_iter=1000).fit((train_x - mean) / std, train_y[:, c])
+        probe[:, c] = clf.decision_function((test_x - mean) / std)
+    results["linear_probe_map"] = round(mean_ap(probe, labels), 2)
+    log(f"linear probe mAP {results['linear_probe_map']} ({args.probe_train} training scenes)")
+
+    train_args = state["args"]
+    recipe = {
+        "name": "sandbox",
+        "spec": f"openclip:{state['arch']}:<this folder>/sandbox-vit.safetensors",
+        "arch": state["arch"],
+        "model_config": f"promptmlr/backbones/model_configs/{state['arch']}.json",
+        "weights": {"file": target.name, "dtype": "float16", "bytes": target.stat().st_size},
+        "pretraining": {
+            "command": state.get("command"),
+            "data": {"generator": "promptmlr.data.synthetic.SyntheticWorld", "seed": train_args["data_seed"],
+                     "pool_size": train_args["pool_size"], "image_size": train_args["image_size"],
+                     "max_objects": train_args["max_objects"],
+                     "augmentation": "left-right flip with the caption written for the flipped scene"},
+            "steps_done": state["step"], "steps_planned": train_args["steps"],
+            "batch_size": train_args["batch_size"], "pairs_seen": state.get("pairs_seen"),
+            "optimizer": {"name": "AdamW", "lr": train_args["lr"], "weight_decay": train_args["weight_decay"],
+                          "betas": [0.9, 0.98], "eps": 1e-6, "warmup_steps": train_args["warmup"],
+                          "schedule": "linear warmup, then cosine decay to 0 at steps_planned or at "
+                                      "time_budget_seconds of training, whichever comes first",
+                          "time_budget_seconds": train_args["time_budget"], "grad_clip": 1.0},
+            "loss": "symmetric InfoNCE with learned temperature (clamped at 100)",
+            "bf16_autocast": train_args["bf16"], "init_seed": train_args["seed"],
+            "wall_time_minutes": round(state.get("train_seconds", 0) / 60, 1),
+            "machine": f"{_cpu_name()}, {train_args['threads']} CPU threads (shared with other jobs), no GPU",
+            "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "zeroshot_history_during_training": state.get("history"),
+        },
+        "evaluation": {
+            "set": f"SyntheticWorld(seed={args.eval_seed}, image_size={args.eval_image_size}) test scenes "
+                   f"TEST_INDEX_OFFSET + 0..{args.eval_size - 1} (1-5 objects), resized by the backbone's "
+                   f"eval transform",
+            "template": EVAL_TEMPLATE, "metric": "mean over classes of sklearn average_precision_score, percent",
+            **results,
+            "linear_probe": f"one logistic regression (C=0.1) per class on standardised frozen global features of "
+                            f"{args.probe_train} train scenes of the same world",
+            "command": _command(),
+        },
+    }
+    (weights_dir / "sandbox-vit.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    log(f"wrote {weights_dir / 'sandbox-vit.json'}")
+
+
+def _fp32_backbone(state):
+    from promptmlr.backbones.openclip import OpenCLIPBackbone
+
+    model = build_model(state["arch"], 0)
+    model.load_state_dict(state["model"])
+    return OpenCLIPBackbone("fp32", model)
+
+
+# ------------------------------------------------------------------------------------------ misc
+def _logger():
+    start = time.time()
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')} +{time.time() - start:6.0f}s] {message}", flush=True)
+    return log
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", default="/tmp/sandbox_run", help="checkpoints, pool cache")
+    p.add_argument("--arch", default=ARCH)
+    p.add_argument("--extra-config-dir", help="another folder of open_clip model configs (for --bench)")
+    p.add_argument("--data-seed", type=int, default=1, help="pretraining world seed (the datasets default to 0)")
+    p.add_argument("--pool-size", type=int, default=100_000)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--max-objects", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs)")
+    p.add_argument("--seed", type=int, default=0, help="init and batch-order seed")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes rendering the pool")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--time-budget", type=float, default=0, help="stop (and save) after this many training seconds")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    p.add_argument("--eval-size", type=int, default=512, help="held-out scenes for zero-shot mAP")
+    p.add_argument("--bench", action="store_true")
+    p.add_argument("--bench-arch", nargs="+", default=[ARCH])
+    p.add_argument("--bench-steps", type=int, default=4)
+    p.add_argument("--finalize", action="store_true")
+    p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="--finalize: where to ship the files")
+    p.add_argument("--eval-seed", type=int, default=0, help="--finalize: world seed of the evaluation set")
+    p.add_argument("--eval-image-size", type=int, default=128, help="--finalize: evaluation render size")
+    p.add_argument("--probe-train", type=int, default=2000, help="--finalize: linear-probe training scenes")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.extra_config_dir:
+        open_clip.add_model_config(args.extra_config_dir)
+    if args.bench:
+        bench(args)
+    elif args.finalize:
+        finalize(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
