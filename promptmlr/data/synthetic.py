@@ -39,6 +39,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "heart", "diamond")
@@ -486,7 +487,7 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int = 8000, n_test: in
         with open(out / f"{split}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", *SYNTHETIC_CLASS_NAMES])
-            for i in range(count):
+            for i in tqdm(range(count), desc=f"writing synthetic {split} scenes", leave=False):
                 scene = world.scene(offset + i)
                 name = f"{split}/{i:06d}.{image_format}"
                 image = world.render(scene)
