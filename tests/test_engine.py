@@ -198,3 +198,17 @@ def test_zeroshot_command_reports_a_table(colour_data, capsys):
     out = capsys.readouterr().out
     assert "zero-shot openclip:promptmlr-tiny-vit on csv/test; descriptions: none" in out
     assert "| zeroshot |" in out
+
+
+def test_atomic_writes_leave_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from promptmlr.files import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "x.txt", "hello")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_text() == "hello"
