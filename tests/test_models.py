@@ -191,7 +191,8 @@ def test_descriptions_that_miss_or_add_classes_are_listed():
         check_classes({"cat": ["x"], "cow": ["y"]}, ["cat", "dog"])
 
 
-@pytest.mark.parametrize("dataset,count", [("voc2007", 20), ("coco2014", 80), ("nuswide", 81), ("vg200", 200)])
+@pytest.mark.parametrize("dataset,count", [("voc2007", 20), ("coco2014", 80), ("nuswide", 81), ("vg200", 200),
+                                           ("synthetic", 40)])
 def test_shipped_descriptions_cover_their_dataset(dataset, count):
     descriptions = load_descriptions(shipped_descriptions_path(dataset))
     assert len(descriptions) == count
