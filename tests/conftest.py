@@ -3,10 +3,12 @@ backbones that run in milliseconds."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -66,3 +68,37 @@ def make_image() -> Callable[..., Path]:
         return path
 
     return make
+
+
+COLOUR_CLASSES = ["red", "green", "blue"]
+
+
+def write_colour_csv(root: Path, counts=(("train", 20), ("test", 10)), seed: int = 0) -> Path:
+    """CSV splits of 32 px images labelled by the colour channels lit in them: learnable in a few
+    steps even by a random tiny encoder, so training tests can assert on their numbers."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts:
+        rows = [["image", *COLOUR_CLASSES]]
+        for index in range(count):
+            labels = rng.random(3) < 0.5
+            labels[rng.integers(3)] = True
+            pixels = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
+            for channel in np.flatnonzero(labels):
+                top = rng.integers(0, 16)
+                pixels[top:top + 16, :, channel] = 230
+            path = root / "images" / f"{split}{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            rows.append([f"images/{path.name}", *("1" if value else "-1" for value in labels)])
+        with open(root / f"{split}.csv", "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and the tests share the machine with other work)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.test_report import TINY, write_colour_csv
+from tests.conftest import write_colour_csv
+from tests.test_report import TINY
 
 BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench"
 
@@ -26,11 +26,8 @@ def _load(name: str):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ def test_every_issue_dataset_is_registered():
 
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
-    with pytest.raises(DatasetError, match=r"unknown dataset 'voc2012'; known datasets: coco2014, csv, custom, jsonl, nuswide, synthetic, vg200, voc2007, yolo"):
+    known = "coco2014, csv, custom, jsonl, nuswide, synthetic, vg200, voc2007, yolo"
+    with pytest.raises(DatasetError, match=rf"unknown dataset 'voc2012'; known datasets: {known}"):
         build_dataset("voc2012", tmp_path, "train")
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from promptmlr.cli import main
-from promptmlr.data import DatasetError, build_dataset
-from promptmlr.data import sandbox
+from promptmlr.data import DatasetError, build_dataset, sandbox
 from promptmlr.data.synthetic import SYNTHETIC_CLASS_NAMES, SyntheticWorld
 
 

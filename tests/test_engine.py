@@ -18,31 +18,14 @@ from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
 from promptmlr.engine import Trainer, TrainingDivergedError
 from promptmlr.pipeline import tune
+from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
-CLASSES = ["red", "green", "blue"]
+CLASSES = COLOUR_CLASSES
 
 
 @pytest.fixture(scope="module")
 def colour_data(tmp_path_factory) -> Path:
-    """CSV splits of 32 px images whose labels are the colour channels lit in them."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 48), ("test", 24)):
-        rows = [["image", *CLASSES]]
-        for index in range(count):
-            labels = rng.random(3) < 0.5
-            labels[rng.integers(3)] = True
-            pixels = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
-            for channel in np.flatnonzero(labels):
-                top = rng.integers(0, 16)
-                pixels[top:top + 16, :, channel] = 230
-            path = root / "images" / f"{split}{index}.png"
-            path.parent.mkdir(exist_ok=True)
-            Image.fromarray(pixels).save(path)
-            rows.append([f"images/{path.name}", *("1" if value else "-1" for value in labels)])
-        with open(root / f"{split}.csv", "w", newline="") as handle:
-            csv.writer(handle).writerows(rows)
-    return root
+    return write_colour_csv(tmp_path_factory.mktemp("colours"), counts=(("train", 48), ("test", 24)))
 
 
 def _config(root: Path, tmp_path: Path, **train):

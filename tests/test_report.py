@@ -3,14 +3,12 @@ precision-recall curves against the AP definition, and clear errors for incomple
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from promptmlr.cli import main
@@ -27,39 +25,15 @@ from promptmlr.report import (
     precision_recall_curve,
     write_report,
 )
+from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
-CLASSES = ["red", "green", "blue"]
+CLASSES = COLOUR_CLASSES
 TINY = "openclip:promptmlr-tiny-vit"
 
 
-def write_colour_csv(root: Path, counts=(("train", 20), ("test", 10)), seed: int = 0) -> Path:
-    """CSV splits of 32 px images labelled by the colour channels lit in them (as in test_engine)."""
-    rng = np.random.default_rng(seed)
-    for split, count in counts:
-        rows = [["image", *CLASSES]]
-        for index in range(count):
-            labels = rng.random(3) < 0.5
-            labels[rng.integers(3)] = True
-            pixels = rng.integers(0, 60, (32, 32, 3)).astype(np.uint8)
-            for channel in np.flatnonzero(labels):
-                top = rng.integers(0, 16)
-                pixels[top:top + 16, :, channel] = 230
-            path = root / "images" / f"{split}{index}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-            rows.append([f"images/{path.name}", *("1" if value else "-1" for value in labels)])
-        with open(root / f"{split}.csv", "w", newline="") as handle:
-            csv.writer(handle).writerows(rows)
-    return root
-
-
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the tests share the machine with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
