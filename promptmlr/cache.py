@@ -45,11 +45,8 @@ def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list
 
 
 def feature_shapes(backbone: FrozenCLIP) -> tuple[int, tuple[int, int]]:
-    """(embedding dim, dense grid) of the backbone at its input size, from one dummy image."""
-    device = backbone.token_embedding.weight.device
-    with torch.no_grad():
-        features = backbone.encode_image(torch.zeros(1, 3, backbone.image_size, backbone.image_size, device=device))
-    return features.dense_features.shape[-1], features.grid
+    """(embedding dim, dense grid) of the backbone at its input size (see ``FrozenCLIP.dense_shape``)."""
+    return backbone.dense_shape
 
 
 def estimated_bytes(backbone: FrozenCLIP, images: int, views: int, dtype: str) -> int:

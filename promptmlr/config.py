@@ -9,7 +9,6 @@ read back and repeated exactly.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,8 @@ from typing import Any
 import yaml
 
 from promptmlr.errors import ConfigError
+from promptmlr.files import shipped_file
 from promptmlr.losses import LossConfig
-
-CONFIG_DIRS = (
-    Path(__file__).resolve().parents[1] / "configs",  # a source checkout (editable install)
-    Path(sys.prefix) / "share" / "promptmlr" / "configs",  # a wheel install (pyproject data-files)
-)
 
 
 @dataclass
@@ -153,11 +148,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def shipped_config_path(dataset: str) -> Path | None:
-    for directory in CONFIG_DIRS:
-        candidate = directory / f"{dataset}.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
+    """The ``configs/<dataset>.yaml`` recipe shipped with promptmlr, if there is one."""
+    return shipped_file("configs", f"{dataset}.yaml")
 
 
 def parse_assignment(text: str) -> dict[str, Any]:

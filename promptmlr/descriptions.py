@@ -16,17 +16,14 @@ A user's own file may be YAML of that shape or plain text, one class per line:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
+from promptmlr.files import shipped_file
+
 Descriptions = dict[str, list[str]]
-PROMPTS_DIRS = (
-    Path(__file__).resolve().parents[1] / "prompts",  # a source checkout (editable install)
-    Path(sys.prefix) / "share" / "promptmlr" / "prompts",  # a wheel install (pyproject data-files)
-)
 
 
 class DescriptionsError(ValueError):
@@ -89,8 +86,4 @@ def check_classes(descriptions: Descriptions, class_names: Sequence[str], source
 
 def shipped_descriptions_path(dataset: str) -> Path | None:
     """The ``prompts/<dataset>.yaml`` shipped with promptmlr, if there is one."""
-    for directory in PROMPTS_DIRS:
-        candidate = directory / f"{dataset}.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
+    return shipped_file("prompts", f"{dataset}.yaml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -44,3 +45,13 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def shipped_file(folder: str, name: str) -> Path | None:
+    """``<folder>/<name>`` shipped with promptmlr (``prompts/``, ``configs/``): in a source checkout,
+    or under ``<prefix>/share/promptmlr`` where a wheel install puts them (pyproject data-files)."""
+    for root in (Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / "promptmlr"):
+        candidate = root / folder / name
+        if candidate.is_file():
+            return candidate
+    return None

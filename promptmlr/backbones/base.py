@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Sequence
 
 import torch
@@ -100,6 +101,16 @@ class FrozenCLIP(nn.Module, ABC):
         from promptmlr.data.transforms import build_transform
 
         return build_transform(self.preprocess, train=train, **augmentations)
+
+    @cached_property
+    def dense_shape(self) -> tuple[int, tuple[int, int]]:
+        """(embedding dim, dense grid) at this backbone's input size, from one dummy image; computed
+        once (the resolution is fixed at construction), since the cache, the engine and the run
+        summary all ask."""
+        device = self.token_embedding.weight.device
+        with torch.no_grad():
+            features = self.encode_image(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
+        return features.dense_features.shape[-1], features.grid
 
     @abstractmethod
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
