@@ -280,14 +280,15 @@ class Trainer:
         """Probabilities ``[N, C]`` in dataset order, and the row indices they belong to."""
         self.method.eval()
         scores, rows = [], []
-        for batch in tqdm(loader, desc="scoring", leave=False, disable=not self.accelerator.is_local_main_process):
-            features, indices = self._features(batch)
-            with self.accelerator.autocast():
-                probabilities = self.method(features).probabilities.float()
-            probabilities, indices = self.accelerator.gather_for_metrics(
-                (probabilities, indices.to(probabilities.device)))
-            scores.append(probabilities.cpu().numpy())
-            rows.append(indices.cpu().numpy())
+        with self._unwrapped.fixed_prompts(self.accelerator.autocast):
+            for batch in tqdm(loader, desc="scoring", leave=False, disable=not self.accelerator.is_local_main_process):
+                features, indices = self._features(batch)
+                with self.accelerator.autocast():
+                    probabilities = self.method(features).probabilities.float()
+                probabilities, indices = self.accelerator.gather_for_metrics(
+                    (probabilities, indices.to(probabilities.device)))
+                scores.append(probabilities.cpu().numpy())
+                rows.append(indices.cpu().numpy())
         order = np.argsort(np.concatenate(rows), kind="stable")
         return np.concatenate(scores)[order], np.concatenate(rows)[order]
 
@@ -323,29 +324,30 @@ class Trainer:
         if self.config.recovery.prototype_weight == 0:
             return self.predict(loader)[0], None
         self.method.eval()
-        labels = self.labels.to(self.accelerator.device)
-        sums, counts = None, None
-        for batch in loader:
-            features, indices = self._features(batch)
-            category = self.method(features).category_features
-            if category is None:
-                raise ConfigError(f"recovery.prototype_weight needs category-specific features, which method "
-                                 f"{self._unwrapped.name} does not have; set it to 0")
-            positive = (labels[indices] == 1).float()
-            batch_sums = torch.einsum("bc,bcd->cd", positive, category.float())
-            sums = batch_sums if sums is None else sums + batch_sums
-            counts = positive.sum(0) if counts is None else counts + positive.sum(0)
-        sums = self.accelerator.reduce(sums, "sum")
-        prototypes = torch.nn.functional.normalize(sums / counts.clamp_min(1)[:, None], dim=-1)
-        similarity = np.zeros(tuple(self.labels.shape), dtype=np.float32)
-        probabilities = np.zeros_like(similarity)
-        for batch in loader:
-            features, indices = self._features(batch)
-            output = self.method(features)
-            rows = indices.cpu().numpy()
-            similarity[rows] = (output.category_features.float() * prototypes).sum(-1).cpu().numpy()
-            probabilities[rows] = output.probabilities.float().cpu().numpy()
-        return probabilities, similarity
+        with self._unwrapped.fixed_prompts():
+            labels = self.labels.to(self.accelerator.device)
+            sums, counts = None, None
+            for batch in loader:
+                features, indices = self._features(batch)
+                category = self.method(features).category_features
+                if category is None:
+                    raise ConfigError(f"recovery.prototype_weight needs category-specific features, which method "
+                                     f"{self._unwrapped.name} does not have; set it to 0")
+                positive = (labels[indices] == 1).float()
+                batch_sums = torch.einsum("bc,bcd->cd", positive, category.float())
+                sums = batch_sums if sums is None else sums + batch_sums
+                counts = positive.sum(0) if counts is None else counts + positive.sum(0)
+            sums = self.accelerator.reduce(sums, "sum")
+            prototypes = torch.nn.functional.normalize(sums / counts.clamp_min(1)[:, None], dim=-1)
+            similarity = np.zeros(tuple(self.labels.shape), dtype=np.float32)
+            probabilities = np.zeros_like(similarity)
+            for batch in loader:
+                features, indices = self._features(batch)
+                output = self.method(features)
+                rows = indices.cpu().numpy()
+                similarity[rows] = (output.category_features.float() * prototypes).sum(-1).cpu().numpy()
+                probabilities[rows] = output.probabilities.float().cpu().numpy()
+            return probabilities, similarity
 
     # --------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int, optimizer, scheduler, ema, result: TrainResult, best_score: float) -> dict:

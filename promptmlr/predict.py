@@ -64,32 +64,36 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
                    top_k: int | None = None, heatmap_dir: Path | None = None, batch_size: int = 32) -> list[Prediction]:
     """Predictions for each image path, in order; unreadable images carry an ``error``."""
     method.eval()
+    predictions = []
+    with method.fixed_prompts():  # the prompts are encoded once, not once per batch
+        for start in range(0, len(images), batch_size):
+            predictions += _predict_batch(method, images[start:start + batch_size], threshold, top_k, heatmap_dir)
+    return predictions
+
+
+def _predict_batch(method: MultiLabelMethod, paths: Sequence[Path], threshold: float | Sequence[float] | None,
+                   top_k: int | None, heatmap_dir: Path | None) -> list[Prediction]:
+    predictions, loaded = [], []
+    for path in paths:
+        prediction = Prediction(Path(path))
+        predictions.append(prediction)
+        try:
+            loaded.append((prediction, load_image(path)))
+        except ImageLoadError as error:
+            prediction.error = str(error)
+    if not loaded:
+        return predictions
     transform = method.backbone.transform(train=False)
     device = method.backbone.token_embedding.weight.device
-    predictions = []
-    for start in range(0, len(images), batch_size):
-        batch_paths = images[start:start + batch_size]
-        loaded, batch_predictions = [], []
-        for path in batch_paths:
-            prediction = Prediction(Path(path))
-            batch_predictions.append(prediction)
-            try:
-                loaded.append((prediction, load_image(path)))
-            except ImageLoadError as error:
-                prediction.error = str(error)
-        if loaded:
-            tensors = torch.stack([transform(image) for _, image in loaded]).to(device)
-            output = method.predict_images(tensors)
-            probabilities = output.probabilities.float().cpu().numpy()
-            maps = output.attention_maps()
-            for row, (prediction, image) in enumerate(loaded):
-                prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[row])))
-                prediction.labels = choose_labels(probabilities[row], method.class_names, threshold, top_k)
-                if heatmap_dir is not None and maps is not None and prediction.labels:
-                    target = Path(heatmap_dir) / f"{prediction.image.stem}.png"
-                    prediction.heatmap = write_heatmap(image, maps[row].float().cpu().numpy(), method.class_names,
-                                                       prediction.labels, target)
-        predictions.extend(batch_predictions)
+    output = method.predict_images(torch.stack([transform(image) for _, image in loaded]).to(device))
+    probabilities = output.probabilities.float().cpu().numpy()
+    maps = output.attention_maps()
+    for row, (prediction, image) in enumerate(loaded):
+        prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[row])))
+        prediction.labels = choose_labels(probabilities[row], method.class_names, threshold, top_k)
+        if heatmap_dir is not None and maps is not None and prediction.labels:
+            prediction.heatmap = write_heatmap(image, maps[row].float().cpu().numpy(), method.class_names,
+                                               prediction.labels, Path(heatmap_dir) / f"{prediction.image.stem}.png")
     return predictions
 
 

@@ -112,6 +112,33 @@ def test_phrase_initialised_prompt_equals_the_hand_written_prompt(vit):
     torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["dualcoop", "promptmlr"])
+def test_fixed_prompts_encode_once_and_give_the_same_scores(vit, name, monkeypatch):
+    """Evaluation encodes the prompts once per block, not once per batch, with identical logits;
+    a forward with gradients inside the block, and any forward after it, encode afresh."""
+    method = build_method(name, vit, CLASSES).eval()
+    batches = [_batch(vit, seed=seed)[0] for seed in range(3)]
+    with torch.no_grad():
+        expected = [method(features).logits for features in batches]
+    calls = []
+    original = vit.encode_text_embeddings
+    monkeypatch.setattr(vit, "encode_text_embeddings", lambda *args: calls.append(1) or original(*args))
+    learners = sum(isinstance(module, PromptLearner) for module in method.modules())
+    with torch.no_grad(), method.fixed_prompts():
+        logits = [method(features).logits for features in batches]
+    assert len(calls) == learners  # 3 batches, one encoding per prompt learner
+    for got, want in zip(logits, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with method.fixed_prompts():
+        calls.clear()
+        method(batches[0]).logits.sum().backward()  # training inside the block is not served stale prompts
+        assert len(calls) == learners and method.positive.context.grad is not None
+    calls.clear()
+    with torch.no_grad():
+        method(batches[0])
+    assert len(calls) == learners
+
+
 def test_shared_context_has_one_set_of_vectors(vit):
     learner = PromptLearner(vit, CLASSES, n_ctx=8, class_specific=False, init="random")
     assert learner.context.shape == (8, vit.token_embedding.embedding_dim)

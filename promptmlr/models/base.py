@@ -10,15 +10,17 @@ over {negative, positive} scores is the same thing: softmax([s_neg, s_pos])[1] =
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.errors import ConfigError
+from promptmlr.models.prompts import PromptLearner
 
 BYTES_PER_FLOAT = 4
 
@@ -70,6 +72,17 @@ class MultiLabelMethod(nn.Module):
     def predict_images(self, images: torch.Tensor) -> MethodOutput:
         """Encode normalised images with the frozen backbone, then score them."""
         return self(self.backbone.encode_image(images))
+
+    @contextlib.contextmanager
+    def fixed_prompts(self, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[None]:
+        """Evaluate with every learnable prompt encoded once for the whole block instead of once per
+        batch (see :meth:`PromptLearner.fixed`); pass the autocast the batches run under, so that the
+        prompts are encoded at the precision they would be per batch."""
+        with contextlib.ExitStack() as stack:
+            for module in self.modules():
+                if isinstance(module, PromptLearner):
+                    stack.enter_context(module.fixed(autocast))
+            yield
 
     def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra training terms beyond the classification loss (none by default)."""

@@ -8,8 +8,9 @@ negative *prompt* by a learned joint-space embedding, reporting that negative te
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, ContextManager, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,7 @@ class PromptLearner(nn.Module):
         self.feature_offset = None
         if init == "descriptions-features":
             self.feature_offset = nn.Parameter(self._offset_to_descriptions(class_names, descriptions))
+        self._fixed_features: torch.Tensor | None = None
 
     def _initial_context(self, shape: tuple[int, ...], init: str, phrase: str, class_names: Sequence[str],
                          descriptions: Mapping[str, Sequence[str]] | None) -> torch.Tensor:
@@ -109,7 +111,24 @@ class PromptLearner(nn.Module):
         embeddings = torch.cat([self.prefix, context.to(self.prefix.dtype), self.suffix], dim=1)
         return self.backbone.encode_text_embeddings(embeddings, self.eot)
 
+    @contextlib.contextmanager
+    def fixed(self, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[None]:
+        """Encode the prompts once on entry (under ``autocast()``, the precision the batches run at)
+        and reuse that result for every gradient-free forward in the block. The prompts cannot
+        change between evaluation batches, yet each forward would run all C prompts through the text
+        encoder again, which dominates evaluation on cached features. A forward with gradients
+        enabled (training) still encodes afresh."""
+        with torch.no_grad(), autocast():
+            features = self()
+        self._fixed_features = features
+        try:
+            yield
+        finally:
+            self._fixed_features = None
+
     def forward(self) -> torch.Tensor:
+        if self._fixed_features is not None and not torch.is_grad_enabled():
+            return self._fixed_features
         features = F.normalize(self._encode(), dim=-1)
         if self.feature_offset is not None:
             features = F.normalize(features + self.feature_offset, dim=-1)

@@ -17,6 +17,9 @@ For every backbone × resolution × batch size × precision they time, in images
 ``predict``         encoder + method forward under ``no_grad`` (prediction from pixels)
 ``predict_cached``  method forward on cached features (the per-epoch evaluation with the cache)
 
+Both prediction columns run with the prompts encoded once beforehand (``fixed_prompts``), as
+evaluation and ``promptmlr predict`` do: over a whole split that one text-encoder pass is noise.
+
 Warm-up iterations are run first and not timed; CUDA is synchronised around the timed loop.
 Peak memory is ``torch.cuda.max_memory_allocated`` per configuration on a GPU; on the CPU it is
 the process's peak resident set size (``resource.getrusage``), which only grows, so a row shows
@@ -236,8 +239,9 @@ def measure_configuration(backbone, batch_size: int, precision: str, methods: Se
         if steps.optimizer is not None:
             row["train_cached"] = images_per_second(steps.train_cached, batch_size, warmup, iters, device)
             row["train_uncached"] = images_per_second(steps.train_uncached, batch_size, warmup, iters, device)
-        row["predict"] = images_per_second(steps.predict, batch_size, warmup, iters, device)
-        row["predict_cached"] = images_per_second(steps.predict_cached, batch_size, warmup, iters, device)
+        with steps.method.fixed_prompts(functools.partial(autocast, device, precision)):  # as evaluation does
+            row["predict"] = images_per_second(steps.predict, batch_size, warmup, iters, device)
+            row["predict_cached"] = images_per_second(steps.predict_cached, batch_size, warmup, iters, device)
         row["trainable_parameters"] = steps.method.trainable_parameter_count()
         rows.append(row)
         del steps
