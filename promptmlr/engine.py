@@ -142,10 +142,11 @@ class Trainer:
                     config.eval_batch_size, config.num_workers, config.cache.dtype, self.accelerator.autocast,
                     f"caching {description} features")
             source = CachedFeatureDataset(cache)
+            loader = DataLoader(source, batch_size=batch_size, shuffle=train, collate_fn=source.collate,
+                                pin_memory=torch.cuda.is_available())  # no workers: see CachedFeatureDataset
         else:
-            source = dataset.with_transform(transforms[0])
-        loader = DataLoader(source, batch_size=batch_size, shuffle=train, num_workers=config.num_workers,
-                            drop_last=False, pin_memory=torch.cuda.is_available())
+            loader = DataLoader(dataset.with_transform(transforms[0]), batch_size=batch_size, shuffle=train,
+                                num_workers=config.num_workers, pin_memory=torch.cuda.is_available())
         return self.accelerator.prepare_data_loader(loader)
 
     def _features(self, batch) -> tuple[ImageFeatures, torch.Tensor]:

@@ -113,6 +113,33 @@ def test_feature_cache_is_reused_and_rebuilt_when_the_resolution_changes(colour_
                                backbone.encode_image(images).global_features, atol=2e-3, rtol=2e-3)
 
 
+def test_cached_batches_are_read_whole_and_equal_the_rows(colour_data, tmp_path):
+    """The loader's one-read batches hold exactly the per-image rows, in the sampler's order,
+    each from the view drawn for that image."""
+    from torch.utils.data import DataLoader
+
+    from promptmlr.backbones import create_backbone
+    from promptmlr.cache import CachedFeatureDataset
+
+    dataset = build_dataset("csv", colour_data, "test")
+    backbone = create_backbone("openclip:promptmlr-tiny-vit")
+    cache = build_or_open_cache(backbone, dataset, [backbone.transform(train=True)] * 3, tmp_path, 0, 64, 0)
+    source = CachedFeatureDataset(cache)
+    source.draw_views(seed=0, epoch=1)
+    assert len(set(source.view_of_image)) > 1
+    loader = DataLoader(source, batch_size=5, shuffle=True, collate_fn=source.collate,
+                        generator=torch.Generator().manual_seed(0))
+    seen = []
+    for global_batch, dense_batch, indices in loader:
+        for row, index in enumerate(indices.tolist()):
+            global_row, dense_row, same_index = source[index]
+            assert same_index == index
+            torch.testing.assert_close(global_batch[row], global_row, rtol=0, atol=0)
+            torch.testing.assert_close(dense_batch[row], dense_row, rtol=0, atol=0)
+        seen += indices.tolist()
+    assert sorted(seen) == list(range(len(dataset))) and seen != sorted(seen)
+
+
 def test_optimiser_variants_ema_and_accumulation_run(colour_data, tmp_path):
     result = tune(_config(colour_data, tmp_path, optimizer="sgd", lr=0.05, grad_accum=2, ema_decay=0.9,
                           mixed_precision="bf16", epochs=2, select_on="test"),
