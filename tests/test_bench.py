@@ -162,3 +162,20 @@ def test_speed_recipe_scaled_down_splits_the_wall_time(speed, tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="--recipe-images"):  # the full recipe needs trainval and test
         speed.main(["--recipe", "voc2007", "--data-root", str(voc), "--out", str(out)])
+
+
+def test_speed_data_pipeline_times_decoding_per_worker_count(speed, tmp_path, capsys):
+    voc = _tiny_voc(tmp_path / "voc", 10)
+    out = tmp_path / "pipeline"
+    assert speed.main(["--data-only", "--data-root", str(voc), "--image-sizes", "32", "--workers", "0", "1",
+                       "--data-images", "8", "--out", str(out)]) == 0
+    report = json.loads((out / "speed.json").read_text())
+    assert report["results"] == []  # --data-only: no model micro-benchmarks
+    rows = report["data_pipeline"]
+    assert [(r["transform"], r["workers"]) for r in rows] == [
+        ("eval (cache)", 0), ("eval (cache)", 1), ("train (RandAugment, Cutout)", 0),
+        ("train (RandAugment, Cutout)", 1)]
+    assert all(r["images"] == 8 and r["split"] == "train" and r["images_per_s"] > 0 for r in rows)
+    assert "## Data pipeline: JPEG to normalised batch (8 VOC `train` images" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="needs --data-root"):
+        speed.main(["--data-only", "--out", str(out)])

@@ -315,13 +315,14 @@ def estimates(results: list[dict[str, Any]], device: torch.device) -> list[dict[
 
 def micro_markdown(report: dict[str, Any]) -> str:
     device = report["device"]
-    lines = [f"# promptmlr speed: {device['name']} ({device['type']})", "",
-             f"torch {device['torch']}, promptmlr {device['promptmlr']}; warm-up {report['settings']['warmup']}, "
-             f"timed {report['settings']['iters']} iterations per number; {report['settings']['classes']} classes. "
-             f"Images/s; memory: {report['memory_kind']}.", "",
-             "| backbone | px | batch | precision | method | extract | train (cache) | train (no cache) | predict | "
-             "predict (cache) | peak MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"# promptmlr speed: {device['name']} ({device['type']})", ""]
+    if report["results"]:
+        lines += [f"torch {device['torch']}, promptmlr {device['promptmlr']}; warm-up {report['settings']['warmup']}, "
+                  f"timed {report['settings']['iters']} iterations per number; {report['settings']['classes']} "
+                  f"classes. Images/s; memory: {report['memory_kind']}.", "",
+                  "| backbone | px | batch | precision | method | extract | train (cache) | train (no cache) | "
+                  "predict | predict (cache) | peak MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["results"]:
         if row.get("error"):
             lines.append(f"| {row['backbone']} | {row['image_size']} | {row['batch_size']} | {row['precision']} | "
@@ -342,7 +343,71 @@ def micro_markdown(report: dict[str, Any]) -> str:
                 if "speedup_vs_dualcoop" in entry else "(GPU only)"
             lines.append(f"| {entry['method']} | {entry['batch_size']} | {entry['precision']} | "
                          f"{entry['estimated_seconds']:.0f} | {ratio} |")
+    if report.get("data_pipeline"):
+        lines += pipeline_markdown(report["data_pipeline"])
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ data pipeline
+def default_workers() -> list[int]:
+    """0 (the main process), 1, DualCoOp's 3, and every core."""
+    return sorted({0, 1, 3, os.cpu_count() or 1})
+
+
+def pipeline_transforms(size: int) -> dict[str, Callable]:
+    """The transform that builds the cache (resize only), and the training transform with
+    RandAugment and Cutout that training from pixels pays every epoch, as DualCoOp's recipe does."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from promptmlr.backbones.base import PreprocessConfig
+    from promptmlr.data.transforms import build_transform
+
+    preprocess = PreprocessConfig(size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+    return {"eval (cache)": build_transform(preprocess),
+            "train (RandAugment, Cutout)": build_transform(preprocess, train=True, randaugment=True, cutout=True)}
+
+
+def run_data_pipeline(data_root: Path, image_sizes: Sequence[int], workers: Sequence[int], count: int,
+                      batch_size: int = RECIPE_BATCH, log=print) -> list[dict[str, Any]]:
+    """Images/s from JPEG files to normalised batches through a ``DataLoader``, worker start-up
+    included (an epoch pays it), for the first ``count`` images of the VOC training split."""
+    from torch.utils.data import DataLoader
+
+    dataset, split = _voc_training_images(data_root)
+    dataset = dataset.subset(np.arange(min(count, len(dataset))))
+    rows = []
+    for size in image_sizes:
+        for name, transform in pipeline_transforms(size).items():
+            for worker_count in workers:
+                loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size,
+                                    num_workers=worker_count)
+                started = time.perf_counter()
+                seen = sum(len(indices) for _, _, indices in loader)
+                rate = seen / (time.perf_counter() - started)
+                rows.append({"image_size": size, "transform": name, "workers": worker_count, "images": seen,
+                             "split": split, "images_per_s": rate, "per_process": rate / max(worker_count, 1)})
+                log(f"data pipeline {size}px {name}, {worker_count} workers: {rate:.1f} images/s")
+    return rows
+
+
+def _voc_training_images(data_root: Path):
+    from promptmlr.data import build_dataset
+
+    main = find_voc_year_dir(Path(data_root)) / "ImageSets" / "Main"
+    split = next((name for name in ("trainval", "train", "val") if (main / f"{name}.txt").is_file()), None)
+    if split is None:
+        raise SystemExit(f"speed.py: error: no VOC training split under {data_root}")
+    return build_dataset("voc2007", data_root, split), split
+
+
+def pipeline_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", f"## Data pipeline: JPEG to normalised batch ({rows[0]['images']} VOC `{rows[0]['split']}` images, "
+             f"batch {RECIPE_BATCH}, worker start-up included)", "",
+             "| px | transform | workers | images/s | per process |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['image_size']} | {row['transform']} | {row['workers']} | {row['images_per_s']:.1f} | "
+                     f"{row['per_process']:.1f} |")
+    return lines
 
 
 # --------------------------------------------------------------------------------------- the recipe
@@ -588,10 +653,17 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--classes", type=int, default=20, help="number of classes (default 20, as VOC)")
     micro.add_argument("--warmup", type=int, help="untimed iterations first (default 2)")
     micro.add_argument("--iters", type=int, help="timed iterations per number (default 5)")
+    micro.add_argument("--workers", nargs="+", type=int, metavar="W",
+                       help="data-pipeline worker counts, timed when --data-root is given (default 0 1 3 and "
+                            "every core)")
+    micro.add_argument("--data-images", type=int, default=512, metavar="N",
+                       help="images per data-pipeline measurement (default 512)")
+    micro.add_argument("--data-only", action="store_true", help="time the data pipeline only (needs --data-root)")
     recipe = parser.add_argument_group("end-to-end recipe")
     recipe.add_argument("--recipe", choices=("voc2007",),
                         help="time the standard recipe instead of the micro-benchmarks")
-    recipe.add_argument("--data-root", type=Path, metavar="DIR", help="the VOCdevkit for --recipe")
+    recipe.add_argument("--data-root", type=Path, metavar="DIR",
+                        help="a VOCdevkit: the recipe's data, and the micro-benchmarks' data-pipeline images")
     recipe.add_argument("--recipe-images", type=int, metavar="N", help="scaled down: train on N images")
     recipe.add_argument("--recipe-epochs", type=int, metavar="E", help=f"default {RECIPE_EPOCHS}")
     recipe.add_argument("--recipe-method", default="dualcoop", help="default dualcoop (the reference's method)")
@@ -615,6 +687,10 @@ def resolve_settings(args: argparse.Namespace, device: torch.device) -> argparse
         raise SystemExit("speed.py: error: fp16 autocast needs a GPU; use bf16 on the CPU")
     if any(batch < 1 for batch in args.batch_sizes) or args.iters < 1 or args.warmup < 0:
         raise SystemExit("speed.py: error: batch sizes and --iters must be positive, --warmup not negative")
+    if args.workers is None:
+        args.workers = default_workers()
+    if args.data_only and args.data_root is None:
+        raise SystemExit("speed.py: error: --data-only times the data pipeline, which needs --data-root (a VOCdevkit)")
     return args
 
 
@@ -640,13 +716,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n" + text)
         print(f"results: {args.out / 'recipe.json'}, {args.out / 'recipe.md'}")
         return 0
-    results = run_micro(args, device)
+    results = [] if args.data_only else run_micro(args, device)
+    pipeline = (run_data_pipeline(args.data_root, args.image_sizes, args.workers, args.data_images)
+                if args.data_root else [])
     report = {
         "device": info, "memory_kind": memory_kind(device), "command": command,
         "settings": {key: getattr(args, key) for key in ("archs", "image_sizes", "batch_sizes", "precisions",
-                                                         "methods", "classes", "warmup", "iters", "quick")},
+                                                         "methods", "classes", "warmup", "iters", "quick",
+                                                         "workers", "data_images")},
         "units": "images per second", "results": results, "estimates": estimates(results, device),
-        "reference": REFERENCE,
+        "data_pipeline": pipeline, "reference": REFERENCE,
     }
     text = micro_markdown(report)
     write_json_atomic(args.out / "speed.json", report)
