@@ -9,6 +9,7 @@ read back and repeated exactly.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,12 +138,30 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {type(current).__name__}, got {value!r}") from error
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans (``true``/``false`` only): under PyYAML's default YAML 1.1
+    rules ``off``, ``on``, ``yes`` and ``no`` are booleans, so ``train.cache.enabled: off`` or
+    ``--set train.mixed_precision=no`` would arrive as False instead of the words those settings take."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse config YAML (a file or a ``--set`` value) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
 
@@ -157,7 +176,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
     key, equals, raw = text.partition("=")
     if not equals or not key:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    value: Any = yaml.safe_load(raw) if raw else None
+    value: Any = load_yaml(raw) if raw else None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value

@@ -66,3 +66,20 @@ def test_help_lists_every_command(capsys):
 def test_console_script_reports_version():
     result = subprocess.run([sys.executable, "-m", "promptmlr", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("promptmlr ")
+
+
+def test_config_words_are_not_yaml_1_1_booleans(tmp_path):
+    """`off`, `no`, `on` reach the settings that take them as words, in a file and in --set; only
+    true/false are booleans, and a word given to a boolean setting is an error that names it."""
+    from promptmlr.config import parse_assignment, resolve_config
+    from promptmlr.errors import ConfigError
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("train:\n  cache:\n    enabled: off\n  mixed_precision: no\n  cutout: true\n")
+    config = resolve_config("synthetic", config_file)
+    assert (config.train.cache.enabled, config.train.mixed_precision, config.train.cutout) == ("off", "no", True)
+    config = resolve_config("synthetic", overrides=[parse_assignment("train.cache.enabled=on"),
+                                                    parse_assignment("train.randaugment=false")])
+    assert (config.train.cache.enabled, config.train.randaugment) == ("on", False)
+    with pytest.raises(ConfigError, match=r"train.cutout: expected bool, got 'yes'"):
+        resolve_config("synthetic", overrides=[parse_assignment("train.cutout=yes")])
