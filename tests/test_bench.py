@@ -154,6 +154,7 @@ def test_speed_recipe_scaled_down_splits_the_wall_time(speed, tmp_path, capsys):
                               "test_source": "train (images 7-12; there is no test split here)"}
     phases = report["phases_seconds"]
     assert phases["caching"] > 0 and phases["training"] > 0 and phases["evaluation"] > 0
+    assert phases["evaluation prompts"] > 0  # timed apart: once per evaluation pass, not per image
     assert sum(phases.values()) == pytest.approx(report["wall_seconds"])
     assert report["extrapolated_full_recipe_seconds"] > report["wall_seconds"]
     assert report["epochs"] == 2 and report["image_size"] == 32 and report["device"]["name"]

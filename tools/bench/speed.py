@@ -80,7 +80,7 @@ VOC_TRAIN_IMAGES, VOC_TEST_IMAGES, RECIPE_EPOCHS, RECIPE_BATCH = 5011, 4952, 50,
 REFERENCE = {"dualcoop_voc2007_50_epochs_seconds": 24 * 60, "dualcoop_train_step_images_per_s": 570,
              "dualcoop_data_pipeline_images_per_s": 215, "rn101_448_encoder_images_per_s": 1600,
              "device": "NVIDIA H100, fp16, batch 32", "target_speedup": 20}
-PHASES = ("caching", "training", "evaluation", "recovery")
+PHASES = ("caching", "training", "evaluation", "evaluation prompts", "recovery")
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -437,15 +437,28 @@ class PhaseClock:
 
         return timed
 
+    def wrap_context(self, phase: str, factory: Callable) -> Callable:
+        """Like :meth:`wrap` for a context-manager factory: times entering the context."""
+        @functools.wraps(factory)
+        @contextlib.contextmanager
+        def timed(*args, **kwargs):
+            with contextlib.ExitStack() as stack:
+                self.wrap(phase, stack.enter_context)(factory(*args, **kwargs))
+                yield
+
+        return timed
+
     @contextlib.contextmanager
-    def patch(self, targets: Sequence[tuple[Any, str, str]]):
-        """Wrap ``owner.attribute`` for each ``(owner, attribute, phase)`` while the block runs."""
+    def patch(self, targets: Sequence[tuple[Any, str, str]], contexts: Sequence[tuple[Any, str, str]] = ()):
+        """Wrap ``owner.attribute`` for each ``(owner, attribute, phase)`` of ``targets`` (functions)
+        and ``contexts`` (context-manager factories) while the block runs."""
         originals = []
         try:
-            for owner, attribute, phase in targets:
+            for (owner, attribute, phase), wrap in [(t, self.wrap) for t in targets] + [
+                    (t, self.wrap_context) for t in contexts]:
                 original = getattr(owner, attribute)
                 originals.append((owner, attribute, original))
-                setattr(owner, attribute, self.wrap(phase, original))
+                setattr(owner, attribute, wrap(phase, original))
             yield self
         finally:
             for owner, attribute, original in reversed(originals):
@@ -537,7 +550,9 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
         f"{config.train.batch_size}, {_precision(config.train.mixed_precision)}, "
         f"{config.train.num_workers} data workers")
     started = time.perf_counter()
-    with clock.patch(targets):
+    from promptmlr.models import MultiLabelMethod
+
+    with clock.patch(targets, contexts=[(MultiLabelMethod, "fixed_prompts", "evaluation prompts")]):
         result = tune(config, run_dir, log=log)
     wall = time.perf_counter() - started
     phases = {phase: clock.seconds.get(phase, 0.0) for phase in PHASES}
@@ -551,8 +566,9 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
         "num_workers": config.train.num_workers, "cache": config.train.cache.enabled,
         "overrides": list(args.set), "wall_seconds": wall, "phases_seconds": phases,
         "phase_source": "timed around engine.build_or_open_cache, Trainer._train_epoch, Trainer._evaluate_splits "
-                        "+ Trainer.scores_for and Trainer._recover; other = backbone loading, data lists, "
-                        "checkpoints, exports",
+                        "+ Trainer.scores_for (less the prompts' encoding on entering MultiLabelMethod.fixed_prompts, "
+                        "its own phase) and Trainer._recover; other = backbone loading, data lists, checkpoints, "
+                        "exports",
         "tune_total_seconds": metrics.get("total_seconds"), "tune_train_seconds": metrics.get("train_seconds"),
         "train_images_per_s": (epochs * data["train_images"] / phases["training"]) if phases["training"] else None,
         "test_mAP": metrics["best"].get("test_mAP"),
@@ -576,23 +592,20 @@ def _precision(mixed_precision: str) -> str:
 
 
 def extrapolate(report: dict[str, Any]) -> float:
-    """The full recipe's seconds from a scaled-down run. Caching scales with the images encoded;
-    training, evaluation and recovery with their number of batches (a step's cost is mostly the
-    prompts' pass through the text encoder, paid once per batch, so full batches are assumed: take
-    ``--recipe-images`` of a few batches); the rest (loading, checkpoints, exports) is kept."""
+    """The full recipe's seconds from a scaled-down run. Caching, evaluation and recovery scale with
+    the images they see, the prompts' encoding before each evaluation pass with the passes;
+    training scales with its number of batches, since a training step's cost with the cache is
+    mostly the prompts' pass through the text encoder, paid once per batch (full batches are
+    assumed: take ``--recipe-images`` of a few batches); the rest (loading, checkpoints, exports)
+    is kept."""
     data, phases, epochs = report["data"], report["phases_seconds"], report["epochs"]
-    train, test = data["train_images"], data["test_images"]
-    batch, eval_batch = report["batch_size"], report["eval_batch_size"]
-
-    def batches(images: int, size: int) -> int:
-        return math.ceil(images / size)
-
+    train, test, batch = data["train_images"], data["test_images"], report["batch_size"]
+    train_batches = math.ceil(VOC_TRAIN_IMAGES / batch) * RECIPE_EPOCHS / (math.ceil(train / batch) * epochs)
     return (phases["caching"] * (VOC_TRAIN_IMAGES + VOC_TEST_IMAGES) / (train + test)
-            + phases["training"] * batches(VOC_TRAIN_IMAGES, batch) * RECIPE_EPOCHS / (batches(train, batch) * epochs)
-            + phases["evaluation"] * batches(VOC_TEST_IMAGES, eval_batch) * (RECIPE_EPOCHS + 1)
-            / (batches(test, eval_batch) * (epochs + 1))  # every epoch, plus the final predictions
-            + phases["recovery"] * batches(VOC_TRAIN_IMAGES, eval_batch) * RECIPE_EPOCHS
-            / (batches(train, eval_batch) * epochs)
+            + phases["training"] * train_batches
+            + phases["evaluation"] * VOC_TEST_IMAGES * (RECIPE_EPOCHS + 1) / (test * (epochs + 1))  # + final scores
+            + phases.get("evaluation prompts", 0.0) * (RECIPE_EPOCHS + 1) / (epochs + 1)  # once per pass
+            + phases["recovery"] * VOC_TRAIN_IMAGES * RECIPE_EPOCHS / (train * epochs)
             + phases["other"])
 
 
@@ -603,8 +616,9 @@ def recipe_markdown(report: dict[str, Any], device: dict[str, Any]) -> str:
              f"{report['method']} on {report['backbone']} at {report['image_size']} px, batch {report['batch_size']}, "
              f"{report['precision']}, {report['num_workers']} data workers; {data['train_images']:,} "
              f"training images (all labels of trainval, selection on test), {data['test_images']:,} test images "
-             f"evaluated after every epoch ({_epochs(report['epochs'])}); JPEG decoding included; a cold feature "
-             f"cache.", ""]
+             f"evaluated after every epoch ({_epochs(report['epochs'])}); JPEG decoding included; "
+             + ("no feature cache: the encoder sees every image every epoch, as DualCoOp trains." if
+                report["cache"] == "off" else "a cold feature cache."), ""]
     if data["scaled_down"]:
         lines += [f"Training images from `{data['train_source']}`, test images from `{data['test_source']}`.", ""]
     lines += ["| phase | seconds | share |", "| --- | --- | --- |"]
