@@ -51,9 +51,10 @@ def feature_shapes(backbone: FrozenCLIP) -> tuple[int, tuple[int, int]]:
     return backbone.dense_shape
 
 
-def estimated_bytes(backbone: FrozenCLIP, images: int, views: int, dtype: str) -> int:
+def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
+    """Disk size of ``rows`` cached image views (a global and a dense feature each)."""
     dims, grid = feature_shapes(backbone)
-    return views * images * (grid[0] * grid[1] + 1) * dims * np.dtype(dtype).itemsize
+    return rows * (grid[0] * grid[1] + 1) * dims * np.dtype(dtype).itemsize
 
 
 @dataclass

@@ -115,9 +115,9 @@ class Trainer:
             raise ConfigError(f"train.cache.enabled must be auto, on or off, got {cache.enabled!r}")
         if cache.enabled == "off":
             return False
-        images = sum(len(d) for d in (self.splits.train, self.splits.val, self.splits.test) if d is not None)
-        views = cache.views + 2  # train views, plus the eval views of val and test (upper bound)
-        size = estimated_bytes(self.method.backbone, images, views, cache.dtype)
+        eval_images = sum(len(d) for d in (self.splits.val, self.splits.test) if d is not None)
+        rows = len(self.splits.train) * cache.views + eval_images  # training views, one eval view of val/test
+        size = estimated_bytes(self.method.backbone, rows, cache.dtype)
         fits = size <= cache.budget_gb * 2**30
         if cache.enabled == "auto" and not fits:
             self._print(f"feature cache off: ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb="

@@ -16,7 +16,7 @@ from promptmlr.cache import build_or_open_cache
 from promptmlr.cli import main
 from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
-from promptmlr.engine import Trainer, TrainingDivergedError
+from promptmlr.engine import Splits, Trainer, TrainingDivergedError
 from promptmlr.pipeline import tune
 from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
@@ -138,6 +138,28 @@ def test_cached_batches_are_read_whole_and_equal_the_rows(colour_data, tmp_path)
             torch.testing.assert_close(dense_batch[row], dense_row, rtol=0, atol=0)
         seen += indices.tolist()
     assert sorted(seen) == list(range(len(dataset))) and seen != sorted(seen)
+
+
+def test_auto_cache_budget_is_the_size_the_cache_takes(colour_data, tmp_path):
+    """`auto` caches when the features fit train.cache.budget_gb: the estimate counts each training
+    image once per view and each val/test image once, which is exactly what the cache then holds."""
+    import dataclasses
+
+    from promptmlr.backbones import create_backbone
+    from promptmlr.models import build_method
+
+    config = _config(colour_data, tmp_path, epochs=1, cache={"directory": str(tmp_path / "cache"), "views": 2})
+    assert tune(config, tmp_path / "run", log=_quiet).metrics
+    held = sum(np.load(path, mmap_mode="r").nbytes for path in (tmp_path / "cache").rglob("*.npy"))
+    backbone = create_backbone("openclip:promptmlr-tiny-vit")
+    train = build_dataset("csv", colour_data, "train")
+    splits = Splits(train=train.subset(np.arange(36)), val=train.subset(np.arange(36, 48)),
+                    test=build_dataset("csv", colour_data, "test"))
+    method = build_method("linear", backbone, CLASSES)
+    for budget, expected in ((held * 1.01, True), (held * 0.99, False)):
+        cache = dataclasses.replace(config.train.cache, enabled="auto", budget_gb=budget / 2**30)
+        trainer = Trainer(method, splits, dataclasses.replace(config.train, cache=cache), tmp_path / "unused")
+        assert trainer.use_cache is expected
 
 
 def test_optimiser_variants_ema_and_accumulation_run(colour_data, tmp_path):
