@@ -27,7 +27,7 @@ from promptmlr.cache import CachedFeatureDataset, build_or_open_cache, encode, e
 from promptmlr.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.config import TrainConfig
 from promptmlr.data.dataset import MultiLabelDataset
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, check_choice
 from promptmlr.losses import build_loss
 from promptmlr.metrics import evaluate
 from promptmlr.models.base import MultiLabelMethod
@@ -91,8 +91,7 @@ def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
 class Trainer:
     def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
                  cache_directory: str | None = None):
-        if config.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"train.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
+        check_choice("train.optimizer", config.optimizer, OPTIMIZERS)
         if config.select_on not in ("val", "test"):
             raise ConfigError(f"train.select_on must be 'val' or 'test', got {config.select_on!r}")
         self.config = config
@@ -111,8 +110,7 @@ class Trainer:
     # --------------------------------------------------------------------------------- data sources
     def _decide_cache(self) -> bool:
         cache = self.config.cache
-        if cache.enabled not in ("auto", "on", "off"):
-            raise ConfigError(f"train.cache.enabled must be auto, on or off, got {cache.enabled!r}")
+        check_choice("train.cache.enabled", cache.enabled, ("auto", "on", "off"))
         if cache.enabled == "off":
             return False
         eval_images = sum(len(d) for d in (self.splits.val, self.splits.test) if d is not None)

@@ -4,6 +4,16 @@ Each subclasses ``ValueError``; more specific ones live beside the code that rai
 (``DatasetError``, ``DescriptionsError``, ``PromptsFileError``, ``BackboneLoadError``).
 """
 
+from __future__ import annotations
+
+from typing import Any, Sequence
+
 
 class ConfigError(ValueError):
     """An option, config key or value that is unknown or out of range; the message names it and the fix."""
+
+
+def check_choice(setting: str, value: Any, choices: Sequence[str]) -> None:
+    """Refuse a ``value`` for ``setting`` that is not one of ``choices``, naming them all."""
+    if value not in choices:
+        raise ConfigError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from promptmlr.errors import ConfigError
+from promptmlr.errors import check_choice
 
 
 class BackboneLoadError(RuntimeError):
@@ -72,8 +72,7 @@ class FrozenCLIP(nn.Module, ABC):
 
     def __init__(self, spec: str, preprocess: PreprocessConfig, dense_mode: str, fingerprint: str):
         super().__init__()
-        if dense_mode not in DENSE_MODES:
-            raise ConfigError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
+        check_choice("dense_mode", dense_mode, DENSE_MODES)
         self.spec = spec
         self.preprocess = preprocess
         self.dense_mode = dense_mode

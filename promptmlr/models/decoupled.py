@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import ConfigError
+from promptmlr.errors import check_choice
 from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.prompts import NegativeEmbedding, PromptConfig, PromptLearner
@@ -50,10 +50,8 @@ class PromptMLR(MultiLabelMethod):
 
     def __init__(self, backbone, class_names, config: PromptMLRConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        if config.negative not in NEGATIVE_BRANCHES:
-            raise ConfigError(f"negative must be one of {NEGATIVE_BRANCHES}, got {config.negative!r}")
-        if config.query not in QUERIES:
-            raise ConfigError(f"query must be one of {QUERIES}, got {config.query!r}")
+        check_choice("negative", config.negative, NEGATIVE_BRANCHES)
+        check_choice("query", config.query, QUERIES)
         self.positive = PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
                                       config.init_phrase, self.descriptions)
         self.negative = self._negative_branch(config.negative)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import ConfigError
+from promptmlr.errors import check_choice
 from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
 from promptmlr.zeroshot import class_text_features
 
@@ -32,8 +32,7 @@ class LinearProbe(MultiLabelMethod):
 
     def __init__(self, backbone, class_names, config: LinearConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        if config.features not in POOLINGS:
-            raise ConfigError(f"linear features must be one of {POOLINGS}, got {config.features!r}")
+        check_choice("linear features", config.features, POOLINGS)
         self.classifier = nn.Linear(backbone.embed_dim, self.num_classes)
         with torch.no_grad():
             self.classifier.weight.copy_(config.init_scale * class_text_features(backbone, class_names))

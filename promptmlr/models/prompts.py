@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import FrozenCLIP
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, check_choice
 
 CONTEXT_INIT_STD = 0.02  # CoOp's random context initialisation
 PLACEHOLDER = "X"
@@ -47,8 +47,7 @@ class PromptLearner(nn.Module):
                  class_specific: bool = True, init: str = "phrase", init_phrase: str = "a photo of a",
                  descriptions: Mapping[str, Sequence[str]] | None = None):
         super().__init__()
-        if init not in PROMPT_INITS:
-            raise ConfigError(f"prompt init must be one of {PROMPT_INITS}, got {init!r}")
+        check_choice("prompt init", init, PROMPT_INITS)
         if init.startswith("descriptions") and not descriptions:
             raise ConfigError(f"prompt init {init!r} needs class descriptions (--descriptions FILE)")
         if init == "descriptions-tokens" and not class_specific:
