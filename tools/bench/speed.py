@@ -393,11 +393,22 @@ def run_data_pipeline(data_root: Path, image_sizes: Sequence[int], workers: Sequ
 def _voc_training_images(data_root: Path):
     from promptmlr.data import build_dataset
 
-    main = find_voc_year_dir(Path(data_root)) / "ImageSets" / "Main"
-    split = next((name for name in ("trainval", "train", "val") if (main / f"{name}.txt").is_file()), None)
-    if split is None:
-        raise SystemExit(f"speed.py: error: no VOC training split under {data_root}")
+    split = voc_training_split(data_root, voc_splits_present(data_root))
     return build_dataset("voc2007", data_root, split), split
+
+
+def voc_splits_present(data_root: Path) -> list[str]:
+    main = find_voc_year_dir(Path(data_root)) / "ImageSets" / "Main"
+    return [split for split in VOC_SPLITS if (main / f"{split}.txt").is_file()]
+
+
+def voc_training_split(data_root: Path, present: Sequence[str]) -> str:
+    """The split to train on: trainval, else train, else val."""
+    split = next((name for name in ("trainval", "train", "val") if name in present), None)
+    if split is None:
+        raise SystemExit(f"speed.py: error: no VOC training split under {data_root} "
+                         f"(found: {', '.join(present) or 'no split'})")
+    return split
 
 
 def pipeline_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -475,9 +486,7 @@ def _voc_ids_and_labels(root: Path, split: str) -> tuple[list[str], np.ndarray, 
 def prepare_recipe_data(data_root: Path, out: Path, images: int | None) -> tuple[Path, dict[str, Any]]:
     """The VOC root to train on and what it holds: ``data_root`` itself for the full recipe, or a
     scaled-down VOCdevkit under ``out`` (lists only; the JPEGs are linked, not copied)."""
-    year_dir = find_voc_year_dir(Path(data_root))
-    main = year_dir / "ImageSets" / "Main"
-    present = [split for split in VOC_SPLITS if (main / f"{split}.txt").is_file()]
+    present = voc_splits_present(data_root)
     if images is None:
         if not {"trainval", "test"} <= set(present):
             raise SystemExit(f"speed.py: error: the full recipe needs VOC 2007 trainval and test under {data_root} "
@@ -485,9 +494,7 @@ def prepare_recipe_data(data_root: Path, out: Path, images: int | None) -> tuple
                              f"--recipe-epochs E) to run a scaled-down version on what is there")
         return Path(data_root), {"train_images": VOC_TRAIN_IMAGES, "test_images": VOC_TEST_IMAGES,
                                  "scaled_down": False, "test_source": "test"}
-    source = next((split for split in ("trainval", "train", "val") if split in present), None)
-    if source is None:
-        raise SystemExit(f"speed.py: error: no VOC training split under {data_root} (found: {', '.join(present)})")
+    source = voc_training_split(data_root, present)
     ids, labels, jpeg_dir = _voc_ids_and_labels(Path(data_root), source)
     test_count = max(1, round(images * VOC_TEST_IMAGES / VOC_TRAIN_IMAGES))
     if "test" in present:
