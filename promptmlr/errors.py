@@ -13,7 +13,8 @@ class ConfigError(ValueError):
     """An option, config key or value that is unknown or out of range; the message names it and the fix."""
 
 
-def check_choice(setting: str, value: Any, choices: Sequence[str]) -> None:
-    """Refuse a ``value`` for ``setting`` that is not one of ``choices``, naming them all."""
+def check_choice(setting: str, value: Any, choices: Sequence[str], error: type[ValueError] = ConfigError) -> None:
+    """Refuse a ``value`` for ``setting`` that is not one of ``choices``, naming them all (as
+    ``error``: loaders raise their ``DatasetError``)."""
     if value not in choices:
-        raise ConfigError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
+        raise error(f"{setting} must be one of {', '.join(choices)}, got {value!r}")

@@ -28,7 +28,8 @@ import numpy as np
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import NEGATIVE, POSITIVE
 from promptmlr.data.registry import register_dataset
-from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, check_choice
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError
+from promptmlr.errors import check_choice
 
 COCO_SPLITS = ("train", "val")
 IMAGE_LISTS = ("all", "annotated")
@@ -37,7 +38,7 @@ IMAGE_LISTS = ("all", "annotated")
 @register_dataset("coco2014", splits=COCO_SPLITS)
 def build_coco2014(root: Path, split: str, image_list: str = "all") -> MultiLabelDataset:
     """MS-COCO 2014, 80 classes (pycocotools instances JSON; crowd annotations count as positive)."""
-    check_choice("image_list", image_list, IMAGE_LISTS)
+    check_choice("image_list", image_list, IMAGE_LISTS, DatasetError)
     coco = load_coco(root / "annotations" / f"instances_{split}2014.json")
     category_ids = sorted(coco.cats)
     column_of = {category_id: column for column, category_id in enumerate(category_ids)}

@@ -28,7 +28,8 @@ import numpy as np
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from promptmlr.data.registry import register_dataset
-from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, check_choice, read_class_names, read_lines
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_class_names, read_lines
+from promptmlr.errors import check_choice
 
 MISSING_AS = ("unknown", "negative")
 JSONL_KEYS = ("image", "positive", "negative")
@@ -67,7 +68,7 @@ def resolve_image(listed_in: Path, image: str) -> Path:
 def build_jsonl(root: Path, split: str, classes: str | None = None, labels: str | None = None,
                 missing_as: str = "unknown") -> MultiLabelDataset:
     """Your own data as JSONL lines {"image", "positive", "negative"} plus a class-names file."""
-    check_choice("missing_as", missing_as, MISSING_AS)
+    check_choice("missing_as", missing_as, MISSING_AS, DatasetError)
     path = labels_file(root, split, ".jsonl", labels)
     classes_path = Path(classes) if classes else root / "classes.txt"
     class_names = read_class_names(classes_path)
@@ -114,7 +115,7 @@ def parse_jsonl_record(path: Path, number: int, line: str) -> dict:
 @register_dataset("csv", splits=lambda root: split_files(root, ".csv"))
 def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str = "unknown") -> MultiLabelDataset:
     """Your own data as CSV: header image,<class1>,<class2>,... and rows of 1/-1/0."""
-    check_choice("missing_as", missing_as, MISSING_AS)
+    check_choice("missing_as", missing_as, MISSING_AS, DatasetError)
     path = labels_file(root, split, ".csv", labels)
     rows = read_csv_records(path)
     if not rows:

@@ -61,10 +61,3 @@ def read_class_names(path: Path) -> list[str]:
     if not names:
         raise DatasetError(f"{path}: the class-names file is empty (expected one class name per line)")
     return names
-
-
-def check_choice(option: str, value: str, choices: Sequence[str]) -> str:
-    """Validate a string option against its allowed values."""
-    if value not in choices:
-        raise DatasetError(f"option {option}={value!r} is not valid; choose one of: {', '.join(choices)}")
-    return value

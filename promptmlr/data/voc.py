@@ -25,7 +25,8 @@ import numpy as np
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from promptmlr.data.registry import register_dataset
-from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, check_choice, read_lines
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_lines
+from promptmlr.errors import check_choice
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -47,7 +48,7 @@ def find_voc_year_dir(root: Path) -> Path:
 @register_dataset("voc2007", splits=VOC_SPLITS)
 def build_voc2007(root: Path, split: str, difficult: str = "negative") -> MultiLabelDataset:
     """PASCAL VOC 2007, 20 classes (VOCdevkit layout; per-class ImageSets files or Annotations XML)."""
-    check_choice("difficult", difficult, DIFFICULT_CHOICES)
+    check_choice("difficult", difficult, DIFFICULT_CHOICES, DatasetError)
     year_dir = find_voc_year_dir(root)
     ids = read_split_ids(year_dir, split)
     main = year_dir / "ImageSets" / "Main"
