@@ -46,14 +46,9 @@ def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def feature_shapes(backbone: FrozenCLIP) -> tuple[int, tuple[int, int]]:
-    """(embedding dim, dense grid) of the backbone at its input size (see ``FrozenCLIP.dense_shape``)."""
-    return backbone.dense_shape
-
-
 def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
     """Disk size of ``rows`` cached image views (a global and a dense feature each)."""
-    dims, grid = feature_shapes(backbone)
+    dims, grid = backbone.dense_shape
     return rows * (grid[0] * grid[1] + 1) * dims * np.dtype(dtype).itemsize
 
 
@@ -106,7 +101,7 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
 def _write_features(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable], directory: Path,
                     seed: int, batch_size: int, num_workers: int, dtype: str, autocast: Callable | None,
                     description: str) -> tuple[int, int]:
-    dims, grid = feature_shapes(backbone)
+    dims, grid = backbone.dense_shape
     views, count = len(transforms), len(dataset)
     global_out = np.lib.format.open_memmap(directory / "global.npy", "w+", dtype, (views, count, dims))
     dense_out = np.lib.format.open_memmap(directory / "dense.npy", "w+", dtype, (views, count, grid[0] * grid[1], dims))

@@ -15,8 +15,6 @@ import torch
 
 from promptmlr.files import atomic_write
 
-CHECKPOINT_NAME = "checkpoint.pt"
-
 
 def rng_states() -> dict[str, Any]:
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

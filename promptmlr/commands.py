@@ -17,16 +17,16 @@ from promptmlr.data import DatasetError, ImageLoadError, MultiLabelDataset, buil
 from promptmlr.data.commands import dataset_options
 from promptmlr.descriptions import DescriptionsError
 from promptmlr.engine import TrainingDivergedError
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, ReportError
 from promptmlr.export import PromptsFileError, export_text_embeddings, load_prompts, read_header
 from promptmlr.files import atomic_write, write_json_atomic
 from promptmlr.models import build_method
 from promptmlr.pipeline import build_backbone, dataset_root, evaluate_method, resolve_descriptions, tune
 from promptmlr.predict import expand_images, predict_images
-from promptmlr.runs import BEST_PROMPTS, CONFIG_FILE, LAST_PROMPTS, summary_table
+from promptmlr.runs import BEST_PROMPTS, CHECKPOINT_FILE, CONFIG_FILE, LAST_PROMPTS, summary_table
 
 USER_ERRORS = (ConfigError, DatasetError, ImageLoadError, DescriptionsError, BackboneLoadError, PromptsFileError,
-               TrainingDivergedError)
+               TrainingDivergedError, ReportError)
 
 
 # ---------------------------------------------------------------------------------------------- tune
@@ -39,7 +39,7 @@ def tune_command(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(args.dataset, args.config, _overrides(args))
         run_dir = args.out or _default_run_dir(config)
-        if (run_dir / "checkpoint.pt").exists():
+        if (run_dir / CHECKPOINT_FILE).exists():
             raise CommandError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     result = tune(config, run_dir, resume=args.resume)
     print(f"\n{result.table}\n\nrun folder: {result.run_dir}")
@@ -160,12 +160,9 @@ def zeroshot_command(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- report
 def report_command(args: argparse.Namespace) -> int:
-    from promptmlr.report import ReportError, known_table, write_report
+    from promptmlr.report import known_table, write_report
 
     classes = [name.strip() for name in args.pr_classes.split(",") if name.strip()] if args.pr_classes else None
-    try:
-        result = write_report(args.run_dirs, args.out, pr_classes=classes)
-    except ReportError as error:
-        raise CommandError(str(error)) from error
+    result = write_report(args.run_dirs, args.out, pr_classes=classes)
     print(f"\n{known_table(result.groups)}\n\n{len(result.files)} files written; the report: {result.markdown}")
     return 0

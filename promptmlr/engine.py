@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.cache import CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes, feature_shapes
-from promptmlr.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng_states, save_checkpoint
+from promptmlr.cache import CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes
+from promptmlr.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.config import TrainConfig
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.errors import ConfigError, check_choice
@@ -32,6 +32,7 @@ from promptmlr.losses import build_loss
 from promptmlr.metrics import evaluate
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.recovery import RecoveryStats, recover_labels
+from promptmlr.runs import CHECKPOINT_FILE
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -89,11 +90,9 @@ def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
-                 cache_directory: str | None = None):
+    def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path):
         check_choice("train.optimizer", config.optimizer, OPTIMIZERS)
-        if config.select_on not in ("val", "test"):
-            raise ConfigError(f"train.select_on must be 'val' or 'test', got {config.select_on!r}")
+        check_choice("train.select_on", config.select_on, ("val", "test"))
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
@@ -101,11 +100,10 @@ class Trainer:
         self.accelerator = _accelerator(config)
         set_seed(config.seed)
         self.method = method.to(self.accelerator.device)
-        self.cache_directory = cache_directory or config.cache.directory
+        self.backbone = method.backbone  # frozen: never wrapped by accelerate, unlike the method
         self.use_cache = self._decide_cache()
         self.labels = torch.from_numpy(splits.train.labels.astype(np.int8))
         self.pseudo_labels = torch.zeros_like(self.labels)
-        self.last_recovery: RecoveryStats | None = None
 
     # --------------------------------------------------------------------------------- data sources
     def _decide_cache(self) -> bool:
@@ -115,7 +113,7 @@ class Trainer:
             return False
         eval_images = sum(len(d) for d in (self.splits.val, self.splits.test) if d is not None)
         rows = len(self.splits.train) * cache.views + eval_images  # training views, one eval view of val/test
-        size = estimated_bytes(self.method.backbone, rows, cache.dtype)
+        size = estimated_bytes(self.backbone, rows, cache.dtype)
         fits = size <= cache.budget_gb * 2**30
         if cache.enabled == "auto" and not fits:
             self._print(f"feature cache off: ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb="
@@ -123,7 +121,7 @@ class Trainer:
         return fits or cache.enabled == "on"
 
     def _transforms(self, train: bool) -> list:
-        backbone = self.method.backbone
+        backbone = self.backbone
         if not train or (self.use_cache and self.config.cache.views == 1):
             return [backbone.transform(train=False)]
         augment = backbone.transform(train=True, randaugment=self.config.randaugment, cutout=self.config.cutout)
@@ -136,7 +134,7 @@ class Trainer:
         if self.use_cache:
             with self.accelerator.main_process_first():
                 cache = build_or_open_cache(
-                    self.method.backbone, dataset, transforms, self.cache_directory, config.seed,
+                    self.backbone, dataset, transforms, self.config.cache.directory, config.seed,
                     config.eval_batch_size, config.num_workers, config.cache.dtype, self.accelerator.autocast,
                     f"caching {description} features")
             source = CachedFeatureDataset(cache)
@@ -150,16 +148,14 @@ class Trainer:
     def _features(self, batch) -> tuple[ImageFeatures, torch.Tensor]:
         if self.use_cache:
             global_features, dense, indices = batch
-            grid = self._grid
-            return ImageFeatures(global_features.float(), dense.float(), grid), indices
+            return ImageFeatures(global_features.float(), dense.float(), self.backbone.dense_shape[1]), indices
         images, _, indices = batch
-        return encode(self.method.backbone, images, self.accelerator.autocast), indices
+        return encode(self.backbone, images, self.accelerator.autocast), indices
 
     # ------------------------------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         started = time.time()
-        self._grid = feature_shapes(self.method.backbone)[1]
         train_loader = self._loader(self.splits.train, train=True, description="train")
         eval_loaders = {name: self._loader(dataset, train=False, description=name)
                         for name, dataset in (("val", self.splits.val), ("test", self.splits.test))
@@ -179,7 +175,7 @@ class Trainer:
         result = TrainResult(select_on=config.select_on)
         best_score = -math.inf
         start_epoch = 0
-        checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        checkpoint_path = self.run_dir / CHECKPOINT_FILE
         if resume and checkpoint_path.is_file():
             state = load_checkpoint(checkpoint_path)
             start_epoch, best_score = self._restore(state, optimizer, scheduler, ema, result)
@@ -314,7 +310,6 @@ class Trainer:
         pseudo, stats = recover_labels(probabilities, labels, self.config.recovery, similarity,
                                        self.splits.full_train_labels)
         self.pseudo_labels = torch.from_numpy(pseudo)
-        self.last_recovery = stats
         return stats
 
     def _scores_and_prototype_similarity(self, loader) -> tuple[np.ndarray, np.ndarray | None]:

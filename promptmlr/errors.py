@@ -1,7 +1,8 @@
 """Errors that describe bad input rather than a bug; the CLI prints them as one line.
 
 Each subclasses ``ValueError``; more specific ones live beside the code that raises them
-(``DatasetError``, ``DescriptionsError``, ``PromptsFileError``, ``BackboneLoadError``).
+(``DatasetError``, ``DescriptionsError``, ``PromptsFileError``, ``BackboneLoadError``), except
+``ReportError``, which sits here so that the CLI can catch it without importing matplotlib.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from typing import Any, Sequence
 
 class ConfigError(ValueError):
     """An option, config key or value that is unknown or out of range; the message names it and the fix."""
+
+
+class ReportError(ValueError):
+    """A run folder that cannot be reported on (missing, incomplete, unreadable); the message names it."""
 
 
 def check_choice(setting: str, value: Any, choices: Sequence[str], error: type[ValueError] = ConfigError) -> None:

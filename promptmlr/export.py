@@ -27,7 +27,6 @@ from promptmlr.models import MultiLabelMethod, build_method
 FORMAT_NAME = "promptmlr-prompts"
 FORMAT_VERSION = 1
 HEADER_KEY = "promptmlr"
-EXPORT_FORMATS = ("promptmlr", "text-embeddings")
 
 
 class PromptsFileError(ValueError):

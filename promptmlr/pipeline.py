@@ -14,7 +14,6 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
-from promptmlr.cache import feature_shapes
 from promptmlr.config import CacheConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from promptmlr.data import build_dataset, make_partial_labels, mask_sha256, split_validation
 from promptmlr.data.dataset import MultiLabelDataset
@@ -28,6 +27,7 @@ from promptmlr.models import MultiLabelMethod, build_method
 from promptmlr.runs import (
     BEST_PROMPTS,
     LAST_PROMPTS,
+    PREDICTIONS_STEM,
     split_metrics,
     summary_table,
     write_config,
@@ -116,17 +116,15 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
     last = result.history[-1]
     unwrapped = trainer._unwrapped
-    exports = {}
-    for name, state, record in (("best", result.best_state, best), ("last", result.last_state, last)):
+    for file_name, state, record in ((BEST_PROMPTS, result.best_state, best), (LAST_PROMPTS, result.last_state, last)):
         unwrapped.load_state_dict(state)
-        exports[name] = save_prompts(unwrapped, run_dir / (BEST_PROMPTS if name == "best" else LAST_PROMPTS),
-                                     thresholds=[config.train.threshold] * len(class_names),
-                                     metrics=record, mask_sha256=mask_hash,
-                                     extra={"selected_on": result.select_on, "epoch": record["epoch"]})
+        save_prompts(unwrapped, run_dir / file_name, thresholds=[config.train.threshold] * len(class_names),
+                     metrics=record, mask_sha256=mask_hash,
+                     extra={"selected_on": result.select_on, "epoch": record["epoch"]})
     unwrapped.load_state_dict(result.best_state)
     if splits.test is not None:
         scores = trainer.scores_for("test")
-        write_predictions(run_dir / "predictions_test", splits.test.image_paths, class_names, scores,
+        write_predictions(run_dir / PREDICTIONS_STEM, splits.test.image_paths, class_names, scores,
                           splits.test.labels)
     selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
     if result.select_on == "test":
@@ -152,7 +150,7 @@ def tune(config: RunConfig, run_dir: str | Path, resume: bool = False, log=print
 
 
 def _locations(backbone: FrozenCLIP) -> int:
-    grid = feature_shapes(backbone)[1]
+    grid = backbone.dense_shape[1]
     return grid[0] * grid[1]
 
 

@@ -33,11 +33,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
+from promptmlr.errors import ReportError
 from promptmlr.files import atomic_write, write_text_atomic
 from promptmlr.metrics import per_class_average_precision
-from promptmlr.runs import CONFIG_FILE, METRICS_FILE
+from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_STEM
 
-PREDICTIONS_FILE = "predictions_test.npz"
+PREDICTIONS_FILE = f"{PREDICTIONS_STEM}.npz"
 REQUIRED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE)
 REPORT_FILE = "report.md"
 MAP_VS_KNOWN_FILE = "map_vs_known.png"
@@ -63,10 +64,6 @@ METRIC_DIGITS = {"recovery_precision_positive": 3, "recovery_precision_negative"
                  "train_seconds": 1, "total_seconds": 1}  # decimals in tables; 2 otherwise
 PR_CLASS_LIMIT = 20  # up to this many classes, every class gets a PR curve
 PR_EXTREMES = 6  # otherwise the 6 best and the 6 worst classes by AP
-
-
-class ReportError(ValueError):
-    """A run folder that cannot be reported on (missing, incomplete, unreadable); the message names it."""
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -130,7 +127,7 @@ def check_run_dir(run_dir: str | Path) -> Path:
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
     if missing:
         hint = ""
-        if METRICS_FILE in missing and (run_dir / "checkpoint.pt").is_file():
+        if METRICS_FILE in missing and (run_dir / CHECKPOINT_FILE).is_file():
             hint = f" (an interrupted run? continue it with: promptmlr tune --out {run_dir} --resume)"
         elif missing == [PREDICTIONS_FILE]:
             hint = " (a run without a test split, or made before test predictions were saved as .npz)"

@@ -29,6 +29,8 @@ METRICS_FILE = "metrics.json"
 BEST_PROMPTS = "best.safetensors"
 LAST_PROMPTS = "last.safetensors"
 SUMMARY_FILE = "summary.md"
+CHECKPOINT_FILE = "checkpoint.pt"
+PREDICTIONS_STEM = "predictions_test"  # .csv and .npz
 REPORTED = ("mAP", "mAP_voc2012", "CF1", "OF1", "CF1_top3", "OF1_top3")
 
 

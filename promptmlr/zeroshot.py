@@ -16,17 +16,6 @@ from PIL import Image
 from promptmlr.backbones.base import FrozenCLIP
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-ENSEMBLE_TEMPLATES = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a photo of many {}.",
-    "a cropped photo of a {}.",
-    "a close-up photo of a {}.",
-    "a bright photo of a {}.",
-    "a dark photo of a {}.",
-    "a photo of a small {}.",
-    "a photo of a large {}.",
-)
 
 
 def class_prompts(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,

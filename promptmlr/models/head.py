@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BYTES_PER_FLOAT = 4
+from promptmlr.models.base import BYTES_PER_FLOAT
 
 
 class SemanticDecouplingHead(nn.Module):

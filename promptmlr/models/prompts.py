@@ -55,12 +55,12 @@ class PromptLearner(nn.Module):
         self.backbone = backbone
         self.n_ctx = n_ctx
         token_ids = backbone.tokenize([" ".join([PLACEHOLDER] * n_ctx + [name]) + "." for name in class_names])
-        if (backbone.eot_positions(token_ids) >= backbone.context_length - 1).any():
+        eot = backbone.eot_positions(token_ids)
+        if (eot >= backbone.context_length - 1).any():
             raise ConfigError(f"{n_ctx} context tokens plus a class name exceed the text encoder's "
                              f"{backbone.context_length} positions; lower n_ctx")
         with torch.no_grad():
             embedded = backbone.token_embedding(token_ids)
-        eot = backbone.eot_positions(token_ids)
         self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("prefix", embedded[:, :1], persistent=False)  # start-of-text
         suffix = embedded[:, 1 + n_ctx:backbone.text_length(eot)]  # name, '.', end (padding dropped)

@@ -46,7 +46,7 @@ from promptmlr.report import (
     load_run,
     plot_map_vs_known,
 )
-from promptmlr.runs import CONFIG_FILE, METRICS_FILE
+from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
 
 METHODS = ("zeroshot", "linear", "dualcoop", "positivecoop", "promptmlr")
 KNOWN = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -140,7 +140,7 @@ def run_one(name: str, config: RunConfig, run_dir: Path, log=print) -> tuple[Run
                              f"use another --out or delete that folder")
     if (run_dir / METRICS_FILE).is_file():
         return load_run(run_dir), "reused"
-    resume = (run_dir / "checkpoint.pt").is_file()
+    resume = (run_dir / CHECKPOINT_FILE).is_file()
     log(f"\n=== {name}: {'resuming' if resume else 'running'} -> {run_dir}")
     tune(config, run_dir, resume=resume, log=log)
     return load_run(run_dir), "resumed" if resume else "ran"
