@@ -30,6 +30,18 @@ def test_existing_archive_with_the_right_md5_is_not_downloaded_again(fetch, tmp_
     assert f"have {archive}" in capsys.readouterr().out
 
 
+def test_an_interrupted_download_leaves_no_file_to_pass_for_a_whole_one(fetch, tmp_path, monkeypatch):
+    """Without a checksum (VG) a file left by a cut download would be taken as done next time."""
+    def cut_short(url, path):
+        path.write_bytes(b"half an archive")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(fetch, "_copy_url", cut_short)
+    with pytest.raises(SystemExit, match="could not download"):
+        fetch.download("http://127.0.0.1:9/images.zip", None, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_extract_handles_zip_and_tar(fetch, tmp_path):
     (tmp_path / "a.txt").write_text("a")
     with zipfile.ZipFile(tmp_path / "x.zip", "w") as bundle:

@@ -27,6 +27,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from promptmlr.files import atomic_write
+
 VOC_ARCHIVES = [  # (url, md5)
     ("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
     ("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f"),
@@ -65,9 +67,8 @@ def download(url: str, md5: str | None, downloads: Path, mirror: tuple[str, str]
         return target
     for source in [url] + ([url.replace(*mirror)] if mirror else []):
         say(f"download {source} -> {target}")
-        try:
-            with urllib.request.urlopen(source) as response, target.open("wb") as out:
-                shutil.copyfileobj(response, out, length=1 << 20)
+        try:  # to a temp file renamed when complete: an interrupted download never passes for a whole one
+            atomic_write(target, lambda temp: _copy_url(source, temp))
             break
         except OSError as error:
             say(f"failed: {error}")
@@ -81,6 +82,11 @@ def download(url: str, md5: str | None, downloads: Path, mirror: tuple[str, str]
     else:
         say(f"sha256 {file_digest(target, 'sha256')} (no published checksum; keep this for your records)")
     return target
+
+
+def _copy_url(url: str, path: Path) -> None:
+    with urllib.request.urlopen(url) as response, path.open("wb") as out:
+        shutil.copyfileobj(response, out, length=1 << 20)
 
 
 def extract(archive: Path, into: Path) -> None:
