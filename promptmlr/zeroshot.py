@@ -54,15 +54,19 @@ def zeroshot_scores(backbone: FrozenCLIP, images: torch.Tensor | Sequence[Image.
     """
     device = backbone.token_embedding.weight.device
     text = class_text_features(backbone, class_names, templates, descriptions).to(device)
+    scale = backbone.logit_scale  # a frozen scalar: read once, not once per batch
     scores = []
     for start in range(0, len(images), batch_size):
         batch = _as_tensor(backbone, images[start:start + batch_size]).to(device)
         image = torch.nn.functional.normalize(backbone.encode_image(batch).global_features, dim=-1)
-        scores.append(backbone.logit_scale * image @ text.T)
+        scores.append(scale * image @ text.T)
     result = torch.cat(scores) if scores else torch.empty(0, len(class_names))
-    if standardize:
-        result = (result - result.mean(dim=1, keepdim=True)) / result.std(dim=1, keepdim=True).clamp_min(1e-6)
-    return result.cpu()
+    return (standardize_scores(result) if standardize else result).cpu()
+
+
+def standardize_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Each image's scores ``[N, C]`` as z-scores across the classes (SPARC, 2025)."""
+    return (scores - scores.mean(dim=1, keepdim=True)) / scores.std(dim=1, keepdim=True).clamp_min(1e-6)
 
 
 def _as_tensor(backbone: FrozenCLIP, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod, register_method
-from promptmlr.models.prompts import NegativeEmbedding, PromptConfig, PromptLearner
+from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
 
 
 @dataclass
@@ -41,15 +41,12 @@ def region_aggregation(dense: torch.Tensor, positive: torch.Tensor, negative: to
 
 class _RegionPromptMethod(MultiLabelMethod):
     Config = CoOpConfig
+    negative_kind: str  # see prompts.negative_branch
 
     def __init__(self, backbone, class_names, config: CoOpConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        self.positive = PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
-                                      config.init_phrase, self.descriptions)
-        self.negative = self._negative_branch()
-
-    def _negative_branch(self) -> torch.nn.Module:
-        raise NotImplementedError
+        self.positive = positive_prompts(backbone, class_names, config, self.descriptions)
+        self.negative = negative_branch(self.negative_kind, backbone, class_names, config)
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         positive, negative, weights = region_aggregation(features.dense_features, self.positive(), self.negative(),
@@ -67,15 +64,10 @@ class _RegionPromptMethod(MultiLabelMethod):
 @register_method
 class DualCoOp(_RegionPromptMethod):
     name = "dualcoop"
-
-    def _negative_branch(self) -> torch.nn.Module:
-        config = self.config
-        return PromptLearner(self.backbone, self.class_names, config.n_ctx, config.class_specific, init="random")
+    negative_kind = "text"
 
 
 @register_method
 class PositiveCoOp(_RegionPromptMethod):
     name = "positivecoop"
-
-    def _negative_branch(self) -> torch.nn.Module:
-        return NegativeEmbedding(self.num_classes, self.backbone.embed_dim)
+    negative_kind = "embedding"

@@ -27,9 +27,8 @@ from promptmlr.backbones.base import ImageFeatures
 from promptmlr.errors import check_choice
 from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
 from promptmlr.models.head import SemanticDecouplingHead
-from promptmlr.models.prompts import NegativeEmbedding, PromptConfig, PromptLearner
+from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
 
-NEGATIVE_BRANCHES = ("text", "embedding", "none")
 QUERIES = ("learnable", "prompt")
 
 
@@ -50,11 +49,9 @@ class PromptMLR(MultiLabelMethod):
 
     def __init__(self, backbone, class_names, config: PromptMLRConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        check_choice("negative", config.negative, NEGATIVE_BRANCHES)
         check_choice("query", config.query, QUERIES)
-        self.positive = PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
-                                      config.init_phrase, self.descriptions)
-        self.negative = self._negative_branch(config.negative)
+        self.positive = positive_prompts(backbone, class_names, config, self.descriptions)
+        self.negative = negative_branch(config.negative, backbone, class_names, config)
         self.threshold = nn.Parameter(torch.zeros(self.num_classes)) if config.negative == "none" else None
         initial_queries = None
         if config.query == "learnable":
@@ -62,14 +59,6 @@ class PromptMLR(MultiLabelMethod):
                 initial_queries = self.positive()
         self.head = SemanticDecouplingHead(backbone.embed_dim, self.num_classes, initial_queries,
                                            config.attention_temperature)
-
-    def _negative_branch(self, kind: str) -> nn.Module | None:
-        if kind == "text":
-            return PromptLearner(self.backbone, self.class_names, self.config.n_ctx, self.config.class_specific,
-                                 init="random")
-        if kind == "embedding":
-            return NegativeEmbedding(self.num_classes, self.backbone.embed_dim)
-        return None
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         positive = self.positive()

@@ -22,6 +22,7 @@ from promptmlr.errors import ConfigError, check_choice
 CONTEXT_INIT_STD = 0.02  # CoOp's random context initialisation
 PLACEHOLDER = "X"
 PROMPT_INITS = ("phrase", "random", "descriptions-tokens", "descriptions-features")
+NEGATIVE_BRANCHES = ("text", "embedding", "none")
 
 
 @dataclass
@@ -132,6 +133,25 @@ class PromptLearner(nn.Module):
         if self.feature_offset is not None:
             features = F.normalize(features + self.feature_offset, dim=-1)
         return features
+
+
+def positive_prompts(backbone: FrozenCLIP, class_names: Sequence[str], config: PromptConfig,
+                     descriptions: Mapping[str, Sequence[str]] | None) -> PromptLearner:
+    """The positive prompts every prompt method starts from, as ``config`` describes them."""
+    return PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
+                         config.init_phrase, descriptions)
+
+
+def negative_branch(kind: str, backbone: FrozenCLIP, class_names: Sequence[str],
+                    config: PromptConfig) -> nn.Module | None:
+    """``text``: DualCoOp's learned negative prompts (random start); ``embedding``: PositiveCoOp's
+    joint-space vector per class; ``none``: no negative (a learned threshold stands in)."""
+    check_choice("negative", kind, NEGATIVE_BRANCHES)
+    if kind == "text":
+        return PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, init="random")
+    if kind == "embedding":
+        return NegativeEmbedding(len(class_names), backbone.embed_dim)
+    return None
 
 
 class NegativeEmbedding(nn.Module):

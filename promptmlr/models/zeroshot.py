@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
-from promptmlr.zeroshot import DEFAULT_TEMPLATES, class_text_features
+from promptmlr.zeroshot import DEFAULT_TEMPLATES, class_text_features, standardize_scores
 
 
 @dataclass
@@ -35,9 +35,7 @@ class ZeroShot(MultiLabelMethod):
     def forward(self, features: ImageFeatures) -> MethodOutput:
         image = F.normalize(features.global_features, dim=-1)
         logits = self.backbone.logit_scale * image @ self.text_features.T
-        if self.config.standardize:
-            logits = (logits - logits.mean(dim=1, keepdim=True)) / logits.std(dim=1, keepdim=True).clamp_min(1e-6)
-        return MethodOutput(logits)
+        return MethodOutput(standardize_scores(logits) if self.config.standardize else logits)
 
     def class_embeddings(self) -> torch.Tensor:
         return self.text_features
