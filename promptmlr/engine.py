@@ -8,10 +8,12 @@ come from the feature cache (:mod:`promptmlr.cache`) or are computed under ``no_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -66,22 +68,22 @@ class ParameterEMA:
 
     def __init__(self, method: MultiLabelMethod, decay: float):
         self.decay = decay
-        self.shadow = {name: p.detach().clone() for name, p in method.named_parameters() if p.requires_grad}
+        # the learnable tensors only, found once: a per-step walk would visit every frozen backbone tensor
+        self.parameters = {name: p for name, p in method.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().clone() for name, p in self.parameters.items()}
 
     @torch.no_grad()
-    def update(self, method: MultiLabelMethod) -> None:
-        for name, parameter in method.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].lerp_(parameter.detach(), 1.0 - self.decay)
+    def update(self) -> None:
+        for name, parameter in self.parameters.items():
+            self.shadow[name].lerp_(parameter.detach(), 1.0 - self.decay)
 
     @torch.no_grad()
-    def swap(self, method: MultiLabelMethod) -> None:
+    def swap(self) -> None:
         """Exchange live and averaged values (call twice to restore)."""
-        for name, parameter in method.named_parameters():
-            if name in self.shadow:
-                live = parameter.detach().clone()
-                parameter.copy_(self.shadow[name])
-                self.shadow[name] = live
+        for name, parameter in self.parameters.items():
+            live = parameter.detach().clone()
+            parameter.copy_(self.shadow[name])
+            self.shadow[name] = live
 
 
 def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
@@ -102,7 +104,8 @@ class Trainer:
         self.method = method.to(self.accelerator.device)
         self.backbone = method.backbone  # frozen: never wrapped by accelerate, unlike the method
         self.use_cache = self._decide_cache()
-        self.labels = torch.from_numpy(splits.train.labels.astype(np.int8))
+        # on the device, so a training step gathers its targets without a round trip through the host
+        self.labels = torch.from_numpy(splits.train.labels.astype(np.int8)).to(self.accelerator.device)
         self.pseudo_labels = torch.zeros_like(self.labels)
 
     # --------------------------------------------------------------------------------- data sources
@@ -186,14 +189,14 @@ class Trainer:
             train_loss = self._train_epoch(epoch, train_loader, optimizer, scheduler, ema, checkpoint_path)
             record = {"epoch": epoch + 1, "train_loss": train_loss,
                       "lr": scheduler.get_last_lr()[0] if scheduler else 0.0}
-            with _averaged(ema, self._unwrapped):
+            with _averaged(ema):
                 record.update(self._evaluate_splits(eval_loaders))
                 if config.recovery.enabled and epoch + 1 >= config.recovery.warmup_epochs:
                     record["recovery"] = self._recover(eval_loaders["train-scoring"]).as_dict()
             selection = record.get(f"{config.select_on}_mAP", -math.inf)
             if selection > best_score or result.best_state is None:
                 best_score, result.best_epoch = selection, epoch + 1
-                with _averaged(ema, self._unwrapped):
+                with _averaged(ema):
                     result.best_state = learnable_state(self._unwrapped)
             record["seconds"] = time.time() - epoch_started
             result.history.append(record)
@@ -206,7 +209,7 @@ class Trainer:
             result.history.append(record)
             result.best_epoch = 0
             result.best_state = learnable_state(self._unwrapped)
-        with _averaged(ema, self._unwrapped):
+        with _averaged(ema):
             result.last_state = learnable_state(self._unwrapped)
         result.seconds = time.time() - started
         return result
@@ -223,14 +226,13 @@ class Trainer:
 
     def _targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Known labels, plus recovered pseudo-labels where the label is unknown (weighted lower)."""
-        rows = indices.cpu()
+        rows = indices.to(self.labels.device)
         known = self.labels[rows]
         pseudo = self.pseudo_labels[rows]
         targets = torch.where(known != 0, known, pseudo).float()
         weights = torch.where(known != 0, torch.ones_like(targets),
                               torch.full_like(targets, self.config.recovery.pseudo_weight) * (pseudo != 0))
-        device = self.accelerator.device
-        return targets.to(device), weights.to(device)
+        return targets, weights
 
     def _train_epoch(self, epoch: int, loader, optimizer, scheduler, ema, checkpoint_path: Path) -> float:
         accelerator = self.accelerator
@@ -255,7 +257,7 @@ class Trainer:
                 scheduler.step()
                 optimizer.zero_grad()
             if ema is not None and accelerator.sync_gradients:
-                ema.update(self._unwrapped)
+                ema.update()
             total += loss.item()
             batches += 1
             progress.set_postfix(loss=f"{total / batches:.4f}")
@@ -306,10 +308,10 @@ class Trainer:
     @torch.no_grad()
     def _recover(self, loader) -> RecoveryStats:
         probabilities, similarity = self._scores_and_prototype_similarity(loader)
-        labels = self.labels.numpy()
+        labels = self.labels.cpu().numpy()
         pseudo, stats = recover_labels(probabilities, labels, self.config.recovery, similarity,
                                        self.splits.full_train_labels)
-        self.pseudo_labels = torch.from_numpy(pseudo)
+        self.pseudo_labels = torch.from_numpy(pseudo).to(self.labels.device)
         return stats
 
     def _scores_and_prototype_similarity(self, loader) -> tuple[np.ndarray, np.ndarray | None]:
@@ -319,7 +321,7 @@ class Trainer:
             return self.predict(loader)[0], None
         self.method.eval()
         with self._unwrapped.fixed_prompts():
-            labels = self.labels.to(self.accelerator.device)
+            labels = self.labels
             sums, counts = None, None
             for batch in loader:
                 features, indices = self._features(batch)
@@ -351,7 +353,7 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "ema": ema.shadow if ema else None,
-            "pseudo_labels": self.pseudo_labels,
+            "pseudo_labels": self.pseudo_labels.cpu(),
             "best_score": best_score,
             "best_epoch": result.best_epoch,
             "best_state": result.best_state,
@@ -364,7 +366,7 @@ class Trainer:
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None and state["ema"] is not None:
             ema.shadow = {name: tensor.to(self.accelerator.device) for name, tensor in state["ema"].items()}
-        self.pseudo_labels = state["pseudo_labels"]
+        self.pseudo_labels = state["pseudo_labels"].to(self.labels.device)
         result.best_epoch, result.best_state = state["best_epoch"], state["best_state"]
         result.history = state["history"]
         restore_rng_states(state["rng"])
@@ -387,19 +389,17 @@ def _accelerator(config: TrainConfig) -> Accelerator:
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
 
 
-class _averaged:
-    """Context manager: evaluate with the EMA weights (no-op without EMA)."""
-
-    def __init__(self, ema: ParameterEMA | None, method: MultiLabelMethod):
-        self.ema, self.method = ema, method
-
-    def __enter__(self):
-        if self.ema is not None:
-            self.ema.swap(self.method)
-
-    def __exit__(self, *exc_info):
-        if self.ema is not None:
-            self.ema.swap(self.method)
+@contextlib.contextmanager
+def _averaged(ema: ParameterEMA | None) -> Iterator[None]:
+    """Evaluate with the EMA weights (no-op without EMA)."""
+    if ema is None:
+        yield
+        return
+    ema.swap()
+    try:
+        yield
+    finally:
+        ema.swap()
 
 
 def _epoch_line(record: dict) -> str:
