@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +26,7 @@ from tqdm.auto import tqdm
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.files import atomic_directory
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 
@@ -78,24 +76,14 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
     """The cache for ``dataset`` seen through each of ``transforms`` (one view each), built if absent."""
     root = Path(root) if root else DEFAULT_DIRECTORY
     key = cache_key(backbone, dataset, transforms, seed, dtype)
-    directory = root / key[:32]
-    if (directory / "meta.json").is_file():
-        return FeatureCache.open(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:16]}."))
-    try:
-        grid = _write_features(backbone, dataset, transforms, temp, seed, batch_size, num_workers, dtype,
+
+    def build(folder: Path) -> None:
+        grid = _write_features(backbone, dataset, transforms, folder, seed, batch_size, num_workers, dtype,
                                autocast, description)
-        (temp / "meta.json").write_text(json.dumps({"key": key, "grid": grid, "images": len(dataset),
-                                                     "views": len(transforms), "backbone": backbone.describe()}))
-        try:
-            os.replace(temp, directory)
-        except OSError:  # another process finished the same cache first
-            if not (directory / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return FeatureCache.open(directory)
+        (folder / "meta.json").write_text(json.dumps({"key": key, "grid": grid, "images": len(dataset),
+                                                       "views": len(transforms), "backbone": backbone.describe()}))
+
+    return FeatureCache.open(atomic_directory(root / key[:32], build))
 
 
 def _write_features(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable], directory: Path,

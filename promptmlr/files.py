@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +25,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(temp):
             os.remove(temp)
     return path
+
+
+def atomic_directory(target: str | Path, build: Callable[[Path], None], done_file: str = "meta.json") -> Path:
+    """Have ``build(temp_dir)`` fill a temporary folder beside ``target``, then rename it into place,
+    so that nobody ever reads a half-built folder; a ``target`` whose ``done_file`` exists is kept as
+    it is (built earlier, or by a concurrent process that finished first)."""
+    target = Path(target)
+    if (target / done_file).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(temp)
+        try:
+            os.replace(temp, target)
+        except OSError:
+            if not (target / done_file).is_file():  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
 
 
 def _umask() -> int:

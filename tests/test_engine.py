@@ -244,3 +244,23 @@ def test_atomic_writes_leave_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_text() == "hello"
+
+
+def test_atomic_directory_is_whole_or_absent(tmp_path):
+    """A failed build leaves neither the folder nor its temporary twin; a finished folder is kept."""
+    from promptmlr.files import atomic_directory
+
+    def half_then_fail(folder: Path) -> None:
+        (folder / "part.npy").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_directory(tmp_path / "cache", half_then_fail)
+    assert list(tmp_path.iterdir()) == []
+
+    def build(folder: Path) -> None:
+        (folder / "meta.json").write_text("{}")
+
+    target = atomic_directory(tmp_path / "cache", build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"] and (target / "meta.json").is_file()
+    assert atomic_directory(target, half_then_fail) == target  # done already: not rebuilt

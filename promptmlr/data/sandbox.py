@@ -9,15 +9,13 @@ under ``~/.cache/promptmlr/synthetic/`` and generated the first time it is neede
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from promptmlr.data.custom import build_csv
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.registry import register_dataset
 from promptmlr.data.textfiles import DatasetError
+from promptmlr.files import atomic_directory
 
 STANDARD = {"seed": 0, "n_train": 6000, "n_test": 4000, "image_size": 128}
 CACHE_ROOT = Path.home() / ".cache" / "promptmlr" / "synthetic"
@@ -26,22 +24,14 @@ CACHE_ROOT = Path.home() / ".cache" / "promptmlr" / "synthetic"
 def default_synthetic_root() -> Path:
     """The standard synthetic benchmark, generated atomically (temp folder, rename) if absent."""
     name = "seed{seed}-train{n_train}-test{n_test}-{image_size}px".format(**STANDARD)
-    root = CACHE_ROOT / name
-    if not (root / "meta.json").is_file():
+
+    def build(folder: Path) -> None:
         from promptmlr.data.synthetic import write_synthetic_dataset
 
-        CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-        print(f"generating the synthetic benchmark in {root} (first use only)...")
-        temp = Path(tempfile.mkdtemp(dir=CACHE_ROOT, prefix=f".{name}."))
-        try:
-            write_synthetic_dataset(temp, **STANDARD)
-            os.replace(temp, root)
-        except OSError:
-            if not (root / "meta.json").is_file():  # not a concurrent process finishing first
-                raise
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
-    return root
+        print(f"generating the synthetic benchmark in {CACHE_ROOT / name} (first use only)...")
+        write_synthetic_dataset(folder, **STANDARD)
+
+    return atomic_directory(CACHE_ROOT / name, build)
 
 
 @register_dataset("synthetic", splits=("train", "test"))
@@ -50,9 +40,8 @@ def build_synthetic(root: Path, split: str) -> MultiLabelDataset:
     if not (root / "meta.json").is_file():
         raise DatasetError(f"{root} holds no synthetic dataset (no meta.json); create one with "
                            f"`promptmlr data synth --out {root}` or leave out --data-root for the standard one")
-    meta = json.loads((root / "meta.json").read_text())
+    if json.loads((root / "meta.json").read_text()).get("generator") != "promptmlr.data.synthetic":
+        raise DatasetError(f"{root}/meta.json was not written by promptmlr's synthetic generator")
     dataset = build_csv(root, split)
     dataset.name = "synthetic"
-    if meta.get("generator") != "promptmlr.data.synthetic":
-        raise DatasetError(f"{root}/meta.json was not written by promptmlr's synthetic generator")
     return dataset

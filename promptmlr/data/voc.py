@@ -52,12 +52,12 @@ def build_voc2007(root: Path, split: str, difficult: str = "negative") -> MultiL
     year_dir = find_voc_year_dir(root)
     ids = read_split_ids(year_dir, split)
     main = year_dir / "ImageSets" / "Main"
-    if all((main / f"{name}_{split}.txt").is_file() for name in VOC_CLASSES):
+    missing = [f"{name}_{split}.txt" for name in VOC_CLASSES if not (main / f"{name}_{split}.txt").is_file()]
+    if not missing:
         labels = labels_from_class_files(main, split, ids)
     elif (year_dir / "Annotations").is_dir():
         labels = labels_from_annotations(year_dir / "Annotations", ids)
     else:
-        missing = [f"{name}_{split}.txt" for name in VOC_CLASSES if not (main / f"{name}_{split}.txt").is_file()]
         raise DatasetError(f"voc2007/{split}: no labels; {main} lacks {', '.join(missing[:3])}"
                            f"{' ...' if len(missing) > 3 else ''} and there is no {year_dir / 'Annotations'} folder")
     if difficult == "negative":
