@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from promptmlr.errors import check_choice
+
 AP_KINDS = ("non-interpolated", "voc2012")
 
 
@@ -21,8 +23,7 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, kind: str = "no
     ``voc2012``: the area under the precision envelope (precision made monotone, VOC devkit 2010+),
     which HCP-MLR-PL reports as ``voc12_mAP``.
     """
-    if kind not in AP_KINDS:
-        raise ValueError(f"AP kind must be one of {AP_KINDS}, got {kind!r}")
+    check_choice("AP kind", kind, AP_KINDS)
     order = np.argsort(-scores, kind="stable")
     hits = positives[order].astype(np.float64)
     total = hits.sum()
