@@ -224,7 +224,6 @@ class SyntheticWorld:
         self.seed = int(seed)
         self.image_size = int(image_size)
         self.max_objects = int(max_objects)
-        self.class_names = list(SYNTHETIC_CLASS_NAMES)
         weights = np.array([0.22, 0.26, 0.24, 0.16, 0.12][:max_objects])
         self._count_weights = weights / weights.sum()
 
@@ -296,11 +295,6 @@ class SyntheticWorld:
     def caption(self, scene: Scene, rng: np.random.Generator) -> str:
         """A varied English description of the scene that names every object's class."""
         return describe_scene(scene, rng)
-
-    # ---------------------------------------------------------------------------- convenience
-    def sample(self, index: int, image_size: int | None = None) -> tuple[Image.Image, np.ndarray]:
-        scene = self.scene(index)
-        return self.render(scene, image_size), self.labels(scene)
 
 
 # ------------------------------------------------------------------------------------ background
@@ -461,8 +455,8 @@ def caption_class_names(caption: str) -> set[str]:
 
 
 # ----------------------------------------------------------------------------------- the dataset
-def write_synthetic_dataset(out_dir: str | Path, n_train: int = 8000, n_test: int = 2000, seed: int = 0,
-                            image_size: int = 128, image_format: str = "png") -> Path:
+def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0,
+                            image_size: int = 128) -> Path:
     """Write a synthetic multi-label dataset to ``out_dir`` and return that path.
 
     Layout (the custom CSV format ``image,<class1>,...`` with 1 = present, -1 = absent)::
@@ -476,8 +470,6 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int = 8000, n_test: in
     Train image i is ``SyntheticWorld(seed).scene(i)``; test image i is
     ``scene(TEST_INDEX_OFFSET + i)``: the same world, disjoint scenes. Labels are complete.
     """
-    if image_format not in ("png", "jpg"):
-        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     out = Path(out_dir)
     world = SyntheticWorld(seed, image_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,12 +481,8 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int = 8000, n_test: in
             writer.writerow(["image", *SYNTHETIC_CLASS_NAMES])
             for i in tqdm(range(count), desc=f"writing synthetic {split} scenes", leave=False):
                 scene = world.scene(offset + i)
-                name = f"{split}/{i:06d}.{image_format}"
-                image = world.render(scene)
-                if image_format == "jpg":
-                    image.save(out / name, quality=95)
-                else:
-                    image.save(out / name)
+                name = f"{split}/{i:06d}.png"
+                world.render(scene).save(out / name)
                 writer.writerow([name, *(1 if v else -1 for v in world.labels(scene))])
     meta = {"generator": "promptmlr.data.synthetic", "seed": seed, "image_size": image_size,
             "n_train": n_train, "n_test": n_test, "max_objects": world.max_objects,
