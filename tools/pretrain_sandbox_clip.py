@@ -32,7 +32,6 @@ Example (the shipped checkpoint's command is recorded in ``sandbox-vit.json``)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import os
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
 from promptmlr.data.synthetic import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
+from promptmlr.files import atomic_write, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO / "promptmlr" / "backbones" / "weights"
@@ -97,9 +97,12 @@ def load_or_render_pool(args, log) -> tuple[np.ndarray, list]:
         return images, scenes
     images, scenes = render_pool(args.data_seed, args.image_size, args.pool_size, args.max_objects,
                                  args.workers, log=log)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images)
-    os.replace(tmp, cache)
+
+    def write(temp: Path) -> None:
+        with temp.open("wb") as handle:  # a handle: np.savez would add ".npz" to the temp name
+            np.savez(handle, images=images)
+
+    atomic_write(cache, write)
     return images, scenes
 
 
@@ -161,10 +164,13 @@ def lr_at(step: int, args, elapsed: float = 0.0) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def chance_map(labels: np.ndarray) -> float:
+    """mAP of random scores: each class's AP is then its positive rate (classes with a positive)."""
+    return 100.0 * float(labels.mean(0)[labels.sum(0) > 0].mean())
+
+
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda temp: torch.save(obj, temp))
 
 
 # ------------------------------------------------------------------------------------- training
@@ -233,7 +239,7 @@ def train(args) -> None:
     log(f"pool: {len(images)} scenes at {args.image_size}px ready in {time.time() - start:.0f}s")
     trainer = Trainer(args, args.arch, images, scenes, log)
     eval_images, eval_labels = eval_set(args, trainer.mean, trainer.std)
-    chance = 100.0 * float(eval_labels.mean(0)[eval_labels.sum(0) > 0].mean())
+    chance = chance_map(eval_labels)
     log(f"arch {args.arch}: {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M params; "
         f"held-out eval {args.eval_size} scenes, chance mAP {chance:.2f}")
     resume = out / "last.pt"
@@ -316,10 +322,8 @@ def finalize(args) -> None:
     target = weights_dir / "sandbox-vit.safetensors"
     tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state["model"].items()}
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"arch": state["arch"], "step": str(state["step"])})
-    os.replace(tmp, target)
-    target.chmod(0o644)
+    atomic_write(target, lambda temp: save_file(tensors, str(temp),
+                                                 metadata={"arch": state["arch"], "step": str(state["step"])}))
     spec = f"openclip:{state['arch']}:{target}"
     backbone = create_backbone(spec)
     log(f"loaded {spec} ({target.stat().st_size / 1e6:.1f} MB)")
@@ -331,7 +335,7 @@ def finalize(args) -> None:
     images = [world.render(s) for s in test]
     scores = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,)).numpy()
     results["zeroshot_map"] = round(mean_ap(scores, labels), 2)
-    results["chance_map"] = round(100.0 * float(labels.mean(0)[labels.sum(0) > 0].mean()), 2)
+    results["chance_map"] = round(chance_map(labels), 2)
     standardized = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,),
                                    standardize=True).numpy()
     results["zeroshot_map_standardized"] = round(mean_ap(standardized, labels), 2)
@@ -342,7 +346,7 @@ def finalize(args) -> None:
                                    templates=(EVAL_TEMPLATE,)).numpy()
     results["test_set"] = {"set": "SyntheticWorld(seed=0, image_size=64) test scenes TEST_INDEX_OFFSET + 0..255",
                            "zeroshot_map": round(mean_ap(small_scores, small_labels), 2),
-                           "chance_map": round(100.0 * float(small_labels.mean(0)[small_labels.sum(0) > 0].mean()), 2)}
+                           "chance_map": round(chance_map(small_labels), 2)}
     fp32 = _fp32_backbone(state)
     scores32 = zeroshot_scores(fp32, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,)).numpy()
     results["zeroshot_map_fp32_weights"] = round(mean_ap(scores32, labels), 2)
@@ -406,7 +410,7 @@ def finalize(args) -> None:
             "command": _command(),
         },
     }
-    (weights_dir / "sandbox-vit.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    write_json_atomic(weights_dir / "sandbox-vit.json", recipe)
     log(f"wrote {weights_dir / 'sandbox-vit.json'}")
 
 
