@@ -5,10 +5,10 @@ DualCoOp does: its 50-epoch VOC 2007 run decodes, augments and encodes 250,000 t
 wastes nearly all the compute; on one CPU machine the cache made that recipe 30x faster
 (README, Speed). The cache stores the global and dense features of each image, for one
 evaluation view and optionally a few augmented views (one drawn per epoch), as memory-mapped
-``.npy`` arrays on disk. A cache is keyed by
-everything that determines its contents (weight fingerprint, resolution, dense mode, transforms,
-views, seed and the image list), so a change to any of them builds a new one; it is written to a
-temporary folder and renamed into place, so an interrupted build never leaves a half cache behind.
+``.npy`` arrays on disk. A cache is keyed by everything that determines its contents (the
+resolved backbone spec and weight fingerprint, resolution, dense mode, transforms, views, seed and
+the image list), so a change to any of them builds a new one; it is written to a temporary folder
+and renamed into place, so an interrupted build never leaves a half cache behind.
 """
 
 from __future__ import annotations
@@ -31,11 +31,22 @@ from promptmlr.files import atomic_directory
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 
 
+@dataclass
+class CacheConfig:
+    """The ``train.cache`` section: whether and how frozen features are cached (see above)."""
+
+    enabled: str = "auto"  # auto: on when it fits budget_gb; on; off
+    views: int = 1  # 1: the eval view; more: augmented views, one drawn per epoch
+    budget_gb: float = 8.0
+    directory: str | None = None  # default: ~/.cache/promptmlr/features
+    dtype: str = "float16"
+
+
 def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable], seed: int,
               dtype: str) -> str:
     """SHA-256 of everything that decides the cached values."""
     identity = {
-        "backbone": backbone.describe(),
+        "backbone": backbone.feature_identity(),
         "transforms": [repr(transform) for transform in transforms],
         "seed": seed,
         "dtype": dtype,

@@ -21,12 +21,13 @@ from typing import Sequence
 
 import yaml
 
+from promptmlr.errors import PromptMLRError
 from promptmlr.files import shipped_file
 
 Descriptions = dict[str, list[str]]
 
 
-class DescriptionsError(ValueError):
+class DescriptionsError(PromptMLRError, ValueError):
     """A descriptions file that cannot be read or does not fit the dataset's classes."""
 
 

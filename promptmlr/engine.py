@@ -9,6 +9,7 @@ come from the feature cache (:mod:`promptmlr.cache`) or are computed under ``no_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,42 +20,66 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.cache import CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes
+from promptmlr.cache import CacheConfig, CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes
 from promptmlr.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
-from promptmlr.config import TrainConfig
 from promptmlr.data.dataset import MultiLabelDataset
-from promptmlr.errors import ConfigError, check_choice
-from promptmlr.losses import build_loss
+from promptmlr.data.protocol import Splits
+from promptmlr.errors import ConfigError, PromptMLRError, check_choice
+from promptmlr.losses import LossConfig, build_loss
 from promptmlr.metrics import evaluate
 from promptmlr.models.base import MultiLabelMethod
-from promptmlr.recovery import RecoveryStats, recover_labels
+from promptmlr.recovery import RecoveryConfig, RecoveryStats, prototype_similarity, recover_labels
 from promptmlr.runs import CHECKPOINT_FILE
+from promptmlr.scoring import FeatureBatch, score
+from promptmlr.tracking import PROJECT_NAME, TENSORBOARD_DIR, epoch_values, flat_hyperparameters, parse_trackers
 
 OPTIMIZERS = ("adamw", "sgd")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PromptMLRError, RuntimeError):
     """The loss became NaN or infinite; the message names the batch and the last good checkpoint."""
 
 
 @dataclass
-class Splits:
-    """The data of one run: partially labelled training and validation parts, and a test split."""
+class TrainConfig:
+    """The ``train:`` section of a run's configuration: optimisation, evaluation and its parts."""
 
-    train: MultiLabelDataset
-    val: MultiLabelDataset | None
-    test: MultiLabelDataset | None
-    full_train_labels: np.ndarray | None = None  # the unmasked labels, to score recovered labels
+    epochs: int = 20
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    ema_decay: float = 0.0  # 0 disables the EMA of learnable parameters
+    seed: int = 0
+    num_workers: int = 2
+    randaugment: bool = False
+    cutout: bool = False
+    select_on: str = "val"  # val | test (the anchors' habit; flagged in the results)
+    threshold: float = 0.5
+    loss: LossConfig = field(default_factory=LossConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    report_to: str = "none"  # experiment trackers (promptmlr.tracking): none, tensorboard, wandb, mlflow
 
 
 @dataclass
 class TrainResult:
+    """What ``fit`` leaves: the history, the selected and last states, and the method itself with the
+    selected state loaded, plus its test probabilities (None without a test split)."""
+
+    method: MultiLabelMethod | None = None
+    test_scores: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
@@ -92,14 +117,20 @@ def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path):
+    """Fits a method on a run's splits. ``hyperparameters`` (the resolved run configuration) are
+    recorded by the experiment trackers named in ``config.report_to``."""
+
+    def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
+                 hyperparameters: dict | None = None):
         check_choice("train.optimizer", config.optimizer, OPTIMIZERS)
         check_choice("train.select_on", config.select_on, ("val", "test"))
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
+        self.hyperparameters = hyperparameters or {"train": dataclasses.asdict(config)}
         self.loss_fn = build_loss(config.loss)
-        self.accelerator = _accelerator(config)
+        self.trackers = parse_trackers(config.report_to)
+        self.accelerator = _accelerator(config, self.run_dir, self.trackers)
         set_seed(config.seed)
         self.method = method.to(self.accelerator.device)
         self.backbone = method.backbone  # frozen: never wrapped by accelerate, unlike the method
@@ -176,6 +207,7 @@ class Trainer:
             self.method, optimizer, scheduler = accelerator.prepare(self.method, optimizer, scheduler)
         ema = ParameterEMA(self._unwrapped, config.ema_decay) if config.ema_decay > 0 and parameters else None
         result = TrainResult(select_on=config.select_on)
+        self._start_tracking()
         best_score = -math.inf
         start_epoch = 0
         checkpoint_path = self.run_dir / CHECKPOINT_FILE
@@ -201,6 +233,8 @@ class Trainer:
             record["seconds"] = time.time() - epoch_started
             result.history.append(record)
             self._print(_epoch_line(record))
+            if self.trackers:
+                self.accelerator.log(epoch_values(record), step=epoch + 1)
             if accelerator.is_main_process:
                 save_checkpoint(checkpoint_path, self._checkpoint(epoch + 1, optimizer, scheduler, ema, result,
                                                                   best_score))
@@ -211,8 +245,19 @@ class Trainer:
             result.best_state = learnable_state(self._unwrapped)
         with _averaged(ema):
             result.last_state = learnable_state(self._unwrapped)
+        result.method = self._unwrapped
+        result.method.load_state_dict(result.best_state)
+        result.test_scores = self._test_scores(eval_loaders)
+        if self.trackers:
+            self.accelerator.end_training()
         result.seconds = time.time() - started
         return result
+
+    def _start_tracking(self) -> None:
+        if self.trackers:
+            self.accelerator.init_trackers(PROJECT_NAME, config=flat_hyperparameters(self.hyperparameters),
+                                           init_kwargs={"wandb": {"name": self.run_dir.name},
+                                                        "mlflow": {"run_name": self.run_dir.name}})
 
     @property
     def _unwrapped(self) -> MultiLabelMethod:
@@ -272,78 +317,42 @@ class Trainer:
                 f"stopped and {kept}. Lower train.lr, or use mixed_precision bf16 instead of fp16.")
 
     # ---------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def predict(self, loader) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities ``[N, C]`` in dataset order, and the row indices they belong to."""
-        self.method.eval()
-        scores, rows = [], []
-        with self._unwrapped.fixed_prompts(self.accelerator.autocast):
-            for batch in tqdm(loader, desc="scoring", leave=False, disable=not self.accelerator.is_local_main_process):
-                features, indices = self._features(batch)
-                with self.accelerator.autocast():
-                    probabilities = self.method(features).probabilities.float()
-                probabilities, indices = self.accelerator.gather_for_metrics(
-                    (probabilities, indices.to(probabilities.device)))
-                scores.append(probabilities.cpu().numpy())
-                rows.append(indices.cpu().numpy())
-        order = np.argsort(np.concatenate(rows), kind="stable")
-        return np.concatenate(scores)[order], np.concatenate(rows)[order]
+    def _batches(self, loader) -> Iterator[FeatureBatch]:
+        return (self._features(batch) for batch in loader)
+
+    def _score(self, loader) -> np.ndarray:
+        """Probabilities ``[N, C]`` in dataset order, gathered from every process (the one scoring path)."""
+        return score(self._unwrapped, self._batches(loader), self.accelerator.autocast,
+                     self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process)
 
     def _evaluate_splits(self, loaders: dict) -> dict:
         record = {}
         for name in ("val", "test"):
             if name in loaders:
-                scores, _ = self.predict(loaders[name])
+                scores = self._score(loaders[name])
                 dataset = getattr(self.splits, name)
                 for key, value in evaluate(scores, dataset.labels, self.config.threshold).items():
                     record[f"{name}_{key}"] = value
         return record
 
-    def scores_for(self, split: str) -> np.ndarray:
-        """Probabilities for a whole split with the method's current weights (used for predictions)."""
-        dataset = getattr(self.splits, split)
-        return self.predict(self._loader(dataset, train=False, description=split))[0]
+    def _test_scores(self, loaders: dict) -> np.ndarray | None:
+        """The test probabilities of the method as it is (the selected state, for the predictions files)."""
+        return self._score(loaders["test"]) if "test" in loaders else None
 
     # ------------------------------------------------------------------------------------ recovery
     @torch.no_grad()
     def _recover(self, loader) -> RecoveryStats:
-        probabilities, similarity = self._scores_and_prototype_similarity(loader)
+        if self.config.recovery.prototype_weight == 0:
+            probabilities, similarity = self._score(loader), None
+        else:
+            probabilities, similarity = prototype_similarity(
+                self._unwrapped, lambda: self._batches(loader), self.labels, self.accelerator.autocast,
+                lambda tensor: self.accelerator.reduce(tensor, "sum"), self.accelerator.gather_for_metrics)
         labels = self.labels.cpu().numpy()
         pseudo, stats = recover_labels(probabilities, labels, self.config.recovery, similarity,
                                        self.splits.full_train_labels)
         self.pseudo_labels = torch.from_numpy(pseudo).to(self.labels.device)
         return stats
-
-    def _scores_and_prototype_similarity(self, loader) -> tuple[np.ndarray, np.ndarray | None]:
-        """Train-set probabilities and, when prototypes are used, each entry's cosine similarity to its
-        class prototype (the mean unit category feature of the known positives): two passes."""
-        if self.config.recovery.prototype_weight == 0:
-            return self.predict(loader)[0], None
-        self.method.eval()
-        with self._unwrapped.fixed_prompts():
-            labels = self.labels
-            sums, counts = None, None
-            for batch in loader:
-                features, indices = self._features(batch)
-                category = self.method(features).category_features
-                if category is None:
-                    raise ConfigError(f"recovery.prototype_weight needs category-specific features, which method "
-                                     f"{self._unwrapped.name} does not have; set it to 0")
-                positive = (labels[indices] == 1).float()
-                batch_sums = torch.einsum("bc,bcd->cd", positive, category.float())
-                sums = batch_sums if sums is None else sums + batch_sums
-                counts = positive.sum(0) if counts is None else counts + positive.sum(0)
-            sums = self.accelerator.reduce(sums, "sum")
-            prototypes = torch.nn.functional.normalize(sums / counts.clamp_min(1)[:, None], dim=-1)
-            similarity = np.zeros(tuple(self.labels.shape), dtype=np.float32)
-            probabilities = np.zeros_like(similarity)
-            for batch in loader:
-                features, indices = self._features(batch)
-                output = self.method(features)
-                rows = indices.cpu().numpy()
-                similarity[rows] = (output.category_features.float() * prototypes).sum(-1).cpu().numpy()
-                probabilities[rows] = output.probabilities.float().cpu().numpy()
-            return probabilities, similarity
 
     # --------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int, optimizer, scheduler, ema, result: TrainResult, best_score: float) -> dict:
@@ -376,7 +385,7 @@ class Trainer:
         self.accelerator.print(message)
 
 
-def _accelerator(config: TrainConfig) -> Accelerator:
+def _accelerator(config: TrainConfig, run_dir: Path, trackers: list[str]) -> Accelerator:
     """An Accelerator for this run. accelerate keeps one process-wide state; a second run in the same
     single process (a benchmark, a notebook) with another precision needs it reset first."""
     state = AcceleratorState._shared_state
@@ -385,7 +394,9 @@ def _accelerator(config: TrainConfig) -> Accelerator:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision fp16 needs a GPU; use bf16 (or no) on the CPU")
     return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
-                       cpu=not torch.cuda.is_available(),
+                       cpu=not torch.cuda.is_available(), log_with=trackers or None,
+                       project_config=ProjectConfiguration(project_dir=str(run_dir),
+                                                           logging_dir=str(run_dir / TENSORBOARD_DIR)),
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed))
 
 

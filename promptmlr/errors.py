@@ -1,8 +1,11 @@
-"""Errors that describe bad input rather than a bug; the CLI prints them as one line.
+"""Errors that describe bad input rather than a bug; the CLI prints any of them as one line.
 
-Each subclasses ``ValueError``; more specific ones live beside the code that raises them
-(``DatasetError``, ``DescriptionsError``, ``PromptsFileError``, ``BackboneLoadError``), except
-``ReportError``, which sits here so that the CLI can catch it without importing matplotlib.
+Every user-facing error derives from :class:`PromptMLRError`, so a caller (the CLI, a benchmark, a
+notebook) catches them all with one ``except`` and lets anything else, a bug, raise with its
+traceback. Each also keeps the builtin it derived from before (``ValueError``, ``RuntimeError``,
+``OSError``), so existing ``except ValueError`` code keeps working. The specific ones live beside
+the code that raises them (``DatasetError``, ``ImageLoadError``, ``DescriptionsError``,
+``PromptsFileError``, ``BackboneLoadError``, ``TrainingDivergedError``); the general ones are here.
 """
 
 from __future__ import annotations
@@ -10,15 +13,24 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-class ConfigError(ValueError):
+class PromptMLRError(Exception):
+    """Base of every error that describes bad input; its message names the file or option and the fix."""
+
+
+class ConfigError(PromptMLRError, ValueError):
     """An option, config key or value that is unknown or out of range; the message names it and the fix."""
 
 
-class ReportError(ValueError):
+class UsageError(PromptMLRError, ValueError):
+    """A request that cannot be carried out as asked (a folder that already holds a run, a run folder
+    without the file asked for, no images among the inputs)."""
+
+
+class ReportError(PromptMLRError, ValueError):
     """A run folder that cannot be reported on (missing, incomplete, unreadable); the message names it."""
 
 
-def check_choice(setting: str, value: Any, choices: Sequence[str], error: type[ValueError] = ConfigError) -> None:
+def check_choice(setting: str, value: Any, choices: Sequence[str], error: type[PromptMLRError] = ConfigError) -> None:
     """Refuse a ``value`` for ``setting`` that is not one of ``choices``, naming them all (as
     ``error``: loaders raise their ``DatasetError``)."""
     if value not in choices:

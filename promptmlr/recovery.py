@@ -21,11 +21,29 @@ its known labels. Re-estimated from scratch every epoch; the loss weighs them be
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
 
 import numpy as np
+import torch
 
-from promptmlr.config import RecoveryConfig
 from promptmlr.errors import ConfigError
+from promptmlr.models.base import MultiLabelMethod
+from promptmlr.scoring import Autocast, FeatureBatch, Gather, collect, method_outputs
+
+
+@dataclass
+class RecoveryConfig:
+    """The ``train.recovery`` section: when and how unknown labels are recovered (see above)."""
+
+    enabled: bool = False
+    warmup_epochs: int = 2
+    thresholds: str = "fixed"  # fixed | prior
+    positive_threshold: float = 0.9
+    negative_threshold: float = 0.05
+    prior_fraction: float = 0.5  # with thresholds=prior: share of the expected positives recovered
+    prototype_weight: float = 0.0  # SST cross-image transfer (0 disables)
+    cooccurrence_weight: float = 0.0  # SST intra-image transfer (0 disables)
+    pseudo_weight: float = 0.5  # loss weight of a recovered label (true labels weigh 1)
 
 
 @dataclass
@@ -38,6 +56,39 @@ class RecoveryStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@torch.no_grad()
+def prototype_similarity(method: MultiLabelMethod, batches: Callable[[], Iterable[FeatureBatch]],
+                         labels: torch.Tensor, autocast: Autocast, reduce: Callable[[torch.Tensor], torch.Tensor],
+                         gather: Gather | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Training-set probabilities and each entry's cosine similarity to its class prototype (SST's
+    cross-image transfer), in two passes over ``batches()``: the prototypes first (the mean unit
+    category feature of each class's known positives, summed over every process by ``reduce``),
+    then every image's similarity to them. ``labels [N, C]`` are the known labels, on the device."""
+    sums, counts = None, None
+    for output, rows in method_outputs(method, batches(), autocast):
+        category = _category_features(method, output.category_features)
+        positive = (labels[rows.to(labels.device)] == 1).float()
+        batch_sums = torch.einsum("bc,bcd->cd", positive, category.float())
+        sums = batch_sums if sums is None else sums + batch_sums
+        counts = positive.sum(0) if counts is None else counts + positive.sum(0)
+    sums, counts = reduce(sums), reduce(counts)
+    prototypes = torch.nn.functional.normalize(sums / counts.clamp_min(1)[:, None], dim=-1)
+
+    def probability_and_similarity(output) -> torch.Tensor:
+        similarity = (output.category_features.float() * prototypes).sum(-1)
+        return torch.stack([output.probabilities.float(), similarity], dim=1)
+
+    values, _ = collect(method_outputs(method, batches(), autocast), probability_and_similarity, gather)
+    return values[:, 0], values[:, 1]
+
+
+def _category_features(method: MultiLabelMethod, features: torch.Tensor | None) -> torch.Tensor:
+    if features is None:
+        raise ConfigError(f"recovery.prototype_weight needs category-specific features, which method "
+                          f"{method.name} does not have; set it to 0")
+    return features
 
 
 def cooccurrence_evidence(labels: np.ndarray) -> np.ndarray:

@@ -16,12 +16,14 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import yaml
 
+from promptmlr.errors import UsageError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
 
 CONFIG_FILE = "config.yaml"
@@ -32,6 +34,31 @@ SUMMARY_FILE = "summary.md"
 CHECKPOINT_FILE = "checkpoint.pt"
 PREDICTIONS_STEM = "predictions_test"  # .csv and .npz
 REPORTED = ("mAP", "mAP_voc2012", "CF1", "OF1", "CF1_top3", "OF1_top3")
+RUNS_ROOT = Path("runs")
+WHICH = ("best", "last")
+
+
+def default_run_dir(dataset: str, method: str, known: float, seed: int) -> Path:
+    """``runs/<dataset>-<method>-known<p>-seed<s>-<time>``: a new folder per run, named by what varies."""
+    return RUNS_ROOT / f"{dataset}-{method}-known{known:g}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds (part of) a run: its config or a checkpoint."""
+    return (run_dir / CONFIG_FILE).is_file() or (run_dir / CHECKPOINT_FILE).is_file()
+
+
+def prompts_path(source: str | Path, which: str = "best") -> Path:
+    """A prompts file as given, or the ``best``/``last`` one inside a run folder."""
+    source = Path(source)
+    if not source.is_dir():
+        return source
+    if which not in WHICH:
+        raise UsageError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+    candidate = source / (BEST_PROMPTS if which == "best" else LAST_PROMPTS)
+    if not candidate.is_file():
+        raise UsageError(f"{source} has no {candidate.name}; is it a finished run folder?")
+    return candidate
 
 
 def write_config(run_dir: Path, config: dict) -> Path:

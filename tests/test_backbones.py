@@ -37,6 +37,7 @@ def test_hf_embedding_text_forward_equals_library_text_features(hf_backbone):
     torch.testing.assert_close(hf_backbone.encode_text(PROMPTS), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_both_tokenizers_give_the_standard_clip_ids(openclip_backbone, hf_backbone):
     for backbone in (openclip_backbone, hf_backbone):
         ids = backbone.tokenize(PROMPTS[:1])
@@ -189,6 +190,7 @@ def test_backbone_weights_never_enter_a_parent_state_dict(hf_backbone):
     assert all(torch.equal(p, before[name]) for name, p in hf_backbone.named_parameters())
 
 
+@pytest.mark.slow
 def test_random_weights_are_reproducible():
     assert create_backbone(TINY_SPECS[0]).fingerprint == create_backbone(TINY_SPECS[0]).fingerprint
     assert create_backbone(TINY_SPECS[0]).fingerprint != create_backbone(TINY_SPECS[1]).fingerprint
@@ -233,6 +235,7 @@ def test_a_corrupt_checkpoint_file_is_refused_not_replaced_by_random_weights(tmp
         create_backbone(f"openclip:promptmlr-tiny-vit:{checkpoint}")
 
 
+@pytest.mark.slow
 def test_a_local_checkpoint_file_loads_exactly(tmp_path):
     source = create_backbone("openclip:promptmlr-tiny-rn")
     checkpoint = tmp_path / "tiny.bin"

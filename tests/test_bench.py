@@ -47,6 +47,7 @@ def _accuracy_args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]
             "--set", "data.val_fraction=0.25", *extra]
 
 
+@pytest.mark.slow
 def test_accuracy_bench_runs_every_method_and_proportion_and_resumes(accuracy, tmp_path, capsys, monkeypatch):
     data = write_colour_csv(tmp_path / "data")
     out = tmp_path / "bench"
@@ -78,7 +79,7 @@ def test_accuracy_bench_runs_every_method_and_proportion_and_resumes(accuracy, t
     def no_training(*_args, **_kwargs):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr(accuracy, "tune", no_training)
+    monkeypatch.setattr(accuracy, "run", no_training)
     assert accuracy.main(args) == 0
     assert capsys.readouterr().out.count(": reused") == 4
     with open(out / "results.csv", newline="") as handle:
@@ -103,6 +104,7 @@ def test_seed_sets_mask_and_training_seed(accuracy, tmp_path):
     assert (config.data.mask_seed, config.train.seed, config.data.known) == (3, 3, 0.5)
 
 
+@pytest.mark.slow
 def test_speed_quick_reports_every_throughput(speed, tmp_path, capsys):
     out = tmp_path / "speed"
     assert speed.main(["--quick", "--archs", "promptmlr-tiny-vit", "--image-sizes", "32", "--methods", "dualcoop",
@@ -143,6 +145,7 @@ def _tiny_voc(root: Path, count: int) -> Path:
     return root / "VOCdevkit"
 
 
+@pytest.mark.slow
 def test_speed_recipe_scaled_down_splits_the_wall_time(speed, tmp_path, capsys):
     voc = _tiny_voc(tmp_path / "voc", 12)
     out = tmp_path / "recipe"

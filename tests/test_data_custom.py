@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from promptmlr.backbones.base import PreprocessConfig
+from promptmlr.backbones.preprocess import PreprocessConfig, build_transform
 from promptmlr.data import DatasetError, SplitNotFoundError, build_dataset
-from promptmlr.data.transforms import build_transform
 
 CLASSES = ["dog", "cat", "sofa"]
 

@@ -39,6 +39,7 @@ def test_hcp_protocol_reproduces_published_file_bit_for_bit(hcp_files, original_
     assert format_label_matrix(partial).encode() == published.read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proportion", ["0.1", "0.5", "0.9"])
 def test_data_mask_command_writes_the_published_bytes(hcp_files, tmp_path, capsys, proportion):
     out = tmp_path / "partial.txt"

@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from promptmlr.backbones.base import PreprocessConfig
+from promptmlr.backbones.preprocess import PreprocessConfig, build_transform
 from promptmlr.data import DatasetError, SplitNotFoundError, build_dataset
-from promptmlr.data.transforms import build_transform
 from promptmlr.data.yolo import label_path_for
 
 

@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from promptmlr.api import run
 from promptmlr.cache import build_or_open_cache
 from promptmlr.cli import main
 from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
-from promptmlr.engine import Splits, Trainer, TrainingDivergedError
-from promptmlr.pipeline import tune
+from promptmlr.data.protocol import Splits
+from promptmlr.engine import Trainer, TrainingDivergedError
 from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
 CLASSES = COLOUR_CLASSES
@@ -41,11 +42,12 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", ["on", "off"])
 def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, monkeypatch, cache):
     train = {"cache": {"enabled": cache, "directory": str(tmp_path / "cache")}, "ema_decay": 0.5,
              "recovery": {"enabled": True, "warmup_epochs": 1}}
-    uninterrupted = tune(_config(colour_data, tmp_path, **train), tmp_path / "full", log=_quiet)
+    uninterrupted = run(_config(colour_data, tmp_path, **train), tmp_path / "full", log=_quiet)
 
     original = Trainer._train_epoch
 
@@ -56,9 +58,9 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp
 
     monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        tune(_config(colour_data, tmp_path, **train), tmp_path / "resumed", log=_quiet)
+        run(_config(colour_data, tmp_path, **train), tmp_path / "resumed", log=_quiet)
     monkeypatch.setattr(Trainer, "_train_epoch", original)
-    resumed = tune(_config(colour_data, tmp_path, **train), tmp_path / "resumed", resume=True, log=_quiet)
+    resumed = run(_config(colour_data, tmp_path, **train), tmp_path / "resumed", resume=True, log=_quiet)
 
     assert [r["train_loss"] for r in resumed.metrics["history"]] == \
            [r["train_loss"] for r in uninterrupted.metrics["history"]]
@@ -68,6 +70,7 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp
         assert all(torch.equal(full[key], again[key]) for key in full)
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_names_the_batch_and_keeps_the_last_good_checkpoint(colour_data, tmp_path, monkeypatch):
     from promptmlr import engine
 
@@ -85,11 +88,12 @@ def test_a_nan_loss_stops_names_the_batch_and_keeps_the_last_good_checkpoint(col
 
     monkeypatch.setattr(engine, "build_loss", loss_that_breaks_in_epoch_two)
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 1 \(images \['.*train\d+\.png'") as error:
-        tune(_config(colour_data, tmp_path), tmp_path / "run", log=_quiet)
+        run(_config(colour_data, tmp_path), tmp_path / "run", log=_quiet)
     assert "checkpoint.pt" in str(error.value)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_feature_cache_is_reused_and_rebuilt_when_the_resolution_changes(colour_data, tmp_path, monkeypatch):
     from promptmlr import cache as cache_module
     from promptmlr.backbones import create_backbone
@@ -140,6 +144,7 @@ def test_cached_batches_are_read_whole_and_equal_the_rows(colour_data, tmp_path)
     assert sorted(seen) == list(range(len(dataset))) and seen != sorted(seen)
 
 
+@pytest.mark.slow
 def test_auto_cache_budget_is_the_size_the_cache_takes(colour_data, tmp_path):
     """`auto` caches when the features fit train.cache.budget_gb: the estimate counts each training
     image once per view and each val/test image once, which is exactly what the cache then holds."""
@@ -149,7 +154,7 @@ def test_auto_cache_budget_is_the_size_the_cache_takes(colour_data, tmp_path):
     from promptmlr.models import build_method
 
     config = _config(colour_data, tmp_path, epochs=1, cache={"directory": str(tmp_path / "cache"), "views": 2})
-    assert tune(config, tmp_path / "run", log=_quiet).metrics
+    assert run(config, tmp_path / "run", log=_quiet).metrics
     held = sum(np.load(path, mmap_mode="r").nbytes for path in (tmp_path / "cache").rglob("*.npy"))
     backbone = create_backbone("openclip:promptmlr-tiny-vit")
     train = build_dataset("csv", colour_data, "train")
@@ -162,8 +167,9 @@ def test_auto_cache_budget_is_the_size_the_cache_takes(colour_data, tmp_path):
         assert trainer.use_cache is expected
 
 
+@pytest.mark.slow
 def test_optimiser_variants_ema_and_accumulation_run(colour_data, tmp_path):
-    result = tune(_config(colour_data, tmp_path, optimizer="sgd", lr=0.05, grad_accum=2, ema_decay=0.9,
+    result = run(_config(colour_data, tmp_path, optimizer="sgd", lr=0.05, grad_accum=2, ema_decay=0.9,
                           mixed_precision="bf16", epochs=2, select_on="test"),
                   tmp_path / "run", log=_quiet)
     assert result.metrics["selected_on"] == "test"
@@ -171,6 +177,7 @@ def test_optimiser_variants_ema_and_accumulation_run(colour_data, tmp_path):
     assert np.isfinite(result.metrics["best"]["test_mAP"])
 
 
+@pytest.mark.slow
 def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["tune", "--dataset", "csv", "--data-root", str(colour_data), "--known", "0.5", "--method", "promptmlr",

@@ -9,7 +9,6 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from promptmlr.config import RecoveryConfig
 from promptmlr.losses import LossConfig, asymmetric_loss, build_loss, naive_bce, partial_bce, two_way_to_margin
 from promptmlr.metrics import (
     average_precision,
@@ -18,7 +17,7 @@ from promptmlr.metrics import (
     per_class_average_precision,
     threshold_metrics,
 )
-from promptmlr.recovery import cooccurrence_evidence, recover_labels
+from promptmlr.recovery import RecoveryConfig, cooccurrence_evidence, recover_labels
 
 
 def _sigmoid(x: float) -> float:

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from promptmlr.backbones import create_backbone
 from promptmlr.descriptions import DescriptionsError, check_classes, load_descriptions, shipped_descriptions_path
-from promptmlr.export import PromptsFileError, export_text_embeddings, load_prompts, read_header, save_prompts
 from promptmlr.models import build_method, list_methods
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.prompts import PromptLearner
+from promptmlr.prompt_files import PromptsFileError, export_text_embeddings, load_prompts, read_header, save_prompts
 from tests.conftest import TINY_SPECS
 
 CLASSES = ["cat", "dog", "traffic light", "red sofa"]
@@ -146,7 +146,7 @@ def test_shared_context_has_one_set_of_vectors(vit):
 
 
 def test_description_feature_init_starts_at_the_description_ensemble(vit):
-    from promptmlr.zeroshot import class_text_features
+    from promptmlr.models.text import class_text_features
 
     learner = PromptLearner(vit, CLASSES, init="descriptions-features", descriptions=DESCRIPTIONS)
     torch.testing.assert_close(learner(), class_text_features(vit, CLASSES, descriptions=DESCRIPTIONS),
@@ -245,6 +245,7 @@ def test_export_then_import_gives_identical_logits(tmp_path, vit, name):
     assert not any(key.startswith("backbone.") for key in load_file(path))
 
 
+@pytest.mark.slow
 def test_a_file_for_another_backbone_or_other_classes_is_refused(tmp_path, vit):
     path = save_prompts(build_method("dualcoop", vit, CLASSES), tmp_path / "p.safetensors")
     with pytest.raises(PromptsFileError, match="learned on backbone 'openclip:promptmlr-tiny-vit'"):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from promptmlr.api import run
 from promptmlr.cli import main
 from promptmlr.config import resolve_config
 from promptmlr.metrics import average_precision, per_class_average_precision
-from promptmlr.pipeline import tune
 from promptmlr.report import (
     ReportError,
     RunRecord,
@@ -49,7 +49,7 @@ def two_runs(tmp_path_factory) -> list[Path]:
             "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "lr": 0.01, "seed": seed,
                       "cache": {"directory": str(base / "cache")},
                       "recovery": {"enabled": True, "warmup_epochs": 1}}}])
-        runs.append(tune(config, base / f"run-seed{seed}", log=lambda *_: None).run_dir)
+        runs.append(run(config, base / f"run-seed{seed}", log=lambda *_: None).run_dir)
     return runs
 
 
@@ -60,6 +60,7 @@ def _png(path: Path) -> tuple[int, int]:
         return image.size
 
 
+@pytest.mark.slow
 def test_report_writes_plots_and_a_summary_with_the_runs_numbers(two_runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", *map(str, two_runs), "--out", str(out)]) == 0
@@ -72,10 +73,10 @@ def test_report_writes_plots_and_a_summary_with_the_runs_numbers(two_runs, tmp_p
 
     text = (out / "report.md").read_text()
     maps = []
-    for run in two_runs:
-        metrics = json.loads((run / "metrics.json").read_text())
+    for run_dir in two_runs:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
         best = metrics["best"]
-        row = next(line for line in text.splitlines() if line.startswith(f"| {run.name} |"))
+        row = next(line for line in text.splitlines() if line.startswith(f"| {run_dir.name} |"))
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[1:8] == ["csv", "promptmlr", TINY, "50%", str(metrics["seed"]), "val", str(metrics["best_epoch"])]
         assert cells[8:12] == [f"{best[key]:.2f}" for key in ("test_mAP", "test_mAP_voc2012", "test_CF1", "test_OF1")]
@@ -84,12 +85,13 @@ def test_report_writes_plots_and_a_summary_with_the_runs_numbers(two_runs, tmp_p
         assert cells[14] == metrics["mask_sha256"][:12]
         maps.append(best["test_mAP"])
         # the plots come from predictions_test.npz, which holds the selected epoch's scores
-        with np.load(run / "predictions_test.npz") as arrays:
+        with np.load(run_dir / "predictions_test.npz") as arrays:
             ap = per_class_average_precision(arrays["scores"], arrays["labels"])
         assert 100 * np.nanmean(ap) == pytest.approx(best["test_mAP"], abs=1e-3)
     assert f"| promptmlr | {np.mean(maps):.2f} ± {np.std(maps, ddof=1):.2f} |" in text
 
 
+@pytest.mark.slow
 def test_load_run_reads_recovery_from_the_last_epoch_that_recovered(two_runs):
     record = load_run(two_runs[0])
     last = json.loads((two_runs[0] / "metrics.json").read_text())["history"][-1]["recovery"]
@@ -148,6 +150,7 @@ def test_precision_recall_curve_integrates_to_ap_and_skips_unknown_labels():
     assert precision_recall_curve(scores, np.where(targets == 1, 0, targets))[0].size == 0  # no positive
 
 
+@pytest.mark.slow
 def test_an_incomplete_run_folder_is_a_clear_error(two_runs, tmp_path, capsys):
     broken = tmp_path / "broken-run"
     shutil.copytree(two_runs[0], broken)

@@ -78,6 +78,7 @@ def test_scenes_have_one_to_five_sufficiently_visible_objects():
     assert min(counts) == 1 and max(counts) == 5
 
 
+@pytest.mark.slow
 def test_themes_make_classes_co_occur():
     world = SyntheticWorld(seed=0)
     labels = np.stack([world.labels(world.scene(i)) for i in range(1500)]).astype(float)
@@ -137,18 +138,20 @@ def test_write_synthetic_dataset_layout(tmp_path):
 
 # -------------------------------------------------------------------------------- sandbox backbone
 def _zeroshot_on_fixed_set(backbone) -> tuple[float, float]:
-    from promptmlr.zeroshot import zeroshot_scores
+    from promptmlr.models import build_method
+    from promptmlr.scoring import image_batches, score
 
     tool = _load_pretrain_tool()
     world = SyntheticWorld(ZEROSHOT_SET["seed"], ZEROSHOT_SET["image_size"])
     scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(ZEROSHOT_SET["count"])]
     labels = np.stack([world.labels(s) for s in scenes])
-    scores = zeroshot_scores(backbone, [world.render(s) for s in scenes], SYNTHETIC_CLASS_NAMES,
-                             templates=("a photo of a {}.",)).numpy()
+    method = build_method("zeroshot", backbone, SYNTHETIC_CLASS_NAMES, templates=["a photo of a {}."])
+    scores = score(method, image_batches(backbone, [world.render(s) for s in scenes]), logits=True, progress=False)
     chance = 100.0 * float(labels.mean(0)[labels.sum(0) > 0].mean())
     return tool.mean_ap(scores, labels), chance
 
 
+@pytest.mark.slow
 def test_shipped_sandbox_checkpoint_loads_and_beats_chance():
     from promptmlr.backbones import create_backbone, list_backbones
 
@@ -162,6 +165,7 @@ def test_shipped_sandbox_checkpoint_loads_and_beats_chance():
     assert zeroshot > 2 * chance
 
 
+@pytest.mark.slow
 def test_a_few_pretraining_steps_lower_the_loss():
     tool = _load_pretrain_tool()
     torch.manual_seed(0)

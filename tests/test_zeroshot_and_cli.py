@@ -1,4 +1,4 @@
-"""The zero-shot Python API and the command-line skeleton."""
+"""Zero-shot CLIP through the one scoring path, class text features, and the command-line skeleton."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from PIL import Image
 
 from promptmlr.backbones import create_backbone
 from promptmlr.cli import main
-from promptmlr.zeroshot import class_text_features, zeroshot_scores
+from promptmlr.models import build_method
+from promptmlr.models.text import class_text_features
+from promptmlr.scoring import image_batches, score
 
 CLASSES = ["cat", "dog", "traffic light"]
 
@@ -21,9 +23,14 @@ def backbone():
     return create_backbone("openclip:promptmlr-tiny-vit")
 
 
+def _zeroshot(backbone, images, batch_size=64, **options) -> torch.Tensor:
+    method = build_method("zeroshot", backbone, CLASSES, **options)
+    return torch.from_numpy(score(method, image_batches(backbone, images, batch_size), logits=True, progress=False))
+
+
 def test_scores_are_scaled_cosines_of_global_image_and_class_features(backbone):
     images = torch.randn(5, 3, 32, 32)
-    scores = zeroshot_scores(backbone, images, CLASSES, templates=["a photo of a {}.", "a {}"], batch_size=2)
+    scores = _zeroshot(backbone, images, batch_size=2, templates=["a photo of a {}.", "a {}"])
     text = class_text_features(backbone, CLASSES, templates=["a photo of a {}.", "a {}"])
     image = torch.nn.functional.normalize(backbone.encode_image(images).global_features, dim=-1)
     torch.testing.assert_close(scores, backbone.logit_scale * image @ text.T)
@@ -47,9 +54,9 @@ def test_description_ensemble_and_missing_descriptions(backbone):
 
 def test_pil_images_go_through_the_eval_transform_and_standardize(backbone):
     images = [Image.new("L", (40, 24), 90), Image.new("RGB", (20, 50), (10, 200, 30))]
-    scores = zeroshot_scores(backbone, images, CLASSES, standardize=True)
-    expected = zeroshot_scores(backbone, torch.stack([backbone.transform()(i.convert("RGB")) for i in images]),
-                               CLASSES, standardize=True)
+    scores = _zeroshot(backbone, images, standardize=True)
+    expected = _zeroshot(backbone, torch.stack([backbone.transform()(i.convert("RGB")) for i in images]),
+                         standardize=True)
     torch.testing.assert_close(scores, expected)
     torch.testing.assert_close(scores.mean(dim=1), torch.zeros(2), atol=1e-5, rtol=0)
 

@@ -312,7 +312,13 @@ def finalize(args) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from promptmlr.backbones import create_backbone
-    from promptmlr.zeroshot import zeroshot_scores
+    from promptmlr.models import build_method
+    from promptmlr.scoring import image_batches, score
+
+    def zeroshot_scores(backbone, images, classes, templates, standardize=False):
+        """Zero-shot logits through promptmlr's own scoring path."""
+        method = build_method("zeroshot", backbone, classes, templates=list(templates), standardize=standardize)
+        return score(method, image_batches(backbone, images), logits=True, progress=False)
 
     log = _logger()
     torch.set_num_threads(args.threads)
@@ -333,22 +339,22 @@ def finalize(args) -> None:
     test = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
     labels = np.stack([world.labels(s) for s in test])
     images = [world.render(s) for s in test]
-    scores = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,)).numpy()
+    scores = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,))
     results["zeroshot_map"] = round(mean_ap(scores, labels), 2)
     results["chance_map"] = round(chance_map(labels), 2)
     standardized = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,),
-                                   standardize=True).numpy()
+                                   standardize=True)
     results["zeroshot_map_standardized"] = round(mean_ap(standardized, labels), 2)
     small_world = SyntheticWorld(0, 64)  # the fixed set tests/test_synthetic.py asserts on
     small = [small_world.scene(TEST_INDEX_OFFSET + i) for i in range(256)]
     small_labels = np.stack([small_world.labels(s) for s in small])
     small_scores = zeroshot_scores(backbone, [small_world.render(s) for s in small], SYNTHETIC_CLASS_NAMES,
-                                   templates=(EVAL_TEMPLATE,)).numpy()
+                                   templates=(EVAL_TEMPLATE,))
     results["test_set"] = {"set": "SyntheticWorld(seed=0, image_size=64) test scenes TEST_INDEX_OFFSET + 0..255",
                            "zeroshot_map": round(mean_ap(small_scores, small_labels), 2),
                            "chance_map": round(chance_map(small_labels), 2)}
     fp32 = _fp32_backbone(state)
-    scores32 = zeroshot_scores(fp32, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,)).numpy()
+    scores32 = zeroshot_scores(fp32, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,))
     results["zeroshot_map_fp32_weights"] = round(mean_ap(scores32, labels), 2)
     log(f"zero-shot mAP {results['zeroshot_map']} (fp32 weights {results['zeroshot_map_fp32_weights']}), "
         f"chance {results['chance_map']}; standardized per image {results['zeroshot_map_standardized']}; "

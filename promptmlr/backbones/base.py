@@ -20,21 +20,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from promptmlr.errors import check_choice
+from promptmlr.backbones.preprocess import PreprocessConfig, build_transform
+from promptmlr.errors import PromptMLRError, check_choice
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(PromptMLRError, RuntimeError):
     """The weights for a backbone spec could not be obtained; the message says what was tried."""
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """What image preprocessing a backbone expects: input resolution and normalisation."""
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
 
 
 @dataclass
@@ -74,6 +65,7 @@ class FrozenCLIP(nn.Module, ABC):
         super().__init__()
         check_choice("dense_mode", dense_mode, DENSE_MODES)
         self.spec = spec
+        self.weights_source = spec  # set by create_backbone: the resolved spec, local paths left out
         self.preprocess = preprocess
         self.dense_mode = dense_mode
         self.fingerprint = fingerprint
@@ -96,9 +88,7 @@ class FrozenCLIP(nn.Module, ABC):
         return self.preprocess.image_size
 
     def transform(self, train: bool = False, **augmentations) -> Callable:
-        """PIL image -> normalised tensor at this backbone's resolution (see ``data.transforms``)."""
-        from promptmlr.data.transforms import build_transform
-
+        """PIL image -> normalised tensor at this backbone's resolution (see :mod:`.preprocess`)."""
         return build_transform(self.preprocess, train=train, **augmentations)
 
     @cached_property
@@ -172,6 +162,13 @@ class FrozenCLIP(nn.Module, ABC):
         token_ids = token_ids[:, :self.text_length(eot)]
         features = self.encode_text_embeddings(self.token_embedding(token_ids), eot)
         return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def feature_identity(self) -> dict:
+        """What decides this backbone's image features, for the feature cache's key: the resolved
+        spec (an alias and the spec it stands for are the same backbone) and the weights'
+        fingerprint, which identifies a local weights file by its contents wherever it lies."""
+        return {"source": self.weights_source, "fingerprint": self.fingerprint, "image_size": self.image_size,
+                "dense_mode": self.dense_mode}
 
     def describe(self) -> dict:
         """What identifies this backbone in checkpoints and exports (instead of its weights)."""

@@ -54,12 +54,22 @@ def create_backbone(spec: str, image_size: int | None = None, dense_mode: str = 
 
         arch, _, weights = rest.partition(":")
         model = load_openclip_model(arch, weights or None)
-        return OpenCLIPBackbone(spec, model, image_size=image_size, dense_mode=dense_mode)
+        backbone: FrozenCLIP = OpenCLIPBackbone(spec, model, image_size=image_size, dense_mode=dense_mode)
+        backbone.weights_source = f"openclip:{arch}:{_local_or(weights)}" if weights else f"openclip:{arch}"
+        return backbone
     if source == "hf" and rest:
         from promptmlr.backbones.hf import HFCLIPBackbone, load_hf_clip
 
         model, tokenizer, processor = load_hf_clip(rest)
-        return HFCLIPBackbone(spec, model, tokenizer, processor, image_size=image_size, dense_mode=dense_mode)
+        backbone = HFCLIPBackbone(spec, model, tokenizer, processor, image_size=image_size, dense_mode=dense_mode)
+        backbone.weights_source = f"hf:{_local_or(rest)}"
+        return backbone
     aliases = ", ".join(sorted(_ALIASES)) or "none"
     raise ConfigError(f"unknown backbone spec {spec!r}: use 'openclip:<arch>[:<tag-or-file>]', "
                      f"'hf:<hub-id-or-dir>' or a registered name ({aliases})")
+
+
+def _local_or(weights: str) -> str:
+    """``weights`` itself (a pretrained tag, a hub id), or ``<local>`` for a file or folder on disk:
+    the weight fingerprint identifies local weights by content, wherever they lie."""
+    return "<local>" if Path(weights).expanduser().exists() else weights

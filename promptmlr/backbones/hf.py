@@ -16,8 +16,9 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 from transformers.masking_utils import create_causal_mask
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures, PreprocessConfig, weight_fingerprint
+from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures, weight_fingerprint
 from promptmlr.backbones.network import hub_endpoint, require_reachable
+from promptmlr.backbones.preprocess import PreprocessConfig
 from promptmlr.errors import ConfigError
 
 REQUIRED_FILES = ("config.json", "preprocessor_config.json")

@@ -19,8 +19,9 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
-from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures, PreprocessConfig, weight_fingerprint
+from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures, weight_fingerprint
 from promptmlr.backbones.network import hub_endpoint, require_reachable
+from promptmlr.backbones.preprocess import PreprocessConfig
 from promptmlr.errors import ConfigError
 
 RANDOM_INIT_SEED = 0

@@ -19,13 +19,15 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from promptmlr.errors import PromptMLRError
+
 WHITE = (255, 255, 255)
 _PREFIX = "cannot load image "
 _SEPARATOR = " — "
 _ALPHA_MODES = ("RGBA", "LA", "PA")
 
 
-class ImageLoadError(OSError):
+class ImageLoadError(PromptMLRError, OSError):
     """An image file is missing, unreadable or corrupt; ``path`` and ``reason`` say which and why.
 
     PyTorch re-raises an exception from a DataLoader worker by calling its class with the worker's

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from promptmlr.errors import PromptMLRError
 
-class DatasetError(ValueError):
+
+class DatasetError(PromptMLRError, ValueError):
     """A dataset's files are missing or malformed, or an option is wrong; the message names the fix."""
 
 

@@ -5,6 +5,8 @@ Importing this package registers every method: ``zeroshot``, ``linear``, ``dualc
 """
 
 from promptmlr.models import coop, decoupled, linear, zeroshot  # noqa: F401  (registration)
-from promptmlr.models.base import MethodOutput, MultiLabelMethod, build_method, list_methods, register_method
+from promptmlr.models.base import MethodOutput, MultiLabelMethod
+from promptmlr.models.factory import ModelConfig, build_method, list_methods, method_options, register_method
 
-__all__ = ["MethodOutput", "MultiLabelMethod", "build_method", "list_methods", "register_method"]
+__all__ = ["MethodOutput", "ModelConfig", "MultiLabelMethod", "build_method", "list_methods", "method_options",
+           "register_method"]

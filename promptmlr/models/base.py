@@ -1,4 +1,4 @@
-"""What every method shares: its output, its base class and the method registry.
+"""What every method shares: its output and its base class (the registry is in :mod:`.factory`).
 
 A method scores C classes from a frozen backbone's image features. It takes :class:`ImageFeatures`
 rather than pixels so that the engine can compute features once and cache them (the encoder is
@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
-from promptmlr.errors import ConfigError
 from promptmlr.models.prompts import PromptLearner
 
 BYTES_PER_FLOAT = 4
@@ -49,7 +48,9 @@ class MethodOutput:
 
 
 class MultiLabelMethod(nn.Module):
-    """Base class: subclasses set ``name`` and ``Config`` (a dataclass) and implement ``forward``."""
+    """Base class: subclasses set ``name`` and ``Config`` (a dataclass whose ``__post_init__`` checks its
+    values, so that config resolution refuses a bad option before any data or weights are touched)
+    and implement ``forward``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
@@ -68,10 +69,6 @@ class MultiLabelMethod(nn.Module):
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         raise NotImplementedError
-
-    def predict_images(self, images: torch.Tensor) -> MethodOutput:
-        """Encode normalised images with the frozen backbone, then score them."""
-        return self(self.backbone.encode_image(images))
 
     @contextlib.contextmanager
     def fixed_prompts(self, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[None]:
@@ -108,29 +105,3 @@ class MultiLabelMethod(nn.Module):
 
     def describe(self) -> dict:
         return {"method": self.name, "method_config": dataclasses.asdict(self.config)}
-
-
-_METHODS: dict[str, type[MultiLabelMethod]] = {}
-
-
-def register_method(cls: type[MultiLabelMethod]) -> type[MultiLabelMethod]:
-    """Class decorator: make a method available to ``build_method`` and ``--method`` by its name."""
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def list_methods() -> list[str]:
-    return sorted(_METHODS)
-
-
-def build_method(name: str, backbone: FrozenCLIP, class_names: Sequence[str],
-                 descriptions: Mapping[str, Sequence[str]] | None = None, **options: Any) -> MultiLabelMethod:
-    """Create method ``name`` with ``options`` overriding its config defaults."""
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
-    cls = _METHODS[name]
-    fields = {field.name for field in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ConfigError(f"method {name!r} has no option(s) {unknown}; its options: {sorted(fields)}")
-    return cls(backbone, class_names, cls.Config(**options), descriptions)

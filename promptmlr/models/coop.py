@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod, register_method
+from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod
+from promptmlr.models.factory import register_method
 from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
 
 

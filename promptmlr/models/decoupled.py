@@ -25,9 +25,10 @@ from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.errors import check_choice
-from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
+from promptmlr.models.base import MethodOutput, MultiLabelMethod
+from promptmlr.models.factory import register_method
 from promptmlr.models.head import SemanticDecouplingHead
-from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
+from promptmlr.models.prompts import NEGATIVE_BRANCHES, PromptConfig, negative_branch, positive_prompts
 
 QUERIES = ("learnable", "prompt")
 
@@ -41,6 +42,11 @@ class PromptMLRConfig(PromptConfig):
     align_weight: float = 0.1  # weight of the alignment term; 0 disables it
     global_weight: float = 1.0  # weight of the global-feature score added to the category-specific one
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("negative", self.negative, NEGATIVE_BRANCHES)
+        check_choice("query", self.query, QUERIES)
+
 
 @register_method
 class PromptMLR(MultiLabelMethod):
@@ -49,7 +55,6 @@ class PromptMLR(MultiLabelMethod):
 
     def __init__(self, backbone, class_names, config: PromptMLRConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        check_choice("query", config.query, QUERIES)
         self.positive = positive_prompts(backbone, class_names, config, self.descriptions)
         self.negative = negative_branch(config.negative, backbone, class_names, config)
         self.threshold = nn.Parameter(torch.zeros(self.num_classes)) if config.negative == "none" else None

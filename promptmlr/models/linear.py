@@ -10,8 +10,9 @@ from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.errors import check_choice
-from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
-from promptmlr.zeroshot import class_text_features
+from promptmlr.models.base import MethodOutput, MultiLabelMethod
+from promptmlr.models.factory import register_method
+from promptmlr.models.text import class_text_features
 
 POOLINGS = ("global", "dense")
 
@@ -20,6 +21,9 @@ POOLINGS = ("global", "dense")
 class LinearConfig:
     features: str = "global"  # CLIP's global embedding, or the mean of the dense features
     init_scale: float = 10.0  # weights start as this times the zero-shot class features
+
+    def __post_init__(self) -> None:
+        check_choice("features", self.features, POOLINGS)
 
 
 @register_method
@@ -32,7 +36,6 @@ class LinearProbe(MultiLabelMethod):
 
     def __init__(self, backbone, class_names, config: LinearConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        check_choice("linear features", config.features, POOLINGS)
         self.classifier = nn.Linear(backbone.embed_dim, self.num_classes)
         with torch.no_grad():
             self.classifier.weight.copy_(config.init_scale * class_text_features(backbone, class_names))

@@ -18,6 +18,7 @@ from torch import nn
 
 from promptmlr.backbones.base import FrozenCLIP
 from promptmlr.errors import ConfigError, check_choice
+from promptmlr.models.text import class_text_features
 
 CONTEXT_INIT_STD = 0.02  # CoOp's random context initialisation
 PLACEHOLDER = "X"
@@ -39,6 +40,11 @@ class PromptConfig:
     class_specific: bool = True
     init: str = "phrase"
     init_phrase: str = "a photo of a"
+
+    def __post_init__(self) -> None:
+        check_choice("init", self.init, PROMPT_INITS)
+        if self.n_ctx < 1:
+            raise ConfigError(f"n_ctx must be at least 1, got {self.n_ctx}")
 
 
 class PromptLearner(nn.Module):
@@ -100,8 +106,6 @@ class PromptLearner(nn.Module):
     @torch.no_grad()
     def _offset_to_descriptions(self, class_names: Sequence[str],
                                 descriptions: Mapping[str, Sequence[str]]) -> torch.Tensor:
-        from promptmlr.zeroshot import class_text_features
-
         target = class_text_features(self.backbone, class_names, descriptions=descriptions)
         return target - F.normalize(self._encode(), dim=-1)
 

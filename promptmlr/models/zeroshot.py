@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.models.base import MethodOutput, MultiLabelMethod, register_method
-from promptmlr.zeroshot import DEFAULT_TEMPLATES, class_text_features, standardize_scores
+from promptmlr.models.base import MethodOutput, MultiLabelMethod
+from promptmlr.models.factory import register_method
+from promptmlr.models.text import DEFAULT_TEMPLATES, class_text_features, standardize_scores
 
 
 @dataclass

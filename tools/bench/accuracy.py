@@ -5,7 +5,7 @@
     python tools/bench/accuracy.py --dataset voc2007 --data-root /data/voc --backbone openclip:RN101:openai \\
         --methods zeroshot dualcoop promptmlr --known 0.1 0.5 0.9 --seeds 0 1 2 --out bench/voc
 
-Each (method, known, seed) is one ``promptmlr.pipeline.tune`` run in
+Each (method, known, seed) is one ``promptmlr.api.run`` run in
 ``<out>/runs/<method>-k<known>-s<seed>/``; the seed is both the partial-label mask seed
 (``data.mask_seed``) and the training seed (``train.seed``), so seeds vary the mask as well as the
 initialisation and data order. A run whose ``metrics.json`` exists is read back instead of run
@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import yaml
 
 from promptmlr import __version__
-from promptmlr.commands import USER_ERRORS
+from promptmlr.api import run
 from promptmlr.config import RunConfig, parse_assignment, resolve_config
 from promptmlr.engine import TrainingDivergedError
+from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
-from promptmlr.pipeline import tune
 from promptmlr.report import (
     AGGREGATED_METRICS,
     MAP_VS_KNOWN_FILE,
@@ -62,15 +62,12 @@ RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "tes
                   "total_seconds", "best_epoch", "epochs", "selected_on", "mask_seed", "mask_sha256", "run_dir")
 SUMMARY_METRICS = (*AGGREGATED_METRICS, "trainable_parameters", "total_seconds")
 
-
 class BenchError(ValueError):
     """A bad argument or an output folder that does not fit this benchmark."""
-
 
 # ------------------------------------------------------------------------------------------ planning
 def run_name(method: str, known: float, seed: int) -> str:
     return f"{method}-k{known:g}-s{seed}"
-
 
 def leaf_keys(values: dict, prefix: str = "") -> list[str]:
     """``{"train": {"cache": {"views": 4}}}`` -> ``["train.cache.views"]``."""
@@ -79,7 +76,6 @@ def leaf_keys(values: dict, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         keys += leaf_keys(value, path + ".") if isinstance(value, dict) and value else [path]
     return keys
-
 
 def base_overrides(args: argparse.Namespace) -> list[dict]:
     """Command-line settings shared by every run: flags first, then ``--set`` (checked)."""
@@ -98,7 +94,6 @@ def base_overrides(args: argparse.Namespace) -> list[dict]:
         overrides.append(assignment)
     return overrides
 
-
 def plan(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
     """(run name, resolved config) for every run, seeds outermost so that early results cover every
     method and proportion once."""
@@ -111,7 +106,6 @@ def plan(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
                        "model": {"method": method}}
                 runs.append((run_name(method, known, seed), resolve_config(args.dataset, args.config, [*shared, own])))
     return runs
-
 
 def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts (logistics keys ignored)."""
@@ -127,7 +121,6 @@ def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]
             differences.append(f"{path}: {old!r} -> {new!r}")
     return differences
 
-
 # ------------------------------------------------------------------------------------------- running
 def run_one(name: str, config: RunConfig, run_dir: Path, log=print) -> tuple[RunRecord, str]:
     """Run (or read back, or resume) one benchmark run; returns its record and what was done."""
@@ -142,9 +135,8 @@ def run_one(name: str, config: RunConfig, run_dir: Path, log=print) -> tuple[Run
         return load_run(run_dir), "reused"
     resume = (run_dir / CHECKPOINT_FILE).is_file()
     log(f"\n=== {name}: {'resuming' if resume else 'running'} -> {run_dir}")
-    tune(config, run_dir, resume=resume, log=log)
+    run(config, run_dir, resume=resume, log=log)
     return load_run(run_dir), "resumed" if resume else "ran"
-
 
 def run_benchmark(runs: Sequence[tuple[str, RunConfig]], out: Path, log=print
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -162,7 +154,6 @@ def run_benchmark(runs: Sequence[tuple[str, RunConfig]], out: Path, log=print
         score = f"{record.test_mAP:.2f}" if record.test_mAP is not None else "–"
         log(f"[{index}/{len(runs)}] {name}: {action} ({time.time() - started:.1f} s): test mAP {score}")
     return rows, failed
-
 
 # ------------------------------------------------------------------------------------------- writing
 def write_results(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, str]], settings: dict) -> str:
@@ -199,12 +190,10 @@ def write_results(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, 
     write_text_atomic(out / "results.md", text)
     return text
 
-
 # ---------------------------------------------------------------------------------------------- main
 def _names(values: Sequence[str]) -> list[str]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (space or comma separated)."""
     return [part for value in values for part in value.split(",") if part]
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -226,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="benchmark folder (runs/ and results)")
     return parser
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -235,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(not 0 < known <= 1 for known in args.known):
             raise BenchError(f"--known proportions must be in (0, 1], got {args.known}")
         runs = plan(args)
-    except (BenchError, *USER_ERRORS) as error:  # bad input: one line, no traceback
+    except (BenchError, PromptMLRError) as error:  # bad input: one line, no traceback
         print(f"accuracy.py: error: {error}", file=sys.stderr)
         return 2
     first = runs[0][1]
@@ -251,14 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"-> {args.out}")
     try:
         rows, failed = run_benchmark(runs, args.out)
-    except (BenchError, *USER_ERRORS) as error:  # a config clash, a missing dataset, ...
+    except (BenchError, PromptMLRError) as error:  # a config clash, a missing dataset, ...
         print(f"accuracy.py: error: {error}", file=sys.stderr)
         return 1
     text = write_results(args.out, rows, failed, settings)
     print("\n" + text)
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'results.md'}")
     return 1 if failed else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

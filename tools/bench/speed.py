@@ -26,7 +26,7 @@ the process's peak resident set size (``resource.getrusage``), which only grows,
 the largest footprint of that configuration and every one before it. Data loading is not part
 of these numbers; the recipe below includes it.
 
-The recipe (``--recipe voc2007 --data-root DIR``) runs ``promptmlr.pipeline.tune`` with the
+The recipe (``--recipe voc2007 --data-root DIR``) runs ``promptmlr.api.run`` with the
 voc2007 config as DualCoOp trains it: trainval (5,011 images) for 50 epochs, RN101 at 448 px,
 the test set (4,952 images) evaluated after every epoch, JPEG decoding included, a fresh feature
 cache; it reports the wall time split into caching, training, evaluation and the rest. That
@@ -359,8 +359,7 @@ def pipeline_transforms(size: int) -> dict[str, Callable]:
     RandAugment and Cutout that training from pixels pays every epoch, as DualCoOp's recipe does."""
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    from promptmlr.backbones.base import PreprocessConfig
-    from promptmlr.data.transforms import build_transform
+    from promptmlr.backbones.preprocess import PreprocessConfig, build_transform
 
     preprocess = PreprocessConfig(size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
     return {"eval (cache)": build_transform(preprocess),
@@ -525,8 +524,8 @@ def prepare_recipe_data(data_root: Path, out: Path, images: int | None) -> tuple
 
 def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dict[str, Any]:
     from promptmlr import engine
+    from promptmlr.api import run
     from promptmlr.config import parse_assignment, resolve_config
-    from promptmlr.pipeline import tune
 
     if args.recipe != "voc2007":
         raise SystemExit(f"speed.py: error: unknown recipe {args.recipe!r}; known: voc2007")
@@ -549,7 +548,7 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
     config = resolve_config("voc2007", None, overrides)
     clock = PhaseClock(device)
     targets = [(engine, "build_or_open_cache", "caching"), (engine.Trainer, "_train_epoch", "training"),
-               (engine.Trainer, "_evaluate_splits", "evaluation"), (engine.Trainer, "scores_for", "evaluation"),
+               (engine.Trainer, "_evaluate_splits", "evaluation"), (engine.Trainer, "_test_scores", "evaluation"),
                (engine.Trainer, "_recover", "recovery")]
     targets = [t for t in targets if hasattr(t[0], t[1])]
     log(f"recipe voc2007: {data['train_images']} train / {data['test_images']} test images, {_epochs(epochs)}, "
@@ -560,7 +559,7 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
     from promptmlr.models import MultiLabelMethod
 
     with clock.patch(targets, contexts=[(MultiLabelMethod, "fixed_prompts", "evaluation prompts")]):
-        result = tune(config, run_dir, log=log)
+        result = run(config, run_dir, log=log)
     wall = time.perf_counter() - started
     phases = {phase: clock.seconds.get(phase, 0.0) for phase in PHASES}
     phases["other"] = max(0.0, wall - sum(phases.values()))
@@ -573,9 +572,9 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
         "num_workers": config.train.num_workers, "cache": config.train.cache.enabled,
         "overrides": list(args.set), "wall_seconds": wall, "phases_seconds": phases,
         "phase_source": "timed around engine.build_or_open_cache, Trainer._train_epoch, Trainer._evaluate_splits "
-                        "+ Trainer.scores_for (less the prompts' encoding on entering MultiLabelMethod.fixed_prompts, "
-                        "its own phase) and Trainer._recover; other = backbone loading, data lists, checkpoints, "
-                        "exports",
+                        "+ Trainer._test_scores (less the prompts' encoding on entering "
+                        "MultiLabelMethod.fixed_prompts, its own phase) and Trainer._recover; other = backbone "
+                        "loading, data lists, checkpoints, exports",
         "tune_total_seconds": metrics.get("total_seconds"), "tune_train_seconds": metrics.get("train_seconds"),
         "train_images_per_s": (epochs * data["train_images"] / phases["training"]) if phases["training"] else None,
         "test_mAP": metrics["best"].get("test_mAP"),

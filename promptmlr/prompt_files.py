@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
+from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod, build_method
 
@@ -29,7 +30,7 @@ FORMAT_VERSION = 1
 HEADER_KEY = "promptmlr"
 
 
-class PromptsFileError(ValueError):
+class PromptsFileError(PromptMLRError, ValueError):
     """A prompts file that cannot be read, or that does not fit the backbone or dataset given."""
 
 

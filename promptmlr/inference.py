@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from promptmlr.cache import encode
 from promptmlr.data.images import ImageLoadError, load_image
 from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod
+from promptmlr.scoring import FeatureBatch, method_outputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 HEATMAP_ALPHA = 0.55
@@ -59,42 +61,42 @@ def choose_labels(probabilities: np.ndarray, class_names: Sequence[str], thresho
     return [(class_names[i], float(probabilities[i])) for i in chosen]
 
 
-@torch.no_grad()
 def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: float | Sequence[float] | None = None,
                    top_k: int | None = None, heatmap_dir: Path | None = None, batch_size: int = 32) -> list[Prediction]:
-    """Predictions for each image path, in order; unreadable images carry an ``error``."""
-    method.eval()
-    predictions = []
-    with method.fixed_prompts():  # the prompts are encoded once, not once per batch
-        for start in range(0, len(images), batch_size):
-            predictions += _predict_batch(method, images[start:start + batch_size], threshold, top_k, heatmap_dir)
+    """Predictions for each image path, in order; unreadable images carry an ``error``. Scored
+    through :func:`promptmlr.scoring.method_outputs`, like every other evaluation."""
+    predictions = [Prediction(Path(path)) for path in images]
+    opened: dict[int, Image.Image] = {}  # the current batch's images, kept for their heatmaps
+    for output, rows in method_outputs(method, _readable_batches(method, predictions, opened, batch_size)):
+        probabilities = output.probabilities.float().cpu().numpy()
+        maps = output.attention_maps()
+        for position, row in enumerate(rows.tolist()):
+            prediction, image = predictions[row], opened.pop(row)
+            prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[position])))
+            prediction.labels = choose_labels(probabilities[position], method.class_names, threshold, top_k)
+            if heatmap_dir is not None and maps is not None and prediction.labels:
+                heat = maps[position].float().cpu().numpy()
+                prediction.heatmap = write_heatmap(image, heat, method.class_names, prediction.labels,
+                                                   Path(heatmap_dir) / f"{prediction.image.stem}.png")
     return predictions
 
 
-def _predict_batch(method: MultiLabelMethod, paths: Sequence[Path], threshold: float | Sequence[float] | None,
-                   top_k: int | None, heatmap_dir: Path | None) -> list[Prediction]:
-    predictions, loaded = [], []
-    for path in paths:
-        prediction = Prediction(Path(path))
-        predictions.append(prediction)
-        try:
-            loaded.append((prediction, load_image(path)))
-        except ImageLoadError as error:
-            prediction.error = str(error)
-    if not loaded:
-        return predictions
+def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], opened: dict[int, Image.Image],
+                      batch_size: int) -> Iterator[FeatureBatch]:
+    """Encoded batches of the images that load; the others get their error and are skipped."""
     transform = method.backbone.transform(train=False)
     device = method.backbone.token_embedding.weight.device
-    output = method.predict_images(torch.stack([transform(image) for _, image in loaded]).to(device))
-    probabilities = output.probabilities.float().cpu().numpy()
-    maps = output.attention_maps()
-    for row, (prediction, image) in enumerate(loaded):
-        prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[row])))
-        prediction.labels = choose_labels(probabilities[row], method.class_names, threshold, top_k)
-        if heatmap_dir is not None and maps is not None and prediction.labels:
-            prediction.heatmap = write_heatmap(image, maps[row].float().cpu().numpy(), method.class_names,
-                                               prediction.labels, Path(heatmap_dir) / f"{prediction.image.stem}.png")
-    return predictions
+    for start in range(0, len(predictions), batch_size):
+        rows = []
+        for row in range(start, min(start + batch_size, len(predictions))):
+            try:
+                opened[row] = load_image(predictions[row].image)
+                rows.append(row)
+            except ImageLoadError as error:
+                predictions[row].error = str(error)
+        if rows:
+            pixels = torch.stack([transform(opened[row]) for row in rows]).to(device)
+            yield encode(method.backbone, pixels), torch.tensor(rows)
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The ``promptmlr`` command line: parse arguments, call the Python API, report. Nothing else lives here."""
+"""The parser of every ``promptmlr`` command, and ``main``: run the handler, print a user-facing
+error (any :class:`~promptmlr.errors.PromptMLRError`) as one line with exit status 1; a bug keeps its
+traceback. Handlers are imported when run, so ``promptmlr --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -8,15 +10,12 @@ from pathlib import Path
 from typing import Sequence
 
 from promptmlr import __version__
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one clear message, exit status 1, no traceback."""
+from promptmlr.cli.arguments import add_dataset_arguments
+from promptmlr.cli.data import add_data_commands
+from promptmlr.errors import PromptMLRError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from promptmlr.data.commands import add_data_commands, add_dataset_arguments
-
     parser = argparse.ArgumentParser(
         prog="promptmlr",
         description="Multi-label recognition with partial labels on a frozen CLIP.")
@@ -40,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--select-on", choices=("val", "test"),
                       help="model selection split (default val; test reproduces the anchors' habit)")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tune.add_argument("--report-to", metavar="TRACKER", help="log each epoch to tensorboard, wandb or mlflow "
+                                                              "(comma-separated; default none)")
     tune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
     tune.set_defaults(handler=_lazy("tune_command"))
@@ -95,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _lazy(name: str):
-    """A handler that imports :mod:`promptmlr.commands` only when run, so ``--help`` stays fast."""
+    """A handler that imports :mod:`promptmlr.cli.commands` only when run, so ``--help`` stays fast."""
     def run(args: argparse.Namespace) -> int:
-        from promptmlr import commands
+        from promptmlr.cli import commands
 
         return getattr(commands, name)(args)
 
@@ -108,15 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except Exception as error:  # user-facing errors become one line; anything else is a bug: traceback
-        if not _is_user_error(error):
-            raise
+    except PromptMLRError as error:  # bad input becomes one line; anything else is a bug: traceback
         print(f"promptmlr {args.command}: error: {error}", file=sys.stderr)
         return 1
-
-
-def _is_user_error(error: Exception) -> bool:
-    """Errors that describe bad input (a file, a field, an option) rather than a bug."""
-    from promptmlr.commands import USER_ERRORS
-
-    return isinstance(error, (CommandError, *USER_ERRORS))

@@ -1,12 +1,11 @@
-"""Train and eval transforms built from a backbone's preprocessing (promptmlr.data.transforms)."""
+"""Train and eval transforms built from a backbone's preprocessing (promptmlr.backbones.preprocess)."""
 
 from __future__ import annotations
 
 import torch
 from PIL import Image
 
-from promptmlr.backbones.base import PreprocessConfig
-from promptmlr.data.transforms import build_transform
+from promptmlr.backbones.preprocess import PreprocessConfig, build_transform
 
 PREPROCESS = PreprocessConfig(48, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
 

@@ -1,50 +1,13 @@
-"""``promptmlr data ...`` subcommands (wired into :mod:`promptmlr.cli`): list, mask, verify.
-
-:func:`add_dataset_arguments` and :func:`dataset_options` are the one way a command names a
-dataset (``--dataset``, ``--data-root`` and the dataset options), shared by ``data verify`` and
-the training and evaluation commands, so an option means the same everywhere. Heavy imports stay
-inside the handlers to keep ``promptmlr --help`` fast.
-"""
+"""``promptmlr data ...`` subcommands: list, mask, synth, verify. Heavy imports stay inside the
+handlers to keep ``promptmlr --help`` fast."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from promptmlr.cli import CommandError
-
-# flag -> (keyword option of the loaders, choices or None, help)
-DATASET_OPTIONS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
-    "--difficult": ("difficult", ("negative", "ignore"),
-                    "voc2007: classes present only as 'difficult' objects count as negative (default, as "
-                    "DualCoOp/HCP) or stay unknown (official VOC rule)"),
-    "--image-list": ("image_list", ("all", "annotated"),
-                     "coco2014: every image (default, HCP-MLR-PL) or only annotated ones (DualCoOp)"),
-    "--missing-as": ("missing_as", ("unknown", "negative"),
-                     "jsonl/csv: classes an image does not mention are unknown (default) or negative"),
-    "--classes": ("classes", None, "jsonl/vg200: class-names file, one per line (default <data-root>/classes.txt)"),
-    "--labels": ("labels", None, "jsonl/csv: labels file to read instead of <data-root>/<split>.jsonl|.csv"),
-}
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """Add ``--dataset``, ``--data-root`` and the dataset options to ``parser``.
-
-    ``required=False`` leaves ``--dataset``/``--data-root`` as None when not given, for commands that
-    can take them from a config file instead.
-    """
-    parser.add_argument("--dataset", required=required, metavar="NAME",
-                        help="dataset name, e.g. voc2007, coco2014, yolo, jsonl (promptmlr data list shows all)")
-    parser.add_argument("--data-root", required=required, type=Path, metavar="DIR", help="folder holding the dataset")
-    group = parser.add_argument_group("dataset options (each applies to the datasets named)")
-    for flag, (dest, choices, help_text) in DATASET_OPTIONS.items():
-        group.add_argument(flag, dest=dest, choices=choices, default=None,
-                           metavar=None if choices else "FILE", help=help_text)
-
-
-def dataset_options(args: argparse.Namespace) -> dict[str, str]:
-    """The dataset options given on the command line, as keyword arguments for ``build_dataset``."""
-    return {dest: getattr(args, dest) for dest, _, _ in DATASET_OPTIONS.values() if getattr(args, dest) is not None}
+from promptmlr.cli.arguments import add_dataset_arguments, dataset_options
+from promptmlr.errors import UsageError
 
 
 def add_data_commands(parser: argparse.ArgumentParser) -> None:
@@ -103,15 +66,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_mask(args: argparse.Namespace) -> int:
     from promptmlr.data.labels import make_partial_labels, mask_sha256, read_label_matrix, write_label_matrix
-    from promptmlr.data.textfiles import DatasetError
 
     if args.out.resolve() == args.labels.resolve():
-        raise CommandError(f"--out {args.out} is the input file; write the partial labels elsewhere")
-    try:
-        labels = read_label_matrix(args.labels)
-        partial = make_partial_labels(labels, args.known, seed=args.seed, scheme=args.scheme)
-    except DatasetError as error:
-        raise CommandError(str(error)) from None
+        raise UsageError(f"--out {args.out} is the input file; write the partial labels elsewhere")
+    labels = read_label_matrix(args.labels)
+    partial = make_partial_labels(labels, args.known, seed=args.seed, scheme=args.scheme)
     write_label_matrix(args.out, partial)
     kept = float((partial != 0).sum()) / max(1, int((labels != 0).sum()))
     print(f"wrote {args.out}: {partial.shape[0]} images x {partial.shape[1]} classes, {kept:.1%} of the known "
@@ -124,9 +83,9 @@ def run_synth(args: argparse.Namespace) -> int:
     from promptmlr.data.synthetic import write_synthetic_dataset
 
     if (args.out / "meta.json").exists():
-        raise CommandError(f"{args.out} already holds a synthetic dataset; choose another --out")
+        raise UsageError(f"{args.out} already holds a synthetic dataset; choose another --out")
     if min(args.n_train, args.n_test) < 1 or args.image_size < 32:
-        raise CommandError("--n-train and --n-test must be at least 1 and --image-size at least 32")
+        raise UsageError("--n-train and --n-test must be at least 1 and --image-size at least 32")
     out = write_synthetic_dataset(args.out, args.n_train, args.n_test, args.seed, args.image_size)
     print(f"wrote {args.n_train} train and {args.n_test} test scenes ({args.image_size}px, seed {args.seed}) to {out}")
     return 0
@@ -138,20 +97,17 @@ def run_verify(args: argparse.Namespace) -> int:
     from promptmlr.data.verify import verify_dataset
 
     if not args.data_root.expanduser().exists():
-        raise CommandError(f"data root {args.data_root} does not exist")
-    try:
-        spec = get_dataset_spec(args.dataset)
-        spec.check_options(dataset_options(args))
-        splits = [args.split] if args.split else list(spec.available_splits(args.data_root.expanduser()))
-    except DatasetError as error:
-        raise CommandError(str(error)) from None
+        raise UsageError(f"data root {args.data_root} does not exist")
+    spec = get_dataset_spec(args.dataset)
+    spec.check_options(dataset_options(args))
+    splits = [args.split] if args.split else list(spec.available_splits(args.data_root.expanduser()))
     found, failures = 0, []
     for split in splits:
         try:
             dataset = build_dataset(args.dataset, args.data_root, split, **dataset_options(args))
         except SplitNotFoundError as error:
             if args.split:
-                raise CommandError(str(error)) from None
+                raise
             print(f"{args.dataset}/{split}: not present ({error})")
             continue
         except DatasetError as error:
@@ -162,7 +118,7 @@ def run_verify(args: argparse.Namespace) -> int:
         print(report.summary())
         failures += [f"{problem.kind:8s} {problem.path}: {problem.reason}" for problem in report.problems]
     if not found and not failures:
-        raise CommandError(f"{args.dataset}: no split found under {args.data_root}")
+        raise UsageError(f"{args.dataset}: no split found under {args.data_root}")
     if failures:
         print(f"\n{len(failures)} problem(s):")
         print("\n".join(f"  {line}" for line in failures))

@@ -1,0 +1,263 @@
+"""The package-level Python API (``promptmlr.tune`` and friends), typed configs resolved up front,
+the one scoring path, one error base, the feature cache's identity and experiment tracking."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import importlib
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import promptmlr
+from promptmlr.errors import ConfigError, PromptMLRError, UsageError
+from tests.conftest import write_colour_csv
+
+TINY = "openclip:promptmlr-tiny-vit"
+PACKAGE = Path(promptmlr.__file__).parent
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory) -> Path:
+    return write_colour_csv(tmp_path_factory.mktemp("colours"), counts=(("train", 40), ("test", 16)))
+
+
+def _tune(root: Path, out: Path, **arguments) -> promptmlr.TuneResult:
+    options = dict(dataset="csv", data_root=root, known=0.5, method="promptmlr", backbone=TINY, out=out, epochs=2,
+                   overrides={"data": {"val_fraction": 0.25},
+                              "train": {"batch_size": 8, "num_workers": 0, "cache": {"enabled": "off"}}},
+                   log=lambda *_: None)
+    return promptmlr.tune(**{**options, **arguments})
+
+
+@pytest.fixture(scope="module")
+def finished_run(colour_data, tmp_path_factory) -> promptmlr.TuneResult:
+    return _tune(colour_data, tmp_path_factory.mktemp("runs") / "run")
+
+
+# ------------------------------------------------------------------------------------------- facade
+@pytest.mark.slow
+def test_import_is_lazy_and_lists_the_api():
+    code = ("import sys, promptmlr; assert 'torch' not in sys.modules, 'import promptmlr loaded torch'; "
+            "assert {'tune', 'evaluate', 'predict', 'zeroshot', 'load_prompts', 'create_backbone', 'list_methods', "
+            "'list_datasets', 'list_backbones'} <= set(dir(promptmlr))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert "promptmlr" in promptmlr.list_methods() and "voc2007" in promptmlr.list_datasets()
+    assert "sandbox" in promptmlr.list_backbones()
+    importlib.import_module("promptmlr.api")  # a submodule named like an API function would now shadow it
+
+    for name in promptmlr.__all__[1:]:
+        assert not isinstance(getattr(promptmlr, name), types.ModuleType), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        promptmlr.nothing  # noqa: B018
+
+
+@pytest.mark.slow
+def test_tune_returns_a_typed_result_and_fills_the_run_folder(finished_run):
+    assert isinstance(finished_run, promptmlr.TuneResult)
+    assert set(finished_run.files) == {"config", "metrics", "best_prompts", "last_prompts", "predictions"}
+    assert finished_run.test_metrics["mAP"] == finished_run.metrics["best"]["test_mAP"]
+    assert finished_run.config.model.method == "promptmlr" and finished_run.method.name == "promptmlr"
+    written = yaml.safe_load((finished_run.run_dir / "config.yaml").read_text())
+    # the method's whole configuration, not just what was overridden
+    assert written["model"]["options"]["n_ctx"] == 16 and written["model"]["options"]["query"] == "learnable"
+
+
+@pytest.mark.slow
+def test_one_scoring_path_evaluate_and_predict_reproduce_training_time_scores(finished_run, colour_data):
+    """Features computed the same way (cache off), ``evaluate`` gives the run's own test metrics to
+    the bit, and ``predict`` the probabilities the run wrote (other batches: float rounding only)."""
+    evaluated = promptmlr.evaluate(finished_run.run_dir)
+    assert evaluated.metrics == finished_run.test_metrics
+    assert (finished_run.run_dir / "eval_csv_test.json").is_file()
+    with open(finished_run.files["predictions"], newline="") as handle:
+        rows = list(csv.reader(handle))[1:4]
+    predictions = promptmlr.predict([colour_data / row[0] for row in rows], finished_run.run_dir)
+    for row, prediction in zip(rows, predictions):
+        assert [prediction.probabilities[name] for name in ("red", "green", "blue")] == pytest.approx(
+            [float(value) for value in row[1:]], abs=2e-6)
+    loaded = promptmlr.load_prompts(finished_run.run_dir, which="last")
+    assert loaded.path.name == "last.safetensors" and loaded.header["class_names"] == ["red", "green", "blue"]
+
+
+@pytest.mark.slow
+def test_zeroshot_from_python(colour_data):
+    result = promptmlr.zeroshot("csv", data_root=colour_data, backbone=TINY, standardize=True)
+    assert result.scores.shape == (16, 3) and 0 <= result.metrics["mAP"] <= 100
+    assert "descriptions: none" in result.notes[0] and "| zeroshot |" in result.table
+
+
+@pytest.mark.slow
+def test_a_folder_holding_a_run_is_refused_and_resume_takes_no_other_settings(finished_run, colour_data):
+    with pytest.raises(UsageError, match="already holds a run; pass --resume"):
+        _tune(colour_data, finished_run.run_dir)
+    with pytest.raises(UsageError, match="leave out data.known, train.epochs"):
+        promptmlr.tune(out=finished_run.run_dir, resume=True, known=0.2, epochs=4)
+    with pytest.raises(UsageError, match="--resume needs --out"):
+        promptmlr.tune(out=finished_run.run_dir / "missing", resume=True)
+
+
+@pytest.mark.slow
+def test_cli_prints_a_user_error_as_one_line(finished_run, colour_data, capsys):
+    from promptmlr.cli import main
+
+    code = main(["tune", "--dataset", "csv", "--data-root", str(colour_data), "--backbone", TINY,
+                 "--out", str(finished_run.run_dir)])
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and error.count("\n") == 0 and "already holds a run" in error
+
+
+# ------------------------------------------------------------------------------ config, up front
+@pytest.mark.parametrize("options, message", [
+    ({"n_context": 4}, r"model.options \(method dualcoop\): unknown key 'n_context'; valid keys: n_ctx"),
+    ({"n_ctx": "four"}, r"model.options \(method dualcoop\).n_ctx: expected int, got 'four'"),
+    ({"n_ctx": 0}, r"n_ctx must be at least 1, got 0"),
+    ({"init": "words"}, r"init must be one of phrase, random"),
+])
+def test_method_options_are_checked_before_data_or_weights_are_touched(options, message, monkeypatch, tmp_path):
+    from promptmlr.data import protocol
+    from promptmlr.models import factory
+
+    def untouchable(*_args, **_kwargs):
+        raise AssertionError("data or weights were touched before the config was checked")
+
+    monkeypatch.setattr(protocol, "build_dataset", untouchable)
+    monkeypatch.setattr(factory, "create_backbone", untouchable)
+    with pytest.raises(ConfigError, match=message):
+        promptmlr.tune(dataset="csv", data_root=tmp_path, method="dualcoop", out=tmp_path / "run",
+                       overrides={"model": {"options": options}})
+    assert not (tmp_path / "run").exists()
+
+
+def test_typed_values_and_unknown_methods_and_trackers(tmp_path):
+    from promptmlr.config import resolve_config
+
+    with pytest.raises(ConfigError, match="unknown method 'coop'; available: dualcoop"):
+        resolve_config("synthetic", overrides=[{"model": {"method": "coop"}}])
+    with pytest.raises(ConfigError, match=r"command line.model.image_size: expected int, got 'big'"):
+        resolve_config("synthetic", overrides=[{"model": {"image_size": "big"}}])
+    with pytest.raises(ConfigError, match=r"train.report_to \(--report-to\) must be one of none, tensorboard"):
+        resolve_config("synthetic", overrides=[{"train": {"report_to": "comet"}}])
+    config = resolve_config("synthetic", overrides=[{"model": {"method": "zeroshot", "image_size": 48}},
+                                                    {"data": {"train_split": 2007}}])
+    assert config.model.options == {"templates": ["a photo of a {}."], "use_descriptions": True,
+                                    "standardize": False}
+    assert config.model.image_size == 48 and config.data.train_split == "2007"
+
+
+# ------------------------------------------------------------------------------------- structure
+def _imports(path: Path) -> set[str]:
+    """Every promptmlr module ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("promptmlr"):
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if _module_path(submodule) else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("promptmlr"))
+    return found
+
+
+def _module_path(module: str) -> Path | None:
+    base = PACKAGE.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_no_import_cycles():
+    """Imports run one way (data -> backbones -> models -> engine -> api -> cli), lazy imports inside
+    functions included; a package's ``__init__`` re-exporting its own modules is not counted."""
+    modules = {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = {target for target in _imports(path) if target in modules}
+        if path.name == "__init__.py":  # a package re-exporting its own modules
+            targets = {target for target in targets if not target.startswith(name + ".")}
+        graph[name] = targets
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                cycle = (trail + [node])[(trail + [node]).index(target):] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, trail + [node])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_every_user_facing_error_shares_one_base():
+    from promptmlr.backbones import BackboneLoadError
+    from promptmlr.data import DatasetError, ImageLoadError, SplitNotFoundError
+    from promptmlr.descriptions import DescriptionsError
+    from promptmlr.engine import TrainingDivergedError
+    from promptmlr.errors import ReportError
+    from promptmlr.prompt_files import PromptsFileError
+
+    for error, builtin in ((ConfigError, ValueError), (UsageError, ValueError), (ReportError, ValueError),
+                           (DatasetError, ValueError), (SplitNotFoundError, ValueError), (ImageLoadError, OSError),
+                           (DescriptionsError, ValueError), (PromptsFileError, ValueError),
+                           (BackboneLoadError, RuntimeError), (TrainingDivergedError, RuntimeError)):
+        assert issubclass(error, PromptMLRError) and issubclass(error, builtin), error
+
+
+# ----------------------------------------------------------------------------------- feature cache
+@pytest.mark.slow
+def test_cache_key_follows_the_resolved_spec_and_the_weights_not_the_name(tmp_path):
+    from promptmlr.backbones import create_backbone
+    from promptmlr.backbones.factory import resolve_spec
+    from promptmlr.cache import cache_key
+    from promptmlr.data import build_dataset
+
+    dataset = build_dataset("csv", write_colour_csv(tmp_path / "data", counts=(("train", 2),)), "train")
+    alias = create_backbone("sandbox", image_size=32)
+    explicit = resolve_spec("sandbox")
+    arch, weights = explicit.split(":")[1], Path(explicit.split(":", 2)[2])
+    copied = shutil.copy(weights, tmp_path / "elsewhere.safetensors")
+
+    def key(backbone):
+        return cache_key(backbone, dataset, [backbone.transform()], seed=0, dtype="float16")
+
+    assert key(alias) == key(create_backbone(explicit, image_size=32))
+    assert key(alias) == key(create_backbone(f"openclip:{arch}:{copied}", image_size=32))
+    assert key(alias) != key(create_backbone(f"openclip:{arch}", image_size=32))  # random weights
+    assert key(alias) != key(create_backbone("sandbox", image_size=48))
+
+
+# ------------------------------------------------------------------------------------------ tracking
+@pytest.mark.slow
+def test_tensorboard_tracker_logs_every_epoch(colour_data, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed: pip install "
+                                              "'promptmlr[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _tune(colour_data, tmp_path / "run", method="linear", report_to="tensorboard")
+    events = sorted((result.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file was written"
+    logged = {}
+    for event_file in events:
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            logged[tag] = [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    for tag in ("train_loss", "val_mAP", "test_mAP", "lr"):
+        assert [step for step, _ in logged[tag]] == [1, 2], tag
+    history = result.metrics["history"]
+    assert [value for _, value in logged["test_mAP"]] == pytest.approx([r["test_mAP"] for r in history])
+    assert np.isfinite([value for _, value in logged["train_loss"]]).all()
