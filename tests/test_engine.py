@@ -271,3 +271,29 @@ def test_atomic_directory_is_whole_or_absent(tmp_path):
     target = atomic_directory(tmp_path / "cache", build)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"] and (target / "meta.json").is_file()
     assert atomic_directory(target, half_then_fail) == target  # done already: not rebuilt
+
+
+# Measured with the code before the Python-API refactor (commit 4b86da6) on this exact configuration:
+# [val mAP, test mAP, training loss] per epoch. The refactor reproduced them bit for bit; any later
+# change that moves them changes what a configuration means and must say so.
+PINNED_HISTORY = {
+    "promptmlr": [[97.22222222222221, 99.68466918931314, 1.1875601649284362],
+                  [98.33333333333334, 99.89106753812636, 0.3242408774793148]],
+    "dualcoop": [[76.1574074074074, 72.769165752417, 1.5755203932523727],
+                 [75.36375661375662, 75.62982320877651, 0.8244282245635987]],
+    "linear": [[77.68518518518519, 63.198469957751946, 1.0914362072944641],
+               [77.68518518518519, 64.1788621146147, 0.9711037516593933]],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(PINNED_HISTORY))
+def test_tiny_backbone_scores_stay_as_pinned(colour_data, tmp_path, method):
+    config = resolve_config("csv", overrides=[{
+        "data": {"root": str(colour_data), "known": 0.5, "val_fraction": 0.25},
+        "model": {"backbone": "openclip:promptmlr-tiny-vit", "method": method},
+        "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "lr": 0.01,
+                  "cache": {"directory": str(tmp_path / "cache")}}}])
+    history = run(config, tmp_path / "run", log=_quiet).metrics["history"]
+    measured = [[record["val_mAP"], record["test_mAP"], record["train_loss"]] for record in history]
+    assert measured == [pytest.approx(row, abs=1e-6) for row in PINNED_HISTORY[method]]
