@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from promptmlr.cli.arguments import add_dataset_arguments, dataset_options
-from promptmlr.errors import UsageError
 
 
 def add_data_commands(parser: argparse.ArgumentParser) -> None:
@@ -65,63 +64,35 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_mask(args: argparse.Namespace) -> int:
-    from promptmlr.data.labels import make_partial_labels, mask_sha256, read_label_matrix, write_label_matrix
+    from promptmlr.data.labels import mask_label_file
 
-    if args.out.resolve() == args.labels.resolve():
-        raise UsageError(f"--out {args.out} is the input file; write the partial labels elsewhere")
-    labels = read_label_matrix(args.labels)
-    partial = make_partial_labels(labels, args.known, seed=args.seed, scheme=args.scheme)
-    write_label_matrix(args.out, partial)
-    kept = float((partial != 0).sum()) / max(1, int((labels != 0).sum()))
-    print(f"wrote {args.out}: {partial.shape[0]} images x {partial.shape[1]} classes, {kept:.1%} of the known "
+    result = mask_label_file(args.labels, args.out, args.known, seed=args.seed, scheme=args.scheme)
+    images, classes = result.partial.shape
+    print(f"wrote {args.out}: {images} images x {classes} classes, {result.kept:.1%} of the known "
           f"entries kept (known={args.known}, seed={args.seed}, scheme={args.scheme})")
-    print(f"mask sha256 {mask_sha256(partial)}")
+    print(f"mask sha256 {result.sha256}")
     return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
     from promptmlr.data.synthetic import write_synthetic_dataset
 
-    if (args.out / "meta.json").exists():
-        raise UsageError(f"{args.out} already holds a synthetic dataset; choose another --out")
-    if min(args.n_train, args.n_test) < 1 or args.image_size < 32:
-        raise UsageError("--n-train and --n-test must be at least 1 and --image-size at least 32")
     out = write_synthetic_dataset(args.out, args.n_train, args.n_test, args.seed, args.image_size)
     print(f"wrote {args.n_train} train and {args.n_test} test scenes ({args.image_size}px, seed {args.seed}) to {out}")
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from promptmlr.data.registry import build_dataset, get_dataset_spec
-    from promptmlr.data.textfiles import DatasetError, SplitNotFoundError
-    from promptmlr.data.verify import verify_dataset
+    from promptmlr.data.verify import verify_splits
 
-    if not args.data_root.expanduser().exists():
-        raise UsageError(f"data root {args.data_root} does not exist")
-    spec = get_dataset_spec(args.dataset)
-    spec.check_options(dataset_options(args))
-    splits = [args.split] if args.split else list(spec.available_splits(args.data_root.expanduser()))
-    found, failures = 0, []
-    for split in splits:
-        try:
-            dataset = build_dataset(args.dataset, args.data_root, split, **dataset_options(args))
-        except SplitNotFoundError as error:
-            if args.split:
-                raise
-            print(f"{args.dataset}/{split}: not present ({error})")
-            continue
-        except DatasetError as error:
-            failures.append(f"labels   {error}")
-            continue
-        found += 1
-        report = verify_dataset(dataset, workers=args.workers)
+    result = verify_splits(args.dataset, args.data_root, args.split, dataset_options(args), args.workers)
+    for split, reason in result.absent:
+        print(f"{args.dataset}/{split}: not present ({reason})")
+    for report in result.reports:
         print(report.summary())
-        failures += [f"{problem.kind:8s} {problem.path}: {problem.reason}" for problem in report.problems]
-    if not found and not failures:
-        raise UsageError(f"{args.dataset}: no split found under {args.data_root}")
-    if failures:
-        print(f"\n{len(failures)} problem(s):")
-        print("\n".join(f"  {line}" for line in failures))
+    if result.failures:
+        print(f"\n{len(result.failures)} problem(s):")
+        print("\n".join(f"  {line}" for line in result.failures))
         return 1
     print("\nall images decoded and all labels read: no problems")
     return 0

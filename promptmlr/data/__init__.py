@@ -3,10 +3,11 @@
 ``build_dataset(name, root, split, **options)`` returns a :class:`MultiLabelDataset`: image
 paths, class names and an int8 label matrix with 1 positive, -1 negative, 0 unknown.
 ``make_partial_labels`` applies the community's partial-label protocol, ``split_validation``
-carves a validation split from training data, ``verify_dataset`` checks every file.
+carves a validation split from training data, ``load_splits`` does both for a run's
+:class:`DataConfig`, ``verify_splits`` decodes every file of a dataset.
 
 The names below are imported on first use (PEP 562), so that ``promptmlr --help``, which imports
-``promptmlr.data.commands``, does not pay for torch and every loader.
+``promptmlr.cli``, does not pay for torch and every loader.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _EXPORTS = {
     "load_image": "images",
     "MultiLabelDataset": "dataset",
     "make_partial_labels": "labels",
+    "mask_label_file": "labels",
     "mask_sha256": "labels",
     "read_label_matrix": "labels",
     "write_label_matrix": "labels",
@@ -30,6 +32,10 @@ _EXPORTS = {
     "register_dataset": "registry",
     "split_validation": "split",
     "verify_dataset": "verify",
+    "verify_splits": "verify",
+    "DataConfig": "protocol",
+    "Splits": "protocol",
+    "load_splits": "protocol",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from promptmlr.data.textfiles import DatasetError, read_lines
+from promptmlr.files import atomic_write
 
 POSITIVE, UNKNOWN, NEGATIVE = 1, 0, -1
 LABEL_VALUES = (POSITIVE, UNKNOWN, NEGATIVE)
@@ -123,5 +125,28 @@ def format_label_matrix(labels: np.ndarray) -> str:
 
 
 def write_label_matrix(path: str | Path, labels: np.ndarray) -> None:
-    """Write ``labels`` in the format :func:`read_label_matrix` reads (and the HCP files use)."""
-    Path(path).write_text(format_label_matrix(labels), encoding="ascii", newline="\n")
+    """Write ``labels`` (atomically) in the format :func:`read_label_matrix` reads (and the HCP files use)."""
+    text = format_label_matrix(labels)
+    atomic_write(path, lambda temp: temp.write_text(text, encoding="ascii", newline="\n"))
+
+
+@dataclass
+class MaskResult:
+    """What :func:`mask_label_file` wrote: the partial matrix, the share of known entries kept, its hash."""
+
+    partial: np.ndarray
+    kept: float  # of the entries known in the input, the proportion still known
+    sha256: str
+
+
+def mask_label_file(labels_path: str | Path, out: str | Path, known: float, seed: int = 0,
+                    scheme: str = "hcp") -> MaskResult:
+    """Read a full 1/-1/0 label file, hide all but ``known`` of it (:func:`make_partial_labels`) and
+    write the partial labels to ``out`` in the same format (``promptmlr data mask``)."""
+    if Path(out).resolve() == Path(labels_path).resolve():
+        raise DatasetError(f"--out {out} is the input file; write the partial labels elsewhere")
+    labels = read_label_matrix(labels_path)
+    partial = make_partial_labels(labels, known, seed=seed, scheme=scheme)
+    write_label_matrix(out, partial)
+    kept = float((partial != 0).sum()) / max(1, int((labels != 0).sum()))
+    return MaskResult(partial, kept, mask_sha256(partial))

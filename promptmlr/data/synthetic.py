@@ -41,6 +41,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from promptmlr.data.textfiles import DatasetError
+
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "heart", "diamond")
 SYNTHETIC_CLASS_NAMES: list[str] = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
@@ -471,6 +473,10 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
     ``scene(TEST_INDEX_OFFSET + i)``: the same world, disjoint scenes. Labels are complete.
     """
     out = Path(out_dir)
+    if (out / "meta.json").exists():
+        raise DatasetError(f"{out} already holds a synthetic dataset; choose another --out")
+    if min(n_train, n_test) < 1 or image_size < 32:
+        raise DatasetError("--n-train and --n-test must be at least 1 and --image-size at least 32")
     world = SyntheticWorld(seed, image_size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(SYNTHETIC_CLASS_NAMES) + "\n")

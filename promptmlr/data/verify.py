@@ -20,6 +20,8 @@ from tqdm import tqdm
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.images import ImageLoadError, load_image
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
+from promptmlr.data.registry import build_dataset, get_dataset_spec
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError
 
 
 @dataclass
@@ -82,3 +84,47 @@ def verify_dataset(dataset: MultiLabelDataset, workers: int | None = None, progr
                    disable=None if progress else True, leave=False)
         report.problems = [problem for problem in bar if problem is not None]
     return report
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify_splits` found: a report per split present, the splits absent (with why),
+    and label files that could not be read."""
+
+    reports: list[SplitReport] = field(default_factory=list)
+    absent: list[tuple[str, str]] = field(default_factory=list)
+    label_errors: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per problem: bad label files, then each missing or corrupt image."""
+        return [f"labels   {error}" for error in self.label_errors] + [
+            f"{problem.kind:8s} {problem.path}: {problem.reason}"
+            for report in self.reports for problem in report.problems]
+
+
+def verify_splits(dataset: str, root: str | Path, split: str | None = None, options: dict | None = None,
+                  workers: int | None = None) -> VerifyResult:
+    """Verify ``split``, or every split of ``dataset`` present under ``root`` (``promptmlr data verify``)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"data root {root} does not exist")
+    options = options or {}
+    spec = get_dataset_spec(dataset)
+    spec.check_options(options)
+    result = VerifyResult()
+    for name in [split] if split else list(spec.available_splits(root)):
+        try:
+            built = build_dataset(dataset, root, name, **options)
+        except SplitNotFoundError as error:
+            if split:
+                raise
+            result.absent.append((name, str(error)))
+            continue
+        except DatasetError as error:
+            result.label_errors.append(str(error))
+            continue
+        result.reports.append(verify_dataset(built, workers=workers))
+    if not result.reports and not result.label_errors:
+        raise DatasetError(f"{dataset}: no split found under {root}")
+    return result
