@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from promptmlr.backbones import FrozenCLIP
-from promptmlr.config import RunConfig, checked, load_run_config, parse_assignment, resolve_config
+from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import DataConfig, load_split, load_splits
 from promptmlr.engine import Trainer
@@ -50,8 +51,8 @@ from promptmlr.runs import (
     write_predictions,
     write_summary,
 )
-from promptmlr.scoring import dataset_batches, score
-from promptmlr.settings import merge
+from promptmlr.scoring import dataset_batches, probabilities, score
+from promptmlr.tracking import check_trackers
 
 Overrides = Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None
 Log = Callable[[str], None]
@@ -86,9 +87,14 @@ class EvalResult:
 
     name: str  # what was evaluated, e.g. 'best.safetensors on voc2007/test'
     metrics: dict
-    scores: np.ndarray  # [N, C] probabilities, in the dataset's order
+    logits: np.ndarray  # [N, C], in the dataset's order
     dataset: MultiLabelDataset
     notes: list[str] = field(default_factory=list)  # e.g. which backbone and descriptions were used
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Probabilities ``[N, C]`` (float64: a float32 sigmoid rounds large logits to 1)."""
+        return probabilities(self.logits)
 
     @property
     def table(self) -> str:
@@ -119,15 +125,17 @@ def tune(dataset: str | None = None, *, data_root: str | Path | None = None, kno
     a run is refused unless ``resume=True``, which continues it from its last checkpoint with the
     configuration it was started with (so nothing else may be given).
     """
-    flags = {"data.dataset": dataset, "data.root": str(data_root) if data_root is not None else None,
-             "data.known": known, "model.method": method, "model.backbone": backbone,
-             "model.image_size": image_size, "model.descriptions": descriptions, "train.epochs": epochs,
-             "train.seed": seed, "train.select_on": select_on, "train.report_to": report_to,
-             "data.options": dict(dataset_options) if dataset_options else None}
+    # (flag, config key): value; None means not given
+    flags = {("--dataset", "data.dataset"): dataset, ("--data-root", "data.root"): data_root,
+             ("--known", "data.known"): known, ("--method", "model.method"): method,
+             ("--backbone", "model.backbone"): backbone, ("--image-size", "model.image_size"): image_size,
+             ("--descriptions", "model.descriptions"): descriptions, ("--epochs", "train.epochs"): epochs,
+             ("--seed", "train.seed"): seed, ("--select-on", "train.select_on"): select_on,
+             ("--report-to", "train.report_to"): report_to,
+             ("dataset options", "data.options"): dict(dataset_options) if dataset_options else None}
     if resume:
-        return _resume(out, given=[name for name, value in
-                                   (("config", config), ("overrides", overrides), *flags.items())
-                                   if value is not None])
+        given = {("--config", ""): config, ("--set/overrides", ""): overrides, **flags}
+        return _resume(out, [flag for (flag, _), value in given.items() if value is not None], log)
     if isinstance(config, RunConfig):
         run_config = _apply(config, [*_flag_overrides(flags), *_overrides(overrides)])
     else:
@@ -141,19 +149,21 @@ def tune(dataset: str | None = None, *, data_root: str | Path | None = None, kno
     return run(run_config, run_dir, log=log)
 
 
-def _resume(out: str | Path | None, given: list[str]) -> TuneResult:
+def _resume(out: str | Path | None, given: list[str], log: Log) -> TuneResult:
     if out is None or not (Path(out) / CONFIG_FILE).is_file():
         raise UsageError("--resume needs --out RUN_DIR naming an existing run folder")
     if given:
         raise UsageError(f"--resume continues {out} with the configuration it was started with; leave out "
                          f"{', '.join(given)} (or start a new run with another --out)")
-    return run(load_run_config(Path(out) / CONFIG_FILE), Path(out), resume=True)
+    config = load_run_config(Path(out) / CONFIG_FILE)
+    check_trackers(config.train.report_to)
+    return run(config, Path(out), resume=True, log=log)
 
 
-def _flag_overrides(flags: Mapping[str, Any]) -> list[dict]:
-    """``{"data.known": 0.1, "train.seed": None}`` -> ``[{"data": {"known": 0.1}}]`` (None: not given)."""
+def _flag_overrides(flags: Mapping[tuple[str, str], Any]) -> list[dict]:
+    """``{("--known", "data.known"): 0.1, ("--seed", "train.seed"): None}`` -> ``[{"data": {"known": 0.1}}]``."""
     overrides = []
-    for key, value in flags.items():
+    for (_, key), value in flags.items():
         if value is not None:
             section, name = key.split(".")
             overrides.append({section: {name: value}})
@@ -171,7 +181,7 @@ def _overrides(overrides: Overrides) -> list[dict]:
 
 def _apply(config: RunConfig, overrides: list[dict]) -> RunConfig:
     for override in overrides:
-        config = merge(config, override, "overrides")
+        config = apply_layer(config, override, "overrides")
     return checked(config)
 
 
@@ -204,8 +214,8 @@ def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log =
         method.load_state_dict(state)  # the best state last: the method returned holds it
         save_prompts(method, run_dir / file_name, thresholds=thresholds, metrics=record, mask_sha256=mask_hash,
                      extra={"selected_on": result.select_on, "epoch": record["epoch"]})
-    if result.test_scores is not None:
-        write_predictions(run_dir / PREDICTIONS_STEM, splits.test.image_paths, class_names, result.test_scores,
+    if result.test_logits is not None:
+        write_predictions(run_dir / PREDICTIONS_STEM, splits.test.image_paths, class_names, result.test_logits,
                           splits.test.labels)
     selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
     if result.select_on == "test":
@@ -238,10 +248,13 @@ def _locations(backbone: FrozenCLIP) -> int:
 # ---------------------------------------------------------------------------------- evaluate, zeroshot
 def evaluate_method(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_size: int = 128,
                     num_workers: int = 2, threshold: float = 0.5, name: str = "") -> EvalResult:
-    """Metrics and probabilities of ``method`` on a labelled dataset (features computed on the fly)."""
-    scores = score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers))
-    return EvalResult(name or f"{method.name} on {dataset.name}", compute_metrics(scores, dataset.labels, threshold),
-                      scores, dataset)
+    """Metrics and probabilities of ``method`` on a labelled dataset (features computed on the fly, on
+    the GPU when there is one)."""
+    method.to(PartialState().device)
+    logits = score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers), progress=False,
+                   logits=True)
+    metrics = compute_metrics(logits, dataset.labels, threshold, from_logits=True)
+    return EvalResult(name or f"{method.name} on {dataset.name}", metrics, logits, dataset)
 
 
 def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str | Path | None = None,
@@ -309,6 +322,7 @@ def predict(images: str | Path | Iterable[str | Path], prompts: str | Path, *, w
     if not paths:
         raise UsageError(f"no images found in {', '.join(map(str, inputs))}")
     loaded = load_prompts(prompts, which=which)
+    loaded.method.to(PartialState().device)
     chosen = threshold if threshold is not None else loaded.header.get("thresholds")
     return predict_images(loaded.method, paths, threshold=chosen, top_k=topk,
                           heatmap_dir=Path(heatmaps) if heatmaps is not None else None, batch_size=batch_size)

@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.errors import check_choice
 from promptmlr.files import atomic_directory
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
+CACHE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -40,6 +42,10 @@ class CacheConfig:
     budget_gb: float = 8.0
     directory: str | None = None  # default: ~/.cache/promptmlr/features
     dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        check_choice("train.cache.enabled", self.enabled, CACHE_MODES)
+        check_choice("train.cache.dtype", self.dtype, ("float16", "float32"))
 
 
 def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable], seed: int,

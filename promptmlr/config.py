@@ -62,21 +62,35 @@ def resolve_config(dataset: str | None = None, config_file: str | Path | None = 
     dataset = dataset or user.get("data", {}).get("dataset") or config.data.dataset
     shipped = shipped_config_path(dataset)
     if shipped:
-        config = merge(config, read_yaml(shipped), str(shipped))
-    config = merge(config, user, str(config_file)) if user else config
-    config = merge(config, {"data": {"dataset": dataset}}, "dataset")
+        config = apply_layer(config, read_yaml(shipped), str(shipped))
+    config = apply_layer(config, user, str(config_file)) if user else config
+    config = apply_layer(config, {"data": {"dataset": dataset}}, "dataset")
     for override in overrides:
-        config = merge(config, override, "command line")
+        config = apply_layer(config, override, "command line")
     return checked(config)
 
 
-def checked(config: RunConfig) -> RunConfig:
-    """``config`` with the method's options complete and validated, and the tracker available."""
+def apply_layer(config: RunConfig, values: dict[str, Any], where: str) -> RunConfig:
+    """``config`` with one layer of settings merged in. Method options belong to the method they
+    were given for: a layer that changes ``model.method`` without giving options of its own drops
+    the earlier layers' (a previous run's ``config.yaml`` holds every option of its method)."""
+    merged = merge(config, values, where)
+    model = values.get("model") if isinstance(values, dict) else None
+    if merged.model.method != config.model.method and not (isinstance(model, dict) and "options" in model):
+        merged = dataclasses.replace(merged, model=dataclasses.replace(merged.model, options={}))
+    return merged
+
+
+def checked(config: RunConfig, trackers: bool = True) -> RunConfig:
+    """``config`` with the method's options complete and validated and, with ``trackers``, the
+    experiment trackers it names installed."""
     options = method_options(config.model.method, config.model.options)
-    check_trackers(config.train.report_to)
+    if trackers:
+        check_trackers(config.train.report_to)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read back the ``config.yaml`` a run folder holds."""
-    return checked(merge(RunConfig(), read_yaml(path), str(path)))
+    """Read back the ``config.yaml`` a run folder holds (trackers are checked only when the run is
+    resumed: evaluating a run logged to W&B elsewhere needs no wandb here)."""
+    return checked(merge(RunConfig(), read_yaml(path), str(path)), trackers=False)

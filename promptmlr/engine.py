@@ -40,6 +40,7 @@ from promptmlr.scoring import FeatureBatch, score
 from promptmlr.tracking import PROJECT_NAME, TENSORBOARD_DIR, epoch_values, flat_hyperparameters, parse_trackers
 
 OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("no", "bf16", "fp16")
 
 
 class TrainingDivergedError(PromptMLRError, RuntimeError):
@@ -72,14 +73,20 @@ class TrainConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     report_to: str = "none"  # experiment trackers (promptmlr.tracking): none, tensorboard, wandb, mlflow
 
+    def __post_init__(self) -> None:
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("train.select_on", self.select_on, ("val", "test"))
+        check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        parse_trackers(self.report_to)
+
 
 @dataclass
 class TrainResult:
     """What ``fit`` leaves: the history, the selected and last states, and the method itself with the
-    selected state loaded, plus its test probabilities (None without a test split)."""
+    selected state loaded, plus its test logits (None without a test split)."""
 
     method: MultiLabelMethod | None = None
-    test_scores: np.ndarray | None = None
+    test_logits: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] | None = None
@@ -122,8 +129,6 @@ class Trainer:
 
     def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
                  hyperparameters: dict | None = None):
-        check_choice("train.optimizer", config.optimizer, OPTIMIZERS)
-        check_choice("train.select_on", config.select_on, ("val", "test"))
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
@@ -142,7 +147,6 @@ class Trainer:
     # --------------------------------------------------------------------------------- data sources
     def _decide_cache(self) -> bool:
         cache = self.config.cache
-        check_choice("train.cache.enabled", cache.enabled, ("auto", "on", "off"))
         if cache.enabled == "off":
             return False
         eval_images = sum(len(d) for d in (self.splits.val, self.splits.test) if d is not None)
@@ -247,7 +251,7 @@ class Trainer:
             result.last_state = learnable_state(self._unwrapped)
         result.method = self._unwrapped
         result.method.load_state_dict(result.best_state)
-        result.test_scores = self._test_scores(eval_loaders)
+        result.test_logits = self._test_logits(eval_loaders)
         if self.trackers:
             self.accelerator.end_training()
         result.seconds = time.time() - started
@@ -320,30 +324,32 @@ class Trainer:
     def _batches(self, loader) -> Iterator[FeatureBatch]:
         return (self._features(batch) for batch in loader)
 
-    def _score(self, loader) -> np.ndarray:
-        """Probabilities ``[N, C]`` in dataset order, gathered from every process (the one scoring path)."""
+    def _score(self, loader, logits: bool = True) -> np.ndarray:
+        """Logits (or probabilities) ``[N, C]`` in dataset order, gathered from every process (the one
+        scoring path)."""
         return score(self._unwrapped, self._batches(loader), self.accelerator.autocast,
-                     self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process)
+                     self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
+                     logits=logits, total=len(loader))
 
     def _evaluate_splits(self, loaders: dict) -> dict:
         record = {}
         for name in ("val", "test"):
             if name in loaders:
-                scores = self._score(loaders[name])
+                logits = self._score(loaders[name])
                 dataset = getattr(self.splits, name)
-                for key, value in evaluate(scores, dataset.labels, self.config.threshold).items():
+                for key, value in evaluate(logits, dataset.labels, self.config.threshold, from_logits=True).items():
                     record[f"{name}_{key}"] = value
         return record
 
-    def _test_scores(self, loaders: dict) -> np.ndarray | None:
-        """The test probabilities of the method as it is (the selected state, for the predictions files)."""
+    def _test_logits(self, loaders: dict) -> np.ndarray | None:
+        """The test logits of the method as it is (the selected state, for the predictions files)."""
         return self._score(loaders["test"]) if "test" in loaders else None
 
     # ------------------------------------------------------------------------------------ recovery
     @torch.no_grad()
     def _recover(self, loader) -> RecoveryStats:
         if self.config.recovery.prototype_weight == 0:
-            probabilities, similarity = self._score(loader), None
+            probabilities, similarity = self._score(loader, logits=False), None
         else:
             probabilities, similarity = prototype_similarity(
                 self._unwrapped, lambda: self._batches(loader), self.labels, self.accelerator.autocast,

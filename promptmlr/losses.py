@@ -18,9 +18,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, check_choice
 
 EPS = 1e-8
+LOSSES = ("asl", "partial-bce", "bce")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class LossConfig:
     gamma_neg: float = 2.0  # ASL focusing on negatives (Ridnik et al., ICCV 2021; DualCoOp's setting)
     gamma_pos: float = 1.0
     clip: float = 0.05  # ASL probability margin on negatives
+
+    def __post_init__(self) -> None:
+        check_choice("loss.name", self.name, LOSSES)
 
 
 def two_way_to_margin(scores: torch.Tensor) -> torch.Tensor:
@@ -85,4 +89,4 @@ def build_loss(config: LossConfig) -> Callable[..., torch.Tensor]:
         return partial_bce
     if config.name == "bce":
         return naive_bce
-    raise ConfigError(f"unknown loss {config.name!r}; choose asl, partial-bce or bce")
+    raise ConfigError(f"loss.name must be one of {', '.join(LOSSES)}, got {config.name!r}")

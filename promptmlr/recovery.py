@@ -26,9 +26,11 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, check_choice
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.scoring import Autocast, FeatureBatch, Gather, collect, method_outputs
+
+THRESHOLD_RULES = ("fixed", "prior")
 
 
 @dataclass
@@ -44,6 +46,11 @@ class RecoveryConfig:
     prototype_weight: float = 0.0  # SST cross-image transfer (0 disables)
     cooccurrence_weight: float = 0.0  # SST intra-image transfer (0 disables)
     pseudo_weight: float = 0.5  # loss weight of a recovered label (true labels weigh 1)
+
+    def __post_init__(self) -> None:
+        check_choice("recovery.thresholds", self.thresholds, THRESHOLD_RULES)
+        if self.prototype_weight + self.cooccurrence_weight > 1:
+            raise ConfigError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
 
 
 @dataclass
@@ -121,9 +128,7 @@ def prototype_evidence(similarity: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 def refine_scores(probabilities: np.ndarray, labels: np.ndarray, config: RecoveryConfig,
                   prototype_similarity: np.ndarray | None = None) -> np.ndarray:
-    weight_probability = 1.0 - config.prototype_weight - config.cooccurrence_weight
-    if weight_probability < 0:
-        raise ConfigError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
+    weight_probability = 1.0 - config.prototype_weight - config.cooccurrence_weight  # >= 0: see RecoveryConfig
     refined = weight_probability * probabilities
     if config.prototype_weight > 0:
         if prototype_similarity is None:
@@ -144,10 +149,8 @@ def recover_labels(probabilities: np.ndarray, labels: np.ndarray, config: Recove
     if config.thresholds == "fixed":
         positive = unknown & (scores >= config.positive_threshold)
         negative = unknown & (scores <= config.negative_threshold)
-    elif config.thresholds == "prior":
+    else:  # prior (RecoveryConfig admits no other rule)
         positive, negative = _prior_thresholds(scores, labels, config.prior_fraction)
-    else:
-        raise ConfigError(f"recovery.thresholds must be 'fixed' or 'prior', got {config.thresholds!r}")
     pseudo = np.zeros_like(labels)
     pseudo[positive] = 1
     pseudo[negative] = -1

@@ -110,7 +110,8 @@ class RunRecord:
 
 @dataclass
 class Predictions:
-    """A run's test predictions: probabilities and labels ``[N, C]`` (1/-1/0), classes and images."""
+    """A run's test predictions: scores to rank (the logits; probabilities in files written before
+    logits were saved) and labels ``[N, C]`` (1/-1/0), classes and images."""
 
     scores: np.ndarray
     labels: np.ndarray
@@ -178,7 +179,8 @@ def load_predictions(run_dir: str | Path) -> Predictions:
         raise ReportError(f"run folder {run_dir} is incomplete: missing {PREDICTIONS_FILE}")
     try:
         with np.load(path) as data:
-            scores, labels = np.asarray(data["scores"], np.float64), np.asarray(data["labels"], np.int64)
+            ranked = data["logits"] if "logits" in data.files else data["scores"]
+            scores, labels = np.asarray(ranked, np.float64), np.asarray(data["labels"], np.int64)
             class_names, images = [str(c) for c in data["class_names"]], [str(i) for i in data["images"]]
     except (OSError, ValueError, KeyError) as error:
         raise ReportError(f"{path} is not a readable predictions file: {error}") from error

@@ -69,10 +69,13 @@ def write_metrics(run_dir: Path, metrics: dict) -> Path:
     return write_json_atomic(run_dir / METRICS_FILE, metrics)
 
 
-def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequence[str], scores: np.ndarray,
+def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequence[str], logits: np.ndarray,
                       labels: np.ndarray) -> None:
     """``<stem>.csv`` (an ``image`` column, one probability column per class) for people and
-    spreadsheets, and ``<stem>.npz`` (scores, labels, class names, images) for ``promptmlr report``."""
+    spreadsheets, and ``<stem>.npz`` (probabilities as ``scores``, ``logits``, labels, class names,
+    images) for ``promptmlr report``, which ranks the logits (see :func:`promptmlr.metrics.evaluate`)."""
+    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
     def write_csv(temp: Path) -> None:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -82,7 +85,8 @@ def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequ
 
     def write_npz(temp: Path) -> None:
         with open(temp, "wb") as handle:  # a file object, so numpy does not append '.npz' to the name
-            np.savez_compressed(handle, scores=scores.astype(np.float32), labels=labels.astype(np.int8),
+            np.savez_compressed(handle, scores=scores.astype(np.float32), logits=logits.astype(np.float32),
+                                labels=labels.astype(np.int8),
                                 class_names=np.array(class_names), images=np.array([str(p) for p in image_paths]))
 
     atomic_write(stem.with_suffix(".csv"), write_csv)

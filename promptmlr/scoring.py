@@ -62,13 +62,19 @@ def collect(outputs: Iterable[tuple[MethodOutput, torch.Tensor]], extract: Calla
 
 
 def score(method: MultiLabelMethod, batches: Iterable[FeatureBatch], autocast: Autocast = contextlib.nullcontext,
-          gather: Gather | None = None, progress: bool = True, logits: bool = False) -> np.ndarray:
+          gather: Gather | None = None, progress: bool = True, logits: bool = False,
+          total: int | None = None) -> np.ndarray:
     """Probabilities ``[N, C]`` (or, with ``logits``, the raw logits) in row order for every image in
-    ``batches``."""
-    batches = tqdm(batches, desc="scoring", leave=False, disable=not progress)
+    ``batches`` (``total`` batches, for the progress bar)."""
+    batches = tqdm(batches, desc="scoring", total=total, leave=False, disable=not progress)
     extract = (lambda output: output.logits) if logits else (lambda output: output.probabilities)
     values, _ = collect(method_outputs(method, batches, autocast), extract, gather)
     return values
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """``sigmoid(logits)`` computed in float64, for files and people (rank and threshold logits)."""
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
 def dataset_batches(backbone: FrozenCLIP, dataset: MultiLabelDataset, batch_size: int = 128, num_workers: int = 2,
@@ -77,7 +83,7 @@ def dataset_batches(backbone: FrozenCLIP, dataset: MultiLabelDataset, batch_size
     loader = DataLoader(dataset.with_transform(backbone.transform(train=False)), batch_size=batch_size,
                         num_workers=num_workers, pin_memory=torch.cuda.is_available())
     device = backbone.token_embedding.weight.device
-    for images, _, rows in loader:
+    for images, _, rows in tqdm(loader, desc=f"scoring {dataset.name}/{dataset.split}", leave=False):
         yield encode(backbone, images.to(device), autocast), rows
 
 

@@ -9,6 +9,7 @@ type with a message that names the key. YAML is read with YAML 1.2 booleans (see
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -26,11 +27,13 @@ def merge(config: Any, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(config)}
+    unknown = [key for key in values if key not in fields]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(type(config))
     changes = {}
     for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(fields)}")
         current = getattr(config, key)
         if dataclasses.is_dataclass(current):
             changes[key] = merge(current, value, f"{where}.{key}")
@@ -40,13 +43,15 @@ def merge(config: Any, values: dict[str, Any], where: str) -> Any:
             changes[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return dataclasses.replace(config, **changes)
-    except ConfigError as error:  # a Config's __post_init__ refusing a value: say where it was set
+    except ConfigError as error:  # a section's __post_init__ refusing a value: say where it was set
         raise ConfigError(f"{where}: {error}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` (from YAML or ``--set``) as the field type ``hint``: ints are accepted where floats go
-    and scalars where strings go (YAML reads ``2007`` as a number); anything else must match."""
+    """``value`` (from YAML, ``--set`` or Python) as the field type ``hint``. Lenient where the
+    source is: ints where floats go, numbers where strings go (YAML reads ``2007`` as a number),
+    numeric strings where numbers go (YAML 1.1 reads ``1e-3`` as a string), paths where strings go;
+    anything else must match."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
@@ -60,21 +65,37 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(error)
         raise errors[0]
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        items = args[:1] * len(value) if origin is list or (len(args) == 2 and args[1] is Ellipsis) else args
-        if len(items) != len(value):
-            raise ConfigError(f"{where}: expected {len(items)} values, got {value!r}")
-        return origin(_coerce(item, kind, f"{where}[{i}]") for i, (item, kind) in enumerate(zip(value, items)))
-    if origin is dict and isinstance(value, dict):
-        return dict(value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if (origin or hint) in (list, tuple) and isinstance(value, (list, tuple)):
+        return _coerce_sequence(value, origin or hint, args, where)
+    if (origin or hint) is dict and isinstance(value, dict):
+        return {key: os.fspath(item) if isinstance(item, os.PathLike) else item for key, item in value.items()}
+    if hint in (int, float) and isinstance(value, str):
+        try:
+            return hint(value)
+        except ValueError:
+            pass
+    elif hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif hint is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    elif hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+    elif origin is None and isinstance(hint, type) and isinstance(value, hint) and not (
+            hint is int and isinstance(value, bool)):
         return value
     expected = getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _coerce_sequence(value: list | tuple, kind: type, args: tuple, where: str) -> list | tuple:
+    """A list or tuple field: each item as its type (``list[str]``, ``tuple[float, float, float]``,
+    ``tuple[int, ...]``; no arguments: items as they are)."""
+    if not args:
+        return kind(value)
+    items = args[:1] * len(value) if kind is list or (len(args) == 2 and args[1] is Ellipsis) else args
+    if len(items) != len(value):
+        raise ConfigError(f"{where}: expected {len(items)} values, got {value!r}")
+    return kind(_coerce(item, item_hint, f"{where}[{i}]") for i, (item, item_hint) in enumerate(zip(value, items)))
 
 
 class _ConfigLoader(yaml.SafeLoader):

@@ -2,8 +2,9 @@
 
 The engine hands ``train.report_to`` to its ``Accelerator(log_with=...)``, records the resolved run
 configuration as hyperparameters, and logs each epoch's losses, metrics and label-recovery
-statistics at step = epoch. TensorBoard's event files go to ``RUN_DIR/tensorboard/``; W&B and
-MLflow use their own configuration (``WANDB_PROJECT``, ``MLFLOW_TRACKING_URI``, ...). Several
+statistics at step = epoch. TensorBoard's event files go to ``RUN_DIR/tensorboard/promptmlr/``
+(accelerate adds the project name); the W&B project is ``promptmlr`` with runs named after their
+folder; MLflow reads ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME``. Several
 trackers may be named at once, separated by commas. The tracker packages are optional extras;
 naming one that is not installed fails when the config is resolved, before anything runs.
 """

@@ -98,7 +98,7 @@ def test_zeroshot_from_python(colour_data):
 def test_a_folder_holding_a_run_is_refused_and_resume_takes_no_other_settings(finished_run, colour_data):
     with pytest.raises(UsageError, match="already holds a run; pass --resume"):
         _tune(colour_data, finished_run.run_dir)
-    with pytest.raises(UsageError, match="leave out data.known, train.epochs"):
+    with pytest.raises(UsageError, match="leave out --known, --epochs"):
         promptmlr.tune(out=finished_run.run_dir, resume=True, known=0.2, epochs=4)
     with pytest.raises(UsageError, match="--resume needs --out"):
         promptmlr.tune(out=finished_run.run_dir / "missing", resume=True)
@@ -150,6 +150,54 @@ def test_typed_values_and_unknown_methods_and_trackers(tmp_path):
     assert config.model.options == {"templates": ["a photo of a {}."], "use_descriptions": True,
                                     "standardize": False}
     assert config.model.image_size == 48 and config.data.train_split == "2007"
+
+
+def test_lenient_where_yaml_and_python_are(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string and ``2007`` as a number; Python callers pass paths."""
+    from promptmlr.config import resolve_config
+
+    config = resolve_config("synthetic", overrides=[
+        {"train": {"lr": "1e-3", "cache": {"directory": tmp_path}}}, {"data": {"test_split": None}},
+        {"data": {"options": {"classes": tmp_path / "classes.txt"}}}])
+    assert config.train.lr == 0.001 and config.train.cache.directory == str(tmp_path)
+    assert config.data.test_split is None and config.data.options == {"classes": str(tmp_path / "classes.txt")}
+    with pytest.raises(ConfigError, match=r"train: unknown keys 'rate', 'step'"):
+        resolve_config("synthetic", overrides=[{"train": {"rate": 1, "step": 2}}])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train": {"optimizer": "adam"}}, "train.optimizer must be one of adamw, sgd, got 'adam'"),
+    ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision must be one of no, bf16, fp16"),
+    ({"train": {"loss": {"name": "focal"}}}, "loss.name must be one of asl, partial-bce, bce"),
+    ({"train": {"cache": {"enabled": "always"}}}, "train.cache.enabled must be one of auto, on, off"),
+    ({"train": {"recovery": {"thresholds": "adaptive"}}}, "recovery.thresholds must be one of fixed, prior"),
+    ({"data": {"known": 1.5}}, r"known proportion must be in \(0, 1\]"),
+    ({"data": {"mask_scheme": "sst"}}, "mask_scheme must be one of hcp, dualcoop"),
+])
+def test_every_section_checks_its_choices_when_resolved(override, message):
+    from promptmlr.config import resolve_config
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("synthetic", overrides=[override])
+
+
+@pytest.mark.slow
+def test_a_run_config_reused_with_another_method_drops_the_old_methods_options(finished_run, monkeypatch):
+    from promptmlr import tracking
+    from promptmlr.config import load_run_config, resolve_config
+
+    saved = finished_run.run_dir / "config.yaml"
+    linear = resolve_config(None, saved, [{"model": {"method": "linear"}}])
+    assert linear.model.options == {"features": "global", "init_scale": 10.0}
+    kept = resolve_config(None, saved, [{"model": {"options": {"n_ctx": 8}}}])
+    assert kept.model.options["n_ctx"] == 8 and kept.model.options["query"] == "learnable"
+    # a run logged to a tracker that is not installed here still loads (to evaluate it), but not to run
+    text = saved.read_text().replace("report_to: none", "report_to: wandb")
+    (finished_run.run_dir.parent / "tracked.yaml").write_text(text)
+    monkeypatch.setitem(tracking.TRACKERS, "wandb", ("no_such_tracker_module", "wandb"))
+    assert load_run_config(finished_run.run_dir.parent / "tracked.yaml").train.report_to == "wandb"
+    with pytest.raises(ConfigError, match="--report-to wandb needs the no_such_tracker_module package"):
+        resolve_config(None, finished_run.run_dir.parent / "tracked.yaml")
 
 
 # ------------------------------------------------------------------------------------- structure

@@ -177,3 +177,20 @@ def test_cooccurrence_uses_known_labels_only():
     # P(class1 | class0) = 2 positives out of 3 images where class 1 is known
     assert evidence[3, 1] == pytest.approx(2 / 3)
     assert evidence[3, 0] == 0.0  # no known positive other than class 0 itself to borrow from
+
+
+def test_metrics_rank_logits_that_a_float32_sigmoid_would_tie():
+    """CLIP-sized logits (20-35) are all exactly 1.0 as float32 probabilities; ranked as logits
+    they keep their order, and the threshold moves to logit space with the same decisions."""
+    rng = np.random.default_rng(0)
+    targets = np.where(rng.random((64, 5)) < 0.3, 1, -1)
+    logits = (25 + 5 * targets + rng.normal(0, 3, targets.shape)).astype(np.float32)
+    float32_probabilities = torch.sigmoid(torch.from_numpy(logits)).numpy()
+    assert (float32_probabilities == 1.0).mean() >= 0.85
+    from_logits = evaluate(logits, targets, threshold=0.5, from_logits=True)
+    assert from_logits["mAP"] > evaluate(float32_probabilities, targets)["mAP"] + 20
+    assert from_logits["mAP"] == pytest.approx(mean_average_precision(logits.astype(np.float64), targets))
+    exact = 1 / (1 + np.exp(-(logits.astype(np.float64) - 27)))
+    shifted = evaluate(logits - 27, targets, threshold=0.7, from_logits=True)
+    assert {key: shifted[key] for key in ("CF1", "OF1")} == pytest.approx(
+        {key: evaluate(exact, targets, threshold=0.7)[key] for key in ("CF1", "OF1")})

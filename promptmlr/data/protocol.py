@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from promptmlr.data.dataset import MultiLabelDataset
-from promptmlr.data.labels import make_partial_labels, mask_sha256
+from promptmlr.data.labels import MASK_SCHEMES, check_known, make_partial_labels, mask_sha256
 from promptmlr.data.registry import build_dataset
 from promptmlr.data.sandbox import default_synthetic_root
 from promptmlr.data.split import split_validation
-from promptmlr.errors import ConfigError
+from promptmlr.data.textfiles import DatasetError
+from promptmlr.errors import ConfigError, check_choice
 
 
 @dataclass
@@ -27,13 +28,22 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None
     train_split: str = "train"
-    test_split: str = "test"
+    test_split: str | None = "test"  # None: no test split
     options: dict[str, Any] = field(default_factory=dict)  # loader options, e.g. {difficult: ignore}
     known: float = 1.0  # proportion of training labels kept (the rest set to unknown)
     mask_seed: int = 0
     mask_scheme: str = "hcp"  # hcp (SST/SARB/HCP-MLR-PL files) or dualcoop (torch.rand)
     val_fraction: float = 0.1  # carved from the training split for model selection
     val_seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            check_known(self.known)
+        except DatasetError as error:
+            raise ConfigError(f"known: {error}") from None
+        check_choice("mask_scheme", self.mask_scheme, MASK_SCHEMES)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1) (0: no validation split), got {self.val_fraction}")
 
 
 @dataclass

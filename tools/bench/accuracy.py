@@ -32,7 +32,7 @@ import yaml
 
 from promptmlr import __version__
 from promptmlr.api import run
-from promptmlr.config import RunConfig, parse_assignment, resolve_config
+from promptmlr.config import RunConfig, load_run_config, parse_assignment, resolve_config
 from promptmlr.engine import TrainingDivergedError
 from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
@@ -55,19 +55,23 @@ SEEDS = (0, 1, 2)
 CONTROLLED = {"data.known": "--known", "data.mask_seed": "--seeds", "train.seed": "--seeds",
               "model.method": "--methods", "data.dataset": "--dataset"}
 # settings that change where or how fast a run goes, not its result: ignored when comparing configs
-LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.num_workers", "train.eval_batch_size"}
+LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.num_workers", "train.eval_batch_size",
+             "train.report_to"}
 RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "test_mAP", "test_mAP_voc2012",
                   "test_CF1", "test_OF1", "recovery_precision_positive", "recovery_precision_negative",
                   "recovered_positive", "recovered_negative", "trainable_parameters", "train_seconds",
                   "total_seconds", "best_epoch", "epochs", "selected_on", "mask_seed", "mask_sha256", "run_dir")
 SUMMARY_METRICS = (*AGGREGATED_METRICS, "trainable_parameters", "total_seconds")
 
+
 class BenchError(ValueError):
     """A bad argument or an output folder that does not fit this benchmark."""
+
 
 # ------------------------------------------------------------------------------------------ planning
 def run_name(method: str, known: float, seed: int) -> str:
     return f"{method}-k{known:g}-s{seed}"
+
 
 def leaf_keys(values: dict, prefix: str = "") -> list[str]:
     """``{"train": {"cache": {"views": 4}}}`` -> ``["train.cache.views"]``."""
@@ -76,6 +80,7 @@ def leaf_keys(values: dict, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         keys += leaf_keys(value, path + ".") if isinstance(value, dict) and value else [path]
     return keys
+
 
 def base_overrides(args: argparse.Namespace) -> list[dict]:
     """Command-line settings shared by every run: flags first, then ``--set`` (checked)."""
@@ -94,6 +99,7 @@ def base_overrides(args: argparse.Namespace) -> list[dict]:
         overrides.append(assignment)
     return overrides
 
+
 def plan(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
     """(run name, resolved config) for every run, seeds outermost so that early results cover every
     method and proportion once."""
@@ -106,6 +112,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
                        "model": {"method": method}}
                 runs.append((run_name(method, known, seed), resolve_config(args.dataset, args.config, [*shared, own])))
     return runs
+
 
 def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts (logistics keys ignored)."""
@@ -121,12 +128,15 @@ def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]
             differences.append(f"{path}: {old!r} -> {new!r}")
     return differences
 
+
 # ------------------------------------------------------------------------------------------- running
 def run_one(name: str, config: RunConfig, run_dir: Path, log=print) -> tuple[RunRecord, str]:
     """Run (or read back, or resume) one benchmark run; returns its record and what was done."""
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))  # as config.yaml holds it
     if (run_dir / CONFIG_FILE).is_file():
-        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        # read back through the config layer, so that a folder written by an older promptmlr (method
+        # options left out, no train.report_to) compares by meaning, not by its text
+        saved = yaml.safe_load(yaml.safe_dump(load_run_config(run_dir / CONFIG_FILE).to_dict(), sort_keys=False))
         differences = config_differences(saved, wanted)
         if differences:
             raise BenchError(f"{run_dir} holds a run with another config ({'; '.join(differences[:4])}); "
@@ -137,6 +147,7 @@ def run_one(name: str, config: RunConfig, run_dir: Path, log=print) -> tuple[Run
     log(f"\n=== {name}: {'resuming' if resume else 'running'} -> {run_dir}")
     run(config, run_dir, resume=resume, log=log)
     return load_run(run_dir), "resumed" if resume else "ran"
+
 
 def run_benchmark(runs: Sequence[tuple[str, RunConfig]], out: Path, log=print
                   ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -154,6 +165,7 @@ def run_benchmark(runs: Sequence[tuple[str, RunConfig]], out: Path, log=print
         score = f"{record.test_mAP:.2f}" if record.test_mAP is not None else "–"
         log(f"[{index}/{len(runs)}] {name}: {action} ({time.time() - started:.1f} s): test mAP {score}")
     return rows, failed
+
 
 # ------------------------------------------------------------------------------------------- writing
 def write_results(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, str]], settings: dict) -> str:
@@ -190,10 +202,12 @@ def write_results(out: Path, rows: list[dict[str, Any]], failed: list[dict[str, 
     write_text_atomic(out / "results.md", text)
     return text
 
+
 # ---------------------------------------------------------------------------------------------- main
 def _names(values: Sequence[str]) -> list[str]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (space or comma separated)."""
     return [part for value in values for part in value.split(",") if part]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -214,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="config override for every run (repeatable), e.g. --set train.recovery.enabled=true")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="benchmark folder (runs/ and results)")
     return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -246,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + text)
     print(f"results: {args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'results.md'}")
     return 1 if failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -548,7 +548,7 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
     config = resolve_config("voc2007", None, overrides)
     clock = PhaseClock(device)
     targets = [(engine, "build_or_open_cache", "caching"), (engine.Trainer, "_train_epoch", "training"),
-               (engine.Trainer, "_evaluate_splits", "evaluation"), (engine.Trainer, "_test_scores", "evaluation"),
+               (engine.Trainer, "_evaluate_splits", "evaluation"), (engine.Trainer, "_test_logits", "evaluation"),
                (engine.Trainer, "_recover", "recovery")]
     targets = [t for t in targets if hasattr(t[0], t[1])]
     log(f"recipe voc2007: {data['train_images']} train / {data['test_images']} test images, {_epochs(epochs)}, "
@@ -572,7 +572,7 @@ def run_recipe(args: argparse.Namespace, device: torch.device, log=print) -> dic
         "num_workers": config.train.num_workers, "cache": config.train.cache.enabled,
         "overrides": list(args.set), "wall_seconds": wall, "phases_seconds": phases,
         "phase_source": "timed around engine.build_or_open_cache, Trainer._train_epoch, Trainer._evaluate_splits "
-                        "+ Trainer._test_scores (less the prompts' encoding on entering "
+                        "+ Trainer._test_logits (less the prompts' encoding on entering "
                         "MultiLabelMethod.fixed_prompts, its own phase) and Trainer._recover; other = backbone "
                         "loading, data lists, checkpoints, exports",
         "tune_total_seconds": metrics.get("total_seconds"), "tune_train_seconds": metrics.get("train_seconds"),
