@@ -23,7 +23,7 @@ from promptmlr.data.protocol import DataConfig
 from promptmlr.engine import TrainConfig
 from promptmlr.errors import ConfigError
 from promptmlr.files import shipped_file
-from promptmlr.models.factory import ModelConfig, method_options
+from promptmlr.models.factory import ModelConfig, method_class, method_options
 from promptmlr.settings import load_yaml, merge, read_yaml
 from promptmlr.tracking import check_trackers
 
@@ -71,13 +71,17 @@ def resolve_config(dataset: str | None = None, config_file: str | Path | None = 
 
 
 def apply_layer(config: RunConfig, values: dict[str, Any], where: str) -> RunConfig:
-    """``config`` with one layer of settings merged in. Method options belong to the method they
-    were given for: a layer that changes ``model.method`` without giving options of its own drops
-    the earlier layers' (a previous run's ``config.yaml`` holds every option of its method)."""
+    """``config`` with one layer of settings merged in. When the layer changes ``model.method``, the
+    options set so far keep only the keys the new method has: a previous run's ``config.yaml`` holds
+    every option of its method, and options shared by both methods (``n_ctx``) carry over. Options
+    given after the change are checked in full."""
     merged = merge(config, values, where)
-    model = values.get("model") if isinstance(values, dict) else None
-    if merged.model.method != config.model.method and not (isinstance(model, dict) and "options" in model):
-        merged = dataclasses.replace(merged, model=dataclasses.replace(merged.model, options={}))
+    if merged.model.method != config.model.method:
+        fields = {field.name for field in dataclasses.fields(method_class(merged.model.method).Config)}
+        model = values.get("model") if isinstance(values, dict) else None
+        given = set((model.get("options") or {}) if isinstance(model, dict) else {})
+        options = {key: value for key, value in merged.model.options.items() if key in fields or key in given}
+        merged = dataclasses.replace(merged, model=dataclasses.replace(merged.model, options=options))
     return merged
 
 

@@ -150,6 +150,10 @@ def test_typed_values_and_unknown_methods_and_trackers(tmp_path):
     assert config.model.options == {"templates": ["a photo of a {}."], "use_descriptions": True,
                                     "standardize": False}
     assert config.model.image_size == 48 and config.data.train_split == "2007"
+    # options set before a later layer picks the method (the accuracy benchmark's order) are kept
+    later = resolve_config("synthetic", overrides=[{"model": {"options": {"standardize": True}}},
+                                                   {"model": {"method": "zeroshot"}}])
+    assert later.model.options["standardize"] is True
 
 
 def test_lenient_where_yaml_and_python_are(tmp_path):
@@ -189,6 +193,10 @@ def test_a_run_config_reused_with_another_method_drops_the_old_methods_options(f
     saved = finished_run.run_dir / "config.yaml"
     linear = resolve_config(None, saved, [{"model": {"method": "linear"}}])
     assert linear.model.options == {"features": "global", "init_scale": 10.0}
+    dualcoop = resolve_config(None, saved, [{"model": {"options": {"n_ctx": 4}}}, {"model": {"method": "dualcoop"}}])
+    assert dualcoop.model.options["n_ctx"] == 4 and "query" not in dualcoop.model.options  # shared keys carry over
+    with pytest.raises(ConfigError, match="unknown key 'query'"):
+        resolve_config(None, saved, [{"model": {"method": "dualcoop", "options": {"query": "prompt"}}}])
     kept = resolve_config(None, saved, [{"model": {"options": {"n_ctx": 8}}}])
     assert kept.model.options["n_ctx"] == 8 and kept.model.options["query"] == "learnable"
     # a run logged to a tracker that is not installed here still loads (to evaluate it), but not to run

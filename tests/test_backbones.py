@@ -82,6 +82,7 @@ def test_vit_token_mode_is_the_final_patch_tokens_projected():
     torch.testing.assert_close(backbone.encode_image(images).dense_features, tokens @ visual.proj)
 
 
+@pytest.mark.slow
 def test_vit_value_mode_differs_from_tokens_and_is_local():
     """MaskCLIP's value path has no attention mixing: a change in one patch moves only its feature."""
     backbone = create_backbone("openclip:promptmlr-tiny-vit", dense_mode="value")
@@ -124,6 +125,7 @@ def test_resnet_dense_features_are_the_attention_pool_values():
 # ---------------------------------------------------------------------------------------- resolution
 @pytest.mark.parametrize("spec,size,grid", [("openclip:promptmlr-tiny-vit", 48, (6, 6)),
                                             ("openclip:promptmlr-tiny-rn", 128, (4, 4))])
+@pytest.mark.slow
 def test_resolution_interpolates_position_embeddings(spec, size, grid):
     native = create_backbone(spec)
     resized = create_backbone(spec, image_size=size)

@@ -168,6 +168,7 @@ def test_speed_recipe_scaled_down_splits_the_wall_time(speed, tmp_path, capsys):
         speed.main(["--recipe", "voc2007", "--data-root", str(voc), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_speed_data_pipeline_times_decoding_per_worker_count(speed, tmp_path, capsys):
     voc = _tiny_voc(tmp_path / "voc", 10)
     out = tmp_path / "pipeline"

@@ -231,6 +231,7 @@ def test_commands_refuse_bad_input_with_one_line(colour_data, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_zeroshot_command_reports_a_table(colour_data, capsys):
     assert main(["zeroshot", "--dataset", "csv", "--data-root", str(colour_data), "--backbone",
                  "openclip:promptmlr-tiny-vit", "--standardize"]) == 0
