@@ -31,6 +31,7 @@ from promptmlr.errors import UsageError
 from promptmlr.files import atomic_write, write_json_atomic
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
+from promptmlr.metrics import sigmoid
 from promptmlr.models import ModelConfig, MultiLabelMethod, build_method
 from promptmlr.models.factory import build_backbone, resolve_descriptions
 from promptmlr.prompt_files import export_text_embeddings, read_header, save_prompts
@@ -51,7 +52,7 @@ from promptmlr.runs import (
     write_predictions,
     write_summary,
 )
-from promptmlr.scoring import dataset_batches, probabilities, score
+from promptmlr.scoring import dataset_batches, score
 from promptmlr.tracking import check_trackers
 
 Overrides = Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None
@@ -83,7 +84,7 @@ class TuneResult:
 
 @dataclass
 class EvalResult:
-    """Metrics and probabilities of a method on one labelled split."""
+    """Metrics and logits of a method on one labelled split."""
 
     name: str  # what was evaluated, e.g. 'best.safetensors on voc2007/test'
     metrics: dict
@@ -94,7 +95,7 @@ class EvalResult:
     @property
     def scores(self) -> np.ndarray:
         """Probabilities ``[N, C]`` (float64: a float32 sigmoid rounds large logits to 1)."""
-        return probabilities(self.logits)
+        return sigmoid(self.logits)
 
     @property
     def table(self) -> str:
@@ -190,6 +191,7 @@ def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log =
     :func:`tune`, for a resolved config (benchmarks use it); it does not check the folder."""
     started = time.time()
     run_dir = Path(run_dir)
+    config = checked(config, trackers=False)  # a config changed in Python is checked like any other
     splits, mask_hash = load_splits(config.data)
     backbone = build_backbone(config.model)
     class_names = splits.train.class_names
@@ -248,7 +250,7 @@ def _locations(backbone: FrozenCLIP) -> int:
 # ---------------------------------------------------------------------------------- evaluate, zeroshot
 def evaluate_method(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_size: int = 128,
                     num_workers: int = 2, threshold: float = 0.5, name: str = "") -> EvalResult:
-    """Metrics and probabilities of ``method`` on a labelled dataset (features computed on the fly, on
+    """Metrics and logits of ``method`` on a labelled dataset (features computed on the fly, on
     the GPU when there is one)."""
     method.to(PartialState().device)
     logits = score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers), progress=False,

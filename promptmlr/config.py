@@ -24,6 +24,7 @@ from promptmlr.engine import TrainConfig
 from promptmlr.errors import ConfigError
 from promptmlr.files import shipped_file
 from promptmlr.models.factory import ModelConfig, method_class, method_options
+from promptmlr.recovery import check_recovery_weights
 from promptmlr.settings import load_yaml, merge, read_yaml
 from promptmlr.tracking import check_trackers
 
@@ -72,23 +73,39 @@ def resolve_config(dataset: str | None = None, config_file: str | Path | None = 
 
 def apply_layer(config: RunConfig, values: dict[str, Any], where: str) -> RunConfig:
     """``config`` with one layer of settings merged in. When the layer changes ``model.method``, the
-    options set so far keep only the keys the new method has: a previous run's ``config.yaml`` holds
-    every option of its method, and options shared by both methods (``n_ctx``) carry over. Options
-    given after the change are checked in full."""
+    options set so far lose the keys that belong to the old method only: a previous run's
+    ``config.yaml`` holds every option of its method. Options both methods have (``n_ctx``) carry
+    over, and a key neither has, or one given in this very layer, stays, to be refused by
+    :func:`checked` (so a typo is never lost).
+    Switching A -> B -> A keeps only what B kept."""
     merged = merge(config, values, where)
-    if merged.model.method != config.model.method:
-        fields = {field.name for field in dataclasses.fields(method_class(merged.model.method).Config)}
+    old, new = (_option_names(method) for method in (config.model.method, merged.model.method))
+    if merged.model.method != config.model.method and new is not None:
         model = values.get("model") if isinstance(values, dict) else None
-        given = set((model.get("options") or {}) if isinstance(model, dict) else {})
-        options = {key: value for key, value in merged.model.options.items() if key in fields or key in given}
+        given = set(model.get("options") or {}) if isinstance(model, dict) else set()
+        options = {key: value for key, value in merged.model.options.items()
+                   if key in new or key in given or key not in (old or set())}
         merged = dataclasses.replace(merged, model=dataclasses.replace(merged.model, options=options))
     return merged
 
 
-def checked(config: RunConfig, trackers: bool = True) -> RunConfig:
-    """``config`` with the method's options complete and validated and, with ``trackers``, the
-    experiment trackers it names installed."""
+def _option_names(method: str) -> set[str] | None:
+    """The option names of a registered method; None for a name that is not one (yet: a later layer
+    may correct it, and :func:`checked` refuses it if none does)."""
+    try:
+        return {field.name for field in dataclasses.fields(method_class(method).Config)}
+    except ConfigError:
+        return None
+
+
+def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> RunConfig:
+    """``config`` validated as a whole: every section rebuilt from its final values (so a config
+    changed in Python is checked like one read from YAML), the method's options complete and
+    checked against its ``Config``, cross-field rules, and, with ``trackers``, the experiment
+    trackers it names installed."""
+    config = merge(RunConfig(), config.to_dict(), where)
     options = method_options(config.model.method, config.model.options)
+    check_recovery_weights(config.train.recovery)
     if trackers:
         check_trackers(config.train.report_to)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))

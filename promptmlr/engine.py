@@ -78,6 +78,8 @@ class TrainConfig:
         check_choice("train.select_on", self.select_on, ("val", "test"))
         check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
         parse_trackers(self.report_to)
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"train.threshold is a probability in (0, 1), got {self.threshold}")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from promptmlr.cache import encode
 from promptmlr.data.images import ImageLoadError, load_image
 from promptmlr.files import atomic_write
+from promptmlr.metrics import logit, sigmoid
 from promptmlr.models import MultiLabelMethod
 from promptmlr.scoring import FeatureBatch, method_outputs
 
@@ -49,15 +50,18 @@ def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def choose_labels(probabilities: np.ndarray, class_names: Sequence[str], threshold: float | Sequence[float] | None,
+def choose_labels(logits: np.ndarray, class_names: Sequence[str], threshold: float | Sequence[float] | None,
                   top_k: int | None) -> list[tuple[str, float]]:
-    """Labels above the (per-class) threshold, or the ``top_k`` most probable, most probable first."""
-    order = np.argsort(-probabilities, kind="stable")
+    """Labels whose probability reaches the (per-class) threshold, or the ``top_k`` most probable,
+    most probable first, with their probabilities. Ordered and thresholded on the logits, which
+    float32 probabilities would tie at 1.0 (see :func:`promptmlr.metrics.evaluate`)."""
+    order = np.argsort(-logits, kind="stable")
     if top_k is not None:
         chosen = order[:top_k]
     else:
-        thresholds = np.broadcast_to(np.asarray(threshold if threshold is not None else 0.5), probabilities.shape)
-        chosen = [i for i in order if probabilities[i] >= thresholds[i]]
+        cut = np.broadcast_to(logit(threshold if threshold is not None else 0.5), logits.shape)
+        chosen = [i for i in order if logits[i] >= cut[i]]
+    probabilities = sigmoid(logits)
     return [(class_names[i], float(probabilities[i])) for i in chosen]
 
 
@@ -68,12 +72,13 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
     predictions = [Prediction(Path(path)) for path in images]
     opened: dict[int, Image.Image] = {}  # the current batch's images, kept for their heatmaps
     for output, rows in method_outputs(method, _readable_batches(method, predictions, opened, batch_size)):
-        probabilities = output.probabilities.float().cpu().numpy()
+        logits = output.logits.float().cpu().numpy()
+        probabilities = sigmoid(logits)
         maps = output.attention_maps()
         for position, row in enumerate(rows.tolist()):
             prediction, image = predictions[row], opened.pop(row)
             prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[position])))
-            prediction.labels = choose_labels(probabilities[position], method.class_names, threshold, top_k)
+            prediction.labels = choose_labels(logits[position], method.class_names, threshold, top_k)
             if heatmap_dir is not None and maps is not None and prediction.labels:
                 heat = maps[position].float().cpu().numpy()
                 prediction.heatmap = write_heatmap(image, heat, method.class_names, prediction.labels,

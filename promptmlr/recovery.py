@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from promptmlr.errors import ConfigError, check_choice
+from promptmlr.metrics import sigmoid
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.scoring import Autocast, FeatureBatch, Gather, collect, method_outputs
 
@@ -49,8 +50,13 @@ class RecoveryConfig:
 
     def __post_init__(self) -> None:
         check_choice("recovery.thresholds", self.thresholds, THRESHOLD_RULES)
-        if self.prototype_weight + self.cooccurrence_weight > 1:
-            raise ConfigError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
+
+
+def check_recovery_weights(config: RecoveryConfig) -> None:
+    """The evidence weights share one budget (see :func:`refine_scores`). A cross-field rule, so it
+    is checked on the final config, not on each layer that sets one of them."""
+    if config.prototype_weight + config.cooccurrence_weight > 1:
+        raise ConfigError("recovery.prototype_weight + recovery.cooccurrence_weight must not exceed 1")
 
 
 @dataclass
@@ -83,12 +89,12 @@ def prototype_similarity(method: MultiLabelMethod, batches: Callable[[], Iterabl
     sums, counts = reduce(sums), reduce(counts)
     prototypes = torch.nn.functional.normalize(sums / counts.clamp_min(1)[:, None], dim=-1)
 
-    def probability_and_similarity(output) -> torch.Tensor:
+    def logit_and_similarity(output) -> torch.Tensor:
         similarity = (output.category_features.float() * prototypes).sum(-1)
-        return torch.stack([output.probabilities.float(), similarity], dim=1)
+        return torch.stack([output.logits.float(), similarity], dim=1)
 
-    values, _ = collect(method_outputs(method, batches(), autocast), probability_and_similarity, gather)
-    return values[:, 0], values[:, 1]
+    values, _ = collect(method_outputs(method, batches(), autocast), logit_and_similarity, gather)
+    return sigmoid(values[:, 0]), values[:, 1]
 
 
 def _category_features(method: MultiLabelMethod, features: torch.Tensor | None) -> torch.Tensor:
@@ -128,7 +134,7 @@ def prototype_evidence(similarity: np.ndarray, labels: np.ndarray) -> np.ndarray
 
 def refine_scores(probabilities: np.ndarray, labels: np.ndarray, config: RecoveryConfig,
                   prototype_similarity: np.ndarray | None = None) -> np.ndarray:
-    weight_probability = 1.0 - config.prototype_weight - config.cooccurrence_weight  # >= 0: see RecoveryConfig
+    weight_probability = 1.0 - config.prototype_weight - config.cooccurrence_weight  # >= 0: check_recovery_weights
     refined = weight_probability * probabilities
     if config.prototype_weight > 0:
         if prototype_similarity is None:

@@ -8,7 +8,7 @@
       best.safetensors          learned prompts of the selected epoch (export format)
       last.safetensors          learned prompts of the last epoch
       predictions_test.csv      test probabilities per image and class (selected epoch)
-      predictions_test.npz      the same as arrays, with the test labels (scores, labels, classes, images)
+      predictions_test.npz      the same as arrays: scores (float64 probabilities), logits, labels, classes, images
       summary.md                the closing table
       checkpoint.pt             resumable training state (learnable parameters only)
 """
@@ -25,6 +25,7 @@ import yaml
 
 from promptmlr.errors import UsageError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
+from promptmlr.metrics import sigmoid
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -72,9 +73,9 @@ def write_metrics(run_dir: Path, metrics: dict) -> Path:
 def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequence[str], logits: np.ndarray,
                       labels: np.ndarray) -> None:
     """``<stem>.csv`` (an ``image`` column, one probability column per class) for people and
-    spreadsheets, and ``<stem>.npz`` (probabilities as ``scores``, ``logits``, labels, class names,
-    images) for ``promptmlr report``, which ranks the logits (see :func:`promptmlr.metrics.evaluate`)."""
-    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    spreadsheets, and ``<stem>.npz`` (float64 probabilities as ``scores``, ``logits``, labels, class
+    names, images) for ``promptmlr report``, which ranks the logits (see :func:`promptmlr.metrics.evaluate`)."""
+    scores = sigmoid(logits)
 
     def write_csv(temp: Path) -> None:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
@@ -85,7 +86,7 @@ def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequ
 
     def write_npz(temp: Path) -> None:
         with open(temp, "wb") as handle:  # a file object, so numpy does not append '.npz' to the name
-            np.savez_compressed(handle, scores=scores.astype(np.float32), logits=logits.astype(np.float32),
+            np.savez_compressed(handle, scores=scores, logits=logits.astype(np.float32),
                                 labels=labels.astype(np.int8),
                                 class_names=np.array(class_names), images=np.array([str(p) for p in image_paths]))
 

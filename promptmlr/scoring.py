@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.cache import encode
 from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.metrics import sigmoid
 from promptmlr.models.base import MethodOutput, MultiLabelMethod
 
 FeatureBatch = tuple[ImageFeatures, torch.Tensor]  # features and the dataset rows they belong to
@@ -64,17 +65,11 @@ def collect(outputs: Iterable[tuple[MethodOutput, torch.Tensor]], extract: Calla
 def score(method: MultiLabelMethod, batches: Iterable[FeatureBatch], autocast: Autocast = contextlib.nullcontext,
           gather: Gather | None = None, progress: bool = True, logits: bool = False,
           total: int | None = None) -> np.ndarray:
-    """Probabilities ``[N, C]`` (or, with ``logits``, the raw logits) in row order for every image in
-    ``batches`` (``total`` batches, for the progress bar)."""
+    """Probabilities ``[N, C]`` (float64, computed from the logits) or, with ``logits``, the float32
+    logits, in row order for every image in ``batches`` (``total`` batches, for the progress bar)."""
     batches = tqdm(batches, desc="scoring", total=total, leave=False, disable=not progress)
-    extract = (lambda output: output.logits) if logits else (lambda output: output.probabilities)
-    values, _ = collect(method_outputs(method, batches, autocast), extract, gather)
-    return values
-
-
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """``sigmoid(logits)`` computed in float64, for files and people (rank and threshold logits)."""
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    values, _ = collect(method_outputs(method, batches, autocast), lambda output: output.logits, gather)
+    return values if logits else sigmoid(values)
 
 
 def dataset_batches(backbone: FrozenCLIP, dataset: MultiLabelDataset, batch_size: int = 128, num_workers: int = 2,

@@ -9,6 +9,7 @@ type with a message that names the key. YAML is read with YAML 1.2 booleans (see
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -69,13 +70,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce_sequence(value, origin or hint, args, where)
     if (origin or hint) is dict and isinstance(value, dict):
         return {key: os.fspath(item) if isinstance(item, os.PathLike) else item for key, item in value.items()}
-    if hint in (int, float) and isinstance(value, str):
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return hint(value)
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+    elif hint is int and isinstance(value, str):
+        try:
+            return int(value)
         except ValueError:
             pass
-    elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     elif hint is str and isinstance(value, os.PathLike):
         return os.fspath(value)
     elif hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -83,7 +89,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     elif origin is None and isinstance(hint, type) and isinstance(value, hint) and not (
             hint is int and isinstance(value, bool)):
         return value
-    expected = getattr(hint, "__name__", str(hint))
+    expected = "a finite float" if hint is float else getattr(hint, "__name__", str(hint))
     raise ConfigError(f"{where}: expected {expected}, got {value!r}")
 
 

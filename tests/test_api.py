@@ -169,6 +169,33 @@ def test_lenient_where_yaml_and_python_are(tmp_path):
         resolve_config("synthetic", overrides=[{"train": {"rate": 1, "step": 2}}])
 
 
+def test_layers_resolve_to_the_final_values_and_lose_no_typo():
+    import dataclasses
+
+    from promptmlr.config import checked, resolve_config
+
+    with pytest.raises(ConfigError, match="unknown key 'n_ctxx'"):  # a typo survives a later method switch
+        resolve_config("synthetic", overrides=[{"model": {"options": {"n_ctxx": 8}}},
+                                               {"model": {"method": "dualcoop"}}])
+    fixed = resolve_config("synthetic", overrides=[{"model": {"method": "nope"}}, {"model": {"method": "dualcoop"}}])
+    assert fixed.model.method == "dualcoop"
+    weights = [{"train": {"recovery": {"prototype_weight": 0.8}}},
+               {"train": {"recovery": {"cooccurrence_weight": 0.5}}},
+               {"train": {"recovery": {"prototype_weight": 0.2}}}]
+    assert resolve_config("synthetic", overrides=weights).train.recovery.prototype_weight == 0.2
+    with pytest.raises(ConfigError, match="must not exceed 1"):
+        resolve_config("synthetic", overrides=weights[:2])
+    with pytest.raises(ConfigError, match="expected a finite float, got 'nan'"):
+        resolve_config("synthetic", overrides=[{"train": {"lr": "nan"}}])
+    with pytest.raises(ConfigError, match=r"train.threshold is a probability in \(0, 1\)"):
+        resolve_config("synthetic", overrides=[{"train": {"threshold": 1.0}}])
+    config = resolve_config("synthetic")
+    config.train.select_on = "tset"  # changed in Python after resolution: checked again before use
+    with pytest.raises(ConfigError, match="train.select_on must be one of val, test, got 'tset'"):
+        checked(config)
+    assert checked(dataclasses.replace(config, train=dataclasses.replace(config.train, select_on="test")))
+
+
 @pytest.mark.parametrize("override, message", [
     ({"train": {"optimizer": "adam"}}, "train.optimizer must be one of adamw, sgd, got 'adam'"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision must be one of no, bf16, fp16"),

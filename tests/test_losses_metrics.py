@@ -194,3 +194,15 @@ def test_metrics_rank_logits_that_a_float32_sigmoid_would_tie():
     shifted = evaluate(logits - 27, targets, threshold=0.7, from_logits=True)
     assert {key: shifted[key] for key in ("CF1", "OF1")} == pytest.approx(
         {key: evaluate(exact, targets, threshold=0.7)[key] for key in ("CF1", "OF1")})
+
+
+def test_logit_thresholds_at_the_edges_and_per_class():
+    from promptmlr.inference import choose_labels
+    from promptmlr.metrics import logit
+
+    assert np.isfinite([logit(0.0), logit(1.0)]).all() and logit(0.5) == 0.0
+    np.testing.assert_allclose(logit(np.array([0.25, 0.75])), [-math.log(3), math.log(3)])
+    logits = np.array([30.0, 35.0, 20.0, -3.0])  # float32 probabilities: 1.0, 1.0, 1.0, 0.047
+    assert [name for name, _ in choose_labels(logits, list("abcd"), None, top_k=2)] == ["b", "a"]
+    chosen = choose_labels(logits, list("abcd"), [0.5, 0.5, 0.5, 0.01], top_k=None)
+    assert [name for name, _ in chosen] == ["b", "a", "c", "d"] and chosen[0][1] < 1.0

@@ -85,14 +85,16 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from promptmlr.data.verify import verify_splits
 
-    result = verify_splits(args.dataset, args.data_root, args.split, dataset_options(args), args.workers)
-    for split, reason in result.absent:
-        print(f"{args.dataset}/{split}: not present ({reason})")
-    for report in result.reports:
-        print(report.summary())
-    if result.failures:
-        print(f"\n{len(result.failures)} problem(s):")
-        print("\n".join(f"  {line}" for line in result.failures))
+    failures = []
+    for check in verify_splits(args.dataset, args.data_root, args.split, dataset_options(args), args.workers):
+        if check.absent:
+            print(f"{args.dataset}/{check.split}: not present ({check.absent})")
+        elif check.report:
+            print(check.report.summary())
+        failures += check.failures
+    if failures:
+        print(f"\n{len(failures)} problem(s):")
+        print("\n".join(f"  {line}" for line in failures))
         return 1
     print("\nall images decoded and all labels read: no problems")
     return 0

@@ -4,7 +4,7 @@
 paths, class names and an int8 label matrix with 1 positive, -1 negative, 0 unknown.
 ``make_partial_labels`` applies the community's partial-label protocol, ``split_validation``
 carves a validation split from training data, ``load_splits`` does both for a run's
-:class:`DataConfig`, ``verify_splits`` decodes every file of a dataset.
+:class:`DataConfig`, ``verify_splits`` decodes every file of a dataset, split by split.
 
 The names below are imported on first use (PEP 562), so that ``promptmlr --help``, which imports
 ``promptmlr.cli``, does not pay for torch and every loader.

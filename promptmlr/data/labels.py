@@ -144,7 +144,7 @@ def mask_label_file(labels_path: str | Path, out: str | Path, known: float, seed
     """Read a full 1/-1/0 label file, hide all but ``known`` of it (:func:`make_partial_labels`) and
     write the partial labels to ``out`` in the same format (``promptmlr data mask``)."""
     if Path(out).resolve() == Path(labels_path).resolve():
-        raise DatasetError(f"--out {out} is the input file; write the partial labels elsewhere")
+        raise DatasetError(f"the output {out} is the input file {labels_path}; write the partial labels elsewhere")
     labels = read_label_matrix(labels_path)
     partial = make_partial_labels(labels, known, seed=seed, scheme=scheme)
     write_label_matrix(out, partial)

@@ -474,9 +474,10 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
     """
     out = Path(out_dir)
     if (out / "meta.json").exists():
-        raise DatasetError(f"{out} already holds a synthetic dataset; choose another --out")
+        raise DatasetError(f"{out} already holds a synthetic dataset; write the new one elsewhere (--out)")
     if min(n_train, n_test) < 1 or image_size < 32:
-        raise DatasetError("--n-train and --n-test must be at least 1 and --image-size at least 32")
+        raise DatasetError(f"a synthetic dataset needs at least 1 training and 1 test scene and images of at "
+                           f"least 32 px (--n-train, --n-test, --image-size), got {n_train}, {n_test}, {image_size}")
     world = SyntheticWorld(seed, image_size)
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(SYNTHETIC_CLASS_NAMES) + "\n")

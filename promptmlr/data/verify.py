@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -87,44 +88,48 @@ def verify_dataset(dataset: MultiLabelDataset, workers: int | None = None, progr
 
 
 @dataclass
-class VerifyResult:
-    """What :func:`verify_splits` found: a report per split present, the splits absent (with why),
-    and label files that could not be read."""
+class SplitCheck:
+    """One split's outcome in :func:`verify_splits`: a report, or why it is absent, or why its
+    labels could not be read."""
 
-    reports: list[SplitReport] = field(default_factory=list)
-    absent: list[tuple[str, str]] = field(default_factory=list)
-    label_errors: list[str] = field(default_factory=list)
+    split: str
+    report: SplitReport | None = None
+    absent: str | None = None
+    label_error: str | None = None
 
     @property
     def failures(self) -> list[str]:
-        """One line per problem: bad label files, then each missing or corrupt image."""
-        return [f"labels   {error}" for error in self.label_errors] + [
-            f"{problem.kind:8s} {problem.path}: {problem.reason}"
-            for report in self.reports for problem in report.problems]
+        """One line per problem: a bad label file, or each missing or corrupt image."""
+        if self.label_error:
+            return [f"labels   {self.label_error}"]
+        problems = self.report.problems if self.report else []
+        return [f"{problem.kind:8s} {problem.path}: {problem.reason}" for problem in problems]
 
 
 def verify_splits(dataset: str, root: str | Path, split: str | None = None, options: dict | None = None,
-                  workers: int | None = None) -> VerifyResult:
-    """Verify ``split``, or every split of ``dataset`` present under ``root`` (``promptmlr data verify``)."""
+                  workers: int | None = None) -> Iterator[SplitCheck]:
+    """Check ``split``, or every split of ``dataset`` present under ``root``, one split at a time
+    (``promptmlr data verify`` prints each as it is done: a COCO split takes minutes)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"data root {root} does not exist")
     options = options or {}
     spec = get_dataset_spec(dataset)
     spec.check_options(options)
-    result = VerifyResult()
+    found = False
     for name in [split] if split else list(spec.available_splits(root)):
         try:
             built = build_dataset(dataset, root, name, **options)
         except SplitNotFoundError as error:
             if split:
                 raise
-            result.absent.append((name, str(error)))
+            yield SplitCheck(name, absent=str(error))
             continue
         except DatasetError as error:
-            result.label_errors.append(str(error))
+            found = True
+            yield SplitCheck(name, label_error=str(error))
             continue
-        result.reports.append(verify_dataset(built, workers=workers))
-    if not result.reports and not result.label_errors:
+        found = True
+        yield SplitCheck(name, report=verify_dataset(built, workers=workers))
+    if not found:
         raise DatasetError(f"{dataset}: no split found under {root}")
-    return result
