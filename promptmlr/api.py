@@ -12,6 +12,7 @@ folder (:mod:`promptmlr.runs`).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,9 +26,9 @@ from accelerate.utils import set_seed
 from promptmlr.backbones import FrozenCLIP
 from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
 from promptmlr.data.dataset import MultiLabelDataset
-from promptmlr.data.protocol import DataConfig, load_split, load_splits
+from promptmlr.data.protocol import DataConfig, check_images_exist, load_split, load_splits
 from promptmlr.engine import Trainer
-from promptmlr.errors import UsageError
+from promptmlr.errors import UsageError, check_number
 from promptmlr.files import atomic_write, write_json_atomic
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
@@ -45,6 +46,7 @@ from promptmlr.runs import (
     default_run_dir,
     holds_run,
     prompts_path,
+    run_lock,
     split_metrics,
     summary_table,
     write_config,
@@ -188,11 +190,19 @@ def _apply(config: RunConfig, overrides: list[dict]) -> RunConfig:
 
 def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log = print) -> TuneResult:
     """Train ``config.model.method`` on ``config.data`` and fill ``run_dir``: the step below
-    :func:`tune`, for a resolved config (benchmarks use it); it does not check the folder."""
+    :func:`tune`, for a resolved config (benchmarks use it): it does not refuse a folder that holds a
+    run, but it locks the folder while it writes (:func:`promptmlr.runs.run_lock`)."""
     started = time.time()
     run_dir = Path(run_dir)
     config = checked(config, trackers=False)  # a config changed in Python is checked like any other
+    lock = run_lock(run_dir, log) if PartialState().is_main_process else contextlib.nullcontext()
+    with lock:  # one run per folder (the other processes of a multi-GPU run write nothing of their own)
+        return _run_locked(config, run_dir, resume, log, started)
+
+
+def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, started: float) -> TuneResult:
     splits, mask_hash = load_splits(config.data)
+    check_images_exist(splits)
     backbone = build_backbone(config.model)
     class_names = splits.train.class_names
     descriptions, descriptions_source = resolve_descriptions(config.model.descriptions, config.data.dataset,
@@ -319,6 +329,10 @@ def predict(images: str | Path | Iterable[str | Path], prompts: str | Path, *, w
             batch_size: int = 32) -> list[Prediction]:
     """Labels for image files and folders of images; an unreadable image carries an ``error``
     instead of stopping the others. Default threshold: the prompts file's, else 0.5."""
+    if topk is not None:
+        check_number("--topk", topk, minimum=1)
+    if threshold is not None:
+        check_number("--threshold", threshold, minimum=0, maximum=1)
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
     paths = expand_images(inputs)
     if not paths:

@@ -1,4 +1,12 @@
-"""Training checkpoints: learnable state, optimiser, scheduler, epoch and RNG states, written atomically.
+"""Training checkpoints that hold data only: tensors in safetensors, everything else in JSON.
+
+A run folder may come from someone else, and ``--resume`` reads its checkpoint, so the format must
+not be able to run code: no pickle (``torch.save`` / ``torch.load(weights_only=False)`` can). The
+state (learnable parameters, optimiser, scheduler, EMA, pseudo-labels, history, RNG states) is
+split into its tensors, stored by path as safetensors entries, and a JSON tree of everything else,
+stored in the file's metadata, in which each tensor is a ``{"tensor": key}`` reference. Tuples,
+dicts with non-string keys (an optimiser's per-parameter state) and NumPy arrays (NumPy's RNG state)
+are spelled out so that they come back as they went in: resuming stays bit-identical.
 
 Frozen backbone weights are never included (a method's ``state_dict`` leaves them out), so a
 checkpoint of a prompt-tuning run is kilobytes to a few megabytes, not the size of CLIP.
@@ -6,14 +14,26 @@ checkpoint of a prompt-tuning run is kilobytes to a few megabytes, not the size 
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write
+
+FORMAT = "promptmlr-checkpoint"
+VERSION = 1
+HEADER_KEY = "promptmlr-checkpoint"
+
+
+class CheckpointError(PromptMLRError, ValueError):
+    """A checkpoint that cannot be read: truncated, foreign, or in the old pickle format."""
 
 
 def rng_states() -> dict[str, Any]:
@@ -32,10 +52,74 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file, then rename: an interruption keeps the previous checkpoint."""
-    return atomic_write(path, lambda temp: torch.save({**state, "rng": rng_states()}, temp))
+    """Write ``state`` plus the RNG states to a temporary file, then rename: an interruption keeps
+    the previous checkpoint."""
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _pack({**state, "rng": rng_states()}, tensors)
+    header = json.dumps({"format": FORMAT, "version": VERSION, "state": tree})
+    return atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata={HEADER_KEY: header}))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (our own file, so full unpickling is safe)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint`; anything else is a :class:`CheckpointError`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for bytes that are not its format
+        raise CheckpointError(f"{path} is not a promptmlr checkpoint ({_reason(path, error)}); it is not loaded. "
+                              f"Start the run again in a new --out") from None
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+        if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
+            raise ValueError(f"format {header.get('format')} v{header.get('version')}")
+        return _unpack(header["state"], tensors)
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} is not a promptmlr checkpoint this version reads ({error}); start the run "
+                              f"again in a new --out") from None
+
+
+def _reason(path: Path, error: Exception) -> str:
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    if start in (b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05"):
+        return "a pickle, as promptmlr wrote before 0.2: pickles can run code, so they are never read"
+    return f"{type(error).__name__}: {error}"
+
+
+def _pack(value: Any, tensors: dict[str, torch.Tensor], path: str = "state") -> Any:
+    """``value`` as JSON, its tensors moved into ``tensors`` under their path."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().cpu().contiguous().clone()
+        return {"tensor": path}
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        if all(isinstance(key, str) for key in value):
+            return {"dict": {key: _pack(item, tensors, f"{path}/{key}") for key, item in value.items()}}
+        return {"items": [[_pack(key, tensors, f"{path}/key{i}"), _pack(item, tensors, f"{path}/{i}")]
+                          for i, (key, item) in enumerate(value.items())]}
+    if isinstance(value, (list, tuple)):
+        items = [_pack(item, tensors, f"{path}/{i}") for i, item in enumerate(value)]
+        return {"tuple": items} if isinstance(value, tuple) else items
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"checkpoint state at {path} holds a {type(value).__name__}, which is not plain data")
+
+
+def _unpack(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, list):
+        return [_unpack(item, tensors) for item in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "tensor" in tree:
+        return tensors[tree["tensor"]]
+    if "ndarray" in tree:
+        return np.array(tree["ndarray"], dtype=np.dtype(tree["dtype"]))
+    if "tuple" in tree:
+        return tuple(_unpack(item, tensors) for item in tree["tuple"])
+    if "items" in tree:
+        return {_unpack(key, tensors): _unpack(item, tensors) for key, item in tree["items"]}
+    return {key: _unpack(item, tensors) for key, item in tree["dict"].items()}

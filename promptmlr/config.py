@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from promptmlr.data.protocol import DataConfig
 from promptmlr.engine import TrainConfig
 from promptmlr.errors import ConfigError
@@ -49,7 +51,12 @@ def parse_assignment(text: str) -> dict[str, Any]:
     key, equals, raw = text.partition("=")
     if not equals or not key:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    value: Any = load_yaml(raw) if raw else None
+    try:
+        value: Any = load_yaml(raw) if raw else None
+    except yaml.YAMLError as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({reason}); quote it, e.g. "
+                          f"{key}='\"{raw}\"'") from None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value

@@ -27,15 +27,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.cache import CacheConfig, CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes
-from promptmlr.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
+from promptmlr.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import Splits
-from promptmlr.errors import ConfigError, PromptMLRError, check_choice
+from promptmlr.errors import ConfigError, PromptMLRError, check_choice, check_number
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.metrics import evaluate
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.recovery import RecoveryConfig, RecoveryStats, prototype_similarity, recover_labels
-from promptmlr.runs import CHECKPOINT_FILE
+from promptmlr.runs import CHECKPOINT_FILE, LEGACY_CHECKPOINT
 from promptmlr.scoring import FeatureBatch, score
 from promptmlr.tracking import PROJECT_NAME, TENSORBOARD_DIR, epoch_values, flat_hyperparameters, parse_trackers
 
@@ -80,6 +80,13 @@ class TrainConfig:
         parse_trackers(self.report_to)
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"train.threshold is a probability in (0, 1), got {self.threshold}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
+            check_number(f"train.{name}", getattr(self, name), minimum=1)
+        for name in ("weight_decay", "warmup_epochs", "num_workers", "seed"):
+            check_number(f"train.{name}", getattr(self, name), minimum=0)
+        check_number("train.lr", self.lr, above=0)
+        check_number("train.momentum", self.momentum, minimum=0, below=1)
+        check_number("train.ema_decay", self.ema_decay, minimum=0, below=1)
 
 
 @dataclass
@@ -217,6 +224,9 @@ class Trainer:
         best_score = -math.inf
         start_epoch = 0
         checkpoint_path = self.run_dir / CHECKPOINT_FILE
+        if resume and not checkpoint_path.is_file() and (self.run_dir / LEGACY_CHECKPOINT).is_file():
+            raise CheckpointError(f"{self.run_dir / LEGACY_CHECKPOINT} is a pickle, as promptmlr wrote before 0.2: "
+                                  f"pickles can run code, so it is not loaded; start the run again in a new --out")
         if resume and checkpoint_path.is_file():
             state = load_checkpoint(checkpoint_path)
             start_epoch, best_score = self._restore(state, optimizer, scheduler, ema, result)

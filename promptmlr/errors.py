@@ -30,6 +30,19 @@ class ReportError(PromptMLRError, ValueError):
     """A run folder that cannot be reported on (missing, incomplete, unreadable); the message names it."""
 
 
+def check_number(setting: str, value: float, minimum: float | None = None, above: float | None = None,
+                 below: float | None = None, maximum: float | None = None) -> None:
+    """Refuse a number outside its range (``minimum <= value``, ``above < value``, ``value < below``,
+    ``value <= maximum``; the bounds given), with a message that states the range."""
+    bounds = [(minimum, value >= minimum if minimum is not None else True, f">= {minimum}"),
+              (above, value > above if above is not None else True, f"> {above}"),
+              (below, value < below if below is not None else True, f"< {below}"),
+              (maximum, value <= maximum if maximum is not None else True, f"<= {maximum}")]
+    if not all(ok for _, ok, _ in bounds):
+        wanted = " and ".join(text for bound, _, text in bounds if bound is not None)
+        raise ConfigError(f"{setting} must be {wanted}, got {value}")
+
+
 def check_choice(setting: str, value: Any, choices: Sequence[str], error: type[PromptMLRError] = ConfigError) -> None:
     """Refuse a ``value`` for ``setting`` that is not one of ``choices``, naming them all (as
     ``error``: loaders raise their ``DatasetError``)."""

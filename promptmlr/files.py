@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from promptmlr.errors import PromptMLRError
+
+
+class DiskFullError(PromptMLRError, OSError):
+    """The disk filled up while a file was written; the file it would have replaced is kept."""
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """An ``ENOSPC``, whichever library reports it (safetensors and torch wrap it in their own errors)."""
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
+
+
+@contextlib.contextmanager
+def _disk_full_as_one_line(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if not _out_of_space(error):
+            raise
+        raise DiskFullError(f"no space left on {path.parent} while writing {path.name}; free some space there and "
+                            f"run again (an earlier {path.name}, if any, is kept)") from None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_path)`` then rename it over ``path`` (atomic on POSIX and Windows)."""
+    """Call ``write(temp_path)`` then rename it over ``path`` (atomic on POSIX and Windows). If the disk
+    fills up, the temp file goes, ``path`` keeps its old content and a :class:`DiskFullError` says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        write(Path(temp))
+        with _disk_full_as_one_line(path):
+            write(Path(temp))
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(temp, path)
     finally:
@@ -37,7 +63,8 @@ def atomic_directory(target: str | Path, build: Callable[[Path], None], done_fil
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        build(temp)
+        with _disk_full_as_one_line(target):
+            build(temp)
         try:
             os.replace(temp, target)
         except OSError:

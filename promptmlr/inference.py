@@ -6,6 +6,7 @@ caller's exit status says that something failed.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -82,7 +83,7 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
             if heatmap_dir is not None and maps is not None and prediction.labels:
                 heat = maps[position].float().cpu().numpy()
                 prediction.heatmap = write_heatmap(image, heat, method.class_names, prediction.labels,
-                                                   Path(heatmap_dir) / f"{prediction.image.stem}.png")
+                                                   Path(heatmap_dir) / heatmap_name(prediction.image))
     return predictions
 
 
@@ -102,6 +103,13 @@ def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], o
         if rows:
             pixels = torch.stack([transform(opened[row]) for row in rows]).to(device)
             yield encode(method.backbone, pixels), torch.tensor(rows)
+
+
+def heatmap_name(image: Path) -> str:
+    """``<stem>-<8 hex digits of the absolute path>.png``: ``a/x.jpg`` and ``b/x.png`` get two files,
+    and an image gets the same name in every run, whatever else is predicted with it."""
+    digest = hashlib.sha256(str(Path(image).resolve()).encode()).hexdigest()[:8]
+    return f"{Path(image).stem}-{digest}.png"
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:

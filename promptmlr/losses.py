@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from promptmlr.errors import ConfigError, check_choice
+from promptmlr.errors import ConfigError, check_choice, check_number
 
 EPS = 1e-8
 LOSSES = ("asl", "partial-bce", "bce")
@@ -33,6 +33,9 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         check_choice("loss.name", self.name, LOSSES)
+        check_number("loss.gamma_neg", self.gamma_neg, minimum=0)
+        check_number("loss.gamma_pos", self.gamma_pos, minimum=0)
+        check_number("loss.clip", self.clip, minimum=0, below=1)
 
 
 def two_way_to_margin(scores: torch.Tensor) -> torch.Tensor:

@@ -85,10 +85,7 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
     if backbone is None:
         backbone = create_backbone(stored["spec"], image_size=stored["image_size"], dense_mode=stored["dense_mode"])
     if backbone.fingerprint != stored["fingerprint"]:
-        raise PromptsFileError(
-            f"{path} was learned on backbone '{stored['spec']}' (weights {stored['fingerprint'][:12]}…), but the "
-            f"backbone given is '{backbone.spec}' (weights {backbone.fingerprint[:12]}…). Use --backbone "
-            f"{stored['spec']} with the same weights, or learn prompts for this backbone.")
+        raise PromptsFileError(_weights_mismatch(path, stored, backbone))
     if class_names is not None and list(class_names) != header["class_names"]:
         raise PromptsFileError(_class_mismatch(path, header["class_names"], list(class_names)))
     method = build_method(header["method"], backbone, header["class_names"], header.get("descriptions"),
@@ -97,6 +94,17 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
         state = {name: handle.get_tensor(name) for name in handle.keys()}
     method.load_state_dict(state, strict=True)
     return method, header
+
+
+def _weights_mismatch(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> str:
+    learned = f"weights {stored['fingerprint'][:12]}…"
+    if backbone.spec == stored["spec"]:  # same name, other weights: the file behind the spec changed
+        return (f"{path} was learned on '{stored['spec']}' with {learned}, but '{backbone.spec}' now loads weights "
+                f"{backbone.fingerprint[:12]}…: the checkpoint behind that name changed. Put the original weights "
+                f"back where '{stored['spec']}' points, or learn prompts on the new ones")
+    return (f"{path} was learned on '{stored['spec']}' ({learned}), not on '{backbone.spec}' (weights "
+            f"{backbone.fingerprint[:12]}…); load it without a backbone of your own to use '{stored['spec']}', or "
+            f"learn prompts on '{backbone.spec}'")
 
 
 def _class_mismatch(path: str | Path, stored: list[str], given: list[str]) -> str:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from promptmlr.errors import ConfigError, check_choice
+from promptmlr.errors import ConfigError, check_choice, check_number
 from promptmlr.metrics import sigmoid
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.scoring import Autocast, FeatureBatch, Gather, collect, method_outputs
@@ -50,6 +50,11 @@ class RecoveryConfig:
 
     def __post_init__(self) -> None:
         check_choice("recovery.thresholds", self.thresholds, THRESHOLD_RULES)
+        check_number("recovery.warmup_epochs", self.warmup_epochs, minimum=0)
+        for name in ("positive_threshold", "negative_threshold", "prior_fraction", "prototype_weight",
+                     "cooccurrence_weight"):
+            check_number(f"recovery.{name}", getattr(self, name), minimum=0, maximum=1)
+        check_number("recovery.pseudo_weight", self.pseudo_weight, minimum=0)
 
 
 def check_recovery_weights(config: RecoveryConfig) -> None:

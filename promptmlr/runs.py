@@ -10,15 +10,18 @@
       predictions_test.csv      test probabilities per image and class (selected epoch)
       predictions_test.npz      the same as arrays: scores (float64 probabilities), logits, labels, classes, images
       summary.md                the closing table
-      checkpoint.pt             resumable training state (learnable parameters only)
+      checkpoint.safetensors    resumable training state (learnable parameters only; data, no code)
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import socket
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import yaml
@@ -32,11 +35,60 @@ METRICS_FILE = "metrics.json"
 BEST_PROMPTS = "best.safetensors"
 LAST_PROMPTS = "last.safetensors"
 SUMMARY_FILE = "summary.md"
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # the pickle promptmlr wrote before 0.2: recognised, never loaded
 PREDICTIONS_STEM = "predictions_test"  # .csv and .npz
 REPORTED = ("mAP", "mAP_voc2012", "CF1", "OF1", "CF1_top3", "OF1_top3")
 RUNS_ROOT = Path("runs")
 WHICH = ("best", "last")
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold ``RUN_DIR/.lock`` (the owner's host and pid) while a run writes the folder, so that a
+    second run into the same ``--out`` refuses instead of mixing its files with the first's. A lock
+    left by a process that no longer runs (killed, crashed) is taken over, with a message."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    while True:
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            host, pid = _lock_owner(path)
+            if pid is not None and (host != socket.gethostname() or _running(pid)):
+                where = f"process {pid}" + (f" on {host}" if host != socket.gethostname() else "")
+                raise UsageError(f"{run_dir} is in use by {where} (lock {path}); wait for that run to finish or "
+                                 f"choose another --out (delete the lock only if that run is gone)") from None
+            log(f"taking over the stale lock {path} (process {pid} is no longer running)")
+            path.unlink(missing_ok=True)
+    with os.fdopen(handle, "w") as lock:
+        lock.write(f"{socket.gethostname()} {os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> tuple[str | None, int | None]:
+    try:
+        host, pid = path.read_text().split()
+        return host, int(pid)
+    except (OSError, ValueError):  # unreadable or half-written: nobody can be holding it sensibly
+        return None, None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def default_run_dir(dataset: str, method: str, known: float, seed: int) -> Path:
@@ -46,7 +98,7 @@ def default_run_dir(dataset: str, method: str, known: float, seed: int) -> Path:
 
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` already holds (part of) a run: its config or a checkpoint."""
-    return (run_dir / CONFIG_FILE).is_file() or (run_dir / CHECKPOINT_FILE).is_file()
+    return any((run_dir / name).is_file() for name in (CONFIG_FILE, CHECKPOINT_FILE, LEGACY_CHECKPOINT))
 
 
 def prompts_path(source: str | Path, which: str = "best") -> Path:
@@ -58,7 +110,13 @@ def prompts_path(source: str | Path, which: str = "best") -> Path:
         raise UsageError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     candidate = source / (BEST_PROMPTS if which == "best" else LAST_PROMPTS)
     if not candidate.is_file():
-        raise UsageError(f"{source} has no {candidate.name}; is it a finished run folder?")
+        other_which = "last" if which == "best" else "best"
+        other = source / (LAST_PROMPTS if other_which == "last" else BEST_PROMPTS)
+        if other.is_file():
+            raise UsageError(f"{source} has no {candidate.name} but has {other.name}: pass --which {other_which}")
+        hint = (f"it holds an unfinished run: continue it with promptmlr tune --out {source} --resume"
+                if holds_run(source) else "is it a run folder?")
+        raise UsageError(f"{source} has no {candidate.name}; {hint}")
     return candidate
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from promptmlr.api import run
 from promptmlr.cache import build_or_open_cache
 from promptmlr.cli import main
+from promptmlr.checkpoint import load_checkpoint
 from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
 from promptmlr.data.protocol import Splits
@@ -89,8 +91,8 @@ def test_a_nan_loss_stops_names_the_batch_and_keeps_the_last_good_checkpoint(col
     monkeypatch.setattr(engine, "build_loss", loss_that_breaks_in_epoch_two)
     with pytest.raises(TrainingDivergedError, match=r"epoch 2, batch 1 \(images \['.*train\d+\.png'") as error:
         run(_config(colour_data, tmp_path), tmp_path / "run", log=_quiet)
-    assert "checkpoint.pt" in str(error.value)
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert "checkpoint.safetensors" in str(error.value)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")["epoch"] == 1
 
 
 @pytest.mark.slow
@@ -186,7 +188,7 @@ def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
             "--set", f"train.cache.directory={tmp_path / 'cache'}", "--set", "data.val_fraction=0.25"]
     assert main(args) == 0
     assert {"config.yaml", "metrics.json", "best.safetensors", "last.safetensors", "predictions_test.csv",
-            "predictions_test.npz", "summary.md", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+            "predictions_test.npz", "summary.md", "checkpoint.safetensors"} <= {p.name for p in run.iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 4 and len(metrics["mask_sha256"]) == 64
     assert metrics["best"]["test_mAP"] > 60  # colours are easy even for a random tiny encoder with training
@@ -216,6 +218,14 @@ def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
         assert lines[0]["probabilities"][name] == pytest.approx(float(rows[0][name]), abs=1e-4)
     if lines[0]["labels"]:
         assert Image.open(lines[0]["heatmap"]).size == (224 * (1 + len(lines[0]["labels"])), 224)
+
+    twin = tmp_path / "elsewhere" / image.name  # same file name, another folder: two heatmaps, not one
+    twin.parent.mkdir()
+    shutil.copy(image, twin)
+    assert main(["predict", str(image), str(twin), "--prompts", prompts, "--json", "--topk", "2",
+                 "--heatmaps", str(tmp_path / "heat2")]) == 0
+    heatmaps = [json.loads(line)["heatmap"] for line in capsys.readouterr().out.splitlines()]
+    assert len(set(heatmaps)) == 2 and all(Path(path).is_file() for path in heatmaps)
 
 
 def test_commands_refuse_bad_input_with_one_line(colour_data, tmp_path, capsys):

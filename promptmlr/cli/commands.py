@@ -29,8 +29,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    predictions = api.predict(args.images, args.prompts, threshold=args.threshold, topk=args.topk,
-                              heatmaps=args.heatmaps)
+    predictions = api.predict(args.images, args.prompts, which=args.which, threshold=args.threshold,
+                              topk=args.topk, heatmaps=args.heatmaps)
     for prediction in predictions:
         if args.json:
             print(json.dumps(prediction.as_dict()))

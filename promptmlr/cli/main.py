@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice = predict.add_mutually_exclusive_group()
     choice.add_argument("--threshold", type=float, help="probability threshold (default: the file's, else 0.5)")
     choice.add_argument("--topk", type=int, help="report the K most probable labels instead")
+    predict.add_argument("--which", choices=("best", "last"), default="best", help="with a run folder")
     predict.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write attention overlays of predicted labels")
     predict.set_defaults(handler=_lazy("predict_command"))

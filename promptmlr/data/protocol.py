@@ -20,7 +20,7 @@ from promptmlr.data.registry import build_dataset
 from promptmlr.data.sandbox import default_synthetic_root
 from promptmlr.data.split import split_validation
 from promptmlr.data.textfiles import DatasetError
-from promptmlr.errors import ConfigError, check_choice
+from promptmlr.errors import ConfigError, check_choice, check_number
 
 
 @dataclass
@@ -42,6 +42,8 @@ class DataConfig:
         except DatasetError as error:
             raise ConfigError(f"known: {error}") from None
         check_choice("mask_scheme", self.mask_scheme, MASK_SCHEMES)
+        check_number("mask_seed", self.mask_seed, minimum=0)
+        check_number("val_seed", self.val_seed, minimum=0)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1) (0: no validation split), got {self.val_fraction}")
 
@@ -68,6 +70,16 @@ def dataset_root(config: DataConfig) -> Path:
 def load_split(config: DataConfig, split: str) -> MultiLabelDataset:
     """One split of the configured dataset, with its labels as they are (no mask)."""
     return build_dataset(config.dataset, dataset_root(config), split, **config.options)
+
+
+def check_images_exist(splits: Splits) -> None:
+    """Every image of every split is there, checked before the first encoder pass: a test image
+    missing is found in a second, not after the training features were cached."""
+    datasets = [dataset for dataset in (splits.train, splits.val, splits.test) if dataset is not None]
+    missing = [path for dataset in datasets for path in dataset.image_paths if not Path(path).is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} image file(s) of {datasets[0].name} are missing, e.g. {missing[0]}; "
+                           f"restore them, or list them with promptmlr data verify")
 
 
 def load_splits(config: DataConfig) -> tuple[Splits, str]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
+from promptmlr.errors import check_number
 from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod
 from promptmlr.models.factory import register_method
 from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
@@ -24,6 +25,11 @@ from promptmlr.models.prompts import PromptConfig, negative_branch, positive_pro
 class CoOpConfig(PromptConfig):
     map_scale: float = 20.0  # similarity maps are map_scale * cosine (DualCoOp)
     output_scale: float = 5.0  # logits are output_scale * aggregated map scores (DualCoOp)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("map_scale", self.map_scale, above=0)
+        check_number("output_scale", self.output_scale, above=0)
 
 
 def region_aggregation(dense: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, map_scale: float

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import check_choice
+from promptmlr.errors import check_choice, check_number
 from promptmlr.models.base import MethodOutput, MultiLabelMethod
 from promptmlr.models.factory import register_method
 from promptmlr.models.head import SemanticDecouplingHead
@@ -46,6 +46,10 @@ class PromptMLRConfig(PromptConfig):
         super().__post_init__()
         check_choice("negative", self.negative, NEGATIVE_BRANCHES)
         check_choice("query", self.query, QUERIES)
+        check_number("attention_temperature", self.attention_temperature, above=0)
+        check_number("logit_scale", self.logit_scale, above=0)
+        check_number("align_weight", self.align_weight, minimum=0)
+        check_number("global_weight", self.global_weight, minimum=0)
 
 
 @register_method

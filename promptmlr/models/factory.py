@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
 from promptmlr.descriptions import Descriptions, check_classes, load_descriptions, shipped_descriptions_path
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, check_number
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.settings import merge
 
@@ -30,6 +30,10 @@ class ModelConfig:
     method: str = "promptmlr"
     options: dict[str, Any] = field(default_factory=dict)  # the method's Config fields (all, once resolved)
     descriptions: str | None = "auto"  # auto: prompts/<dataset>.yaml if shipped; none; or a file
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            check_number("model.image_size (--image-size)", self.image_size, minimum=16)
 
 
 def register_method(cls: type[MultiLabelMethod]) -> type[MultiLabelMethod]:
