@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from promptmlr.api import run
 from promptmlr.cache import build_or_open_cache
-from promptmlr.cli import main
 from promptmlr.checkpoint import load_checkpoint
+from promptmlr.cli import main
 from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
 from promptmlr.data.protocol import Splits

@@ -5,7 +5,6 @@ handled) and lose nothing."""
 from __future__ import annotations
 
 import errno
-import os
 import pickle
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 import promptmlr
 from promptmlr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from promptmlr.errors import ConfigError, PromptMLRError, UsageError
+from promptmlr.errors import PromptMLRError, UsageError
 from tests.conftest import write_colour_csv
 
 TINY = "openclip:promptmlr-tiny-vit"
@@ -53,7 +52,8 @@ def test_a_checkpoint_holds_data_only_and_roundtrips_exactly(tmp_path):
              "optimizer": {"state": {0: {"step": torch.tensor(4.0)}}, "param_groups": [{"betas": (0.9, 0.99)}]},
              "ema": None, "history": [{"epoch": 1, "recovery": None}], "mask": np.arange(3, dtype=np.uint32)}
     loaded = load_checkpoint(save_checkpoint(tmp_path / "checkpoint.safetensors", state))
-    assert loaded["optimizer"]["state"][0]["step"].item() == 4.0 and loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert loaded["optimizer"]["state"][0]["step"].item() == 4.0
+    assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
     assert torch.equal(loaded["method"]["w"], state["method"]["w"]) and loaded["best_score"] == float("-inf")
     assert loaded["mask"].dtype == np.uint32 and loaded["history"] == state["history"]
     assert loaded["rng"]["numpy"][1].dtype == np.uint32 and isinstance(loaded["rng"]["python"], tuple)
@@ -221,5 +221,5 @@ def test_a_weight_change_behind_the_same_spec_is_named_as_such(tmp_path):
     with torch.no_grad():
         next(changed.parameters()).add_(1.0)
     changed.fingerprint = "0" * 64  # as a new checkpoint file behind the same spec would give
-    with pytest.raises(PromptsFileError, match=rf"now loads weights 000000000000…: the checkpoint behind that name"):
+    with pytest.raises(PromptsFileError, match=r"now loads weights 000000000000…: the checkpoint behind that name"):
         load_prompts(path, backbone=changed)
