@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ from promptmlr.files import atomic_directory
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 CACHE_MODES = ("auto", "on", "off")
+ARRAY_FILES = ("global.npy", "dense.npy")
 
 
 @dataclass
@@ -61,6 +63,7 @@ def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list
         "transforms": [repr(transform) for transform in transforms],
         "seed": seed,
         "dtype": dtype,
+        "decode": "jpeg-draft",  # large JPEGs decoded at reduced size (data.images.load_image)
         "images": image_list_digest(dataset),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -86,6 +89,10 @@ def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
     return rows * (grid[0] * grid[1] + 1) * dims * np.dtype(dtype).itemsize
 
 
+class DamagedCacheError(ValueError):
+    """A cache folder whose files cannot be read or do not match its key (never shown: rebuilt)."""
+
+
 @dataclass
 class FeatureCache:
     """Cached features ``global [V, N, D]`` and ``dense [V, N, HW, D]`` (memory-mapped)."""
@@ -100,10 +107,34 @@ class FeatureCache:
         return self.global_features.shape[0]
 
     @classmethod
-    def open(cls, directory: Path) -> "FeatureCache":
-        meta = json.loads((directory / "meta.json").read_text())
-        return cls(directory, np.load(directory / "global.npy", mmap_mode="r"),
-                   np.load(directory / "dense.npy", mmap_mode="r"), tuple(meta["grid"]))
+    def open(cls, directory: Path, key: str, images: int, views: int) -> "FeatureCache":
+        """The cache in ``directory``, checked to be the one asked for and whole (a damaged file, or
+        one changed by hand, raises :class:`DamagedCacheError`)."""
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            cache = cls(directory, np.load(directory / "global.npy", mmap_mode="r"),
+                        np.load(directory / "dense.npy", mmap_mode="r"), tuple(meta["grid"]))
+            grid_cells = cache.grid[0] * cache.grid[1]
+            if meta["key"] != key or cache.global_features.shape[:2] != (views, images) or \
+                    cache.dense_features.shape[:3] != (views, images, grid_cells):
+                raise ValueError("it does not hold the features it is named for")
+            if meta["files"] != _file_stamps(directory):
+                raise ValueError("its arrays were changed after it was built")
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise DamagedCacheError(f"{directory}: {error}") from None
+        return cache
+
+
+def _file_stamps(folder: Path) -> dict[str, list[int]]:
+    """Size and modification time of the cached arrays, recorded when built and compared when opened:
+    a file rewritten since (by hand, a tool, a half-finished copy) rebuilds the cache. Hashing the
+    arrays instead would cost a full read of up to tens of GB per open; silent bit rot in place is
+    not caught."""
+    stamps = {}
+    for name in ARRAY_FILES:
+        status = os.stat(folder / name)
+        stamps[name] = [status.st_size, status.st_mtime_ns]
+    return stamps
 
 
 def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable],
@@ -117,9 +148,16 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
         grid = _write_features(backbone, dataset, transforms, folder, seed, batch_size, num_workers, dtype,
                                autocast, description)
         (folder / "meta.json").write_text(json.dumps({"key": key, "grid": grid, "images": len(dataset),
-                                                       "views": len(transforms), "backbone": backbone.describe()}))
+                                                       "views": len(transforms), "backbone": backbone.describe(),
+                                                       "files": _file_stamps(folder)}))
 
-    return FeatureCache.open(atomic_directory(root / key[:32], build))
+    target = root / key[:32]
+    try:
+        return FeatureCache.open(atomic_directory(target, build), key, len(dataset), len(transforms))
+    except DamagedCacheError as error:  # rebuilt, never trusted: features are cheap to recompute
+        print(f"feature cache {error}; building it again")
+        shutil.rmtree(target, ignore_errors=True)
+        return FeatureCache.open(atomic_directory(target, build), key, len(dataset), len(transforms))
 
 
 def _write_features(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable], directory: Path,
@@ -132,8 +170,8 @@ def _write_features(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms
     device = backbone.token_embedding.weight.device
     for view, transform in enumerate(transforms):
         generator = torch.Generator().manual_seed(seed * 1000 + view)  # worker augmentation seeds
-        loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, num_workers=num_workers,
-                            generator=generator, shuffle=False)
+        loader = DataLoader(dataset.with_transform(transform, draft_size=backbone.image_size),
+                            batch_size=batch_size, num_workers=num_workers, generator=generator, shuffle=False)
         for images, _, indices in tqdm(loader, desc=f"{description} (view {view + 1}/{views})", leave=False):
             features = encode(backbone, images.to(device), autocast)
             rows = indices.numpy()

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from promptmlr.errors import PromptMLRError
+from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import atomic_write
 
 FORMAT = "promptmlr-checkpoint"
@@ -84,7 +84,7 @@ def _reason(path: Path, error: Exception) -> str:
         start = handle.read(2)
     if start in (b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05"):
         return "a pickle, as promptmlr wrote before 0.2: pickles can run code, so they are never read"
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {one_line(error)}"
 
 
 def _pack(value: Any, tensors: dict[str, torch.Tensor], path: str = "state") -> Any:

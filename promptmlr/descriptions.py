@@ -21,7 +21,7 @@ from typing import Sequence
 
 import yaml
 
-from promptmlr.errors import PromptMLRError
+from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import shipped_file
 
 Descriptions = dict[str, list[str]]
@@ -36,7 +36,10 @@ def load_descriptions(path: str | Path) -> Descriptions:
     path = Path(path)
     if not path.is_file():
         raise DescriptionsError(f"descriptions file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DescriptionsError(f"{path}: not a UTF-8 text file ({one_line(error)}); save it as UTF-8") from None
     if path.suffix in (".yaml", ".yml"):
         return _parse_yaml(path, text)
     return _parse_text(path, text)
@@ -46,7 +49,7 @@ def _parse_yaml(path: Path, text: str) -> Descriptions:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise DescriptionsError(f"{path}: not valid YAML: {error}") from error
+        raise DescriptionsError(f"{path}: not valid YAML: {one_line(error)}") from None
     classes = document.get("classes") if isinstance(document, dict) else None
     if not isinstance(classes, dict):
         raise DescriptionsError(f"{path}: expected a top-level 'classes:' mapping of class name -> list of phrases")

@@ -188,8 +188,9 @@ class Trainer:
             loader = DataLoader(source, batch_size=batch_size, shuffle=train, collate_fn=source.collate,
                                 pin_memory=torch.cuda.is_available())  # no workers: see CachedFeatureDataset
         else:
-            loader = DataLoader(dataset.with_transform(transforms[0]), batch_size=batch_size, shuffle=train,
-                                num_workers=config.num_workers, pin_memory=torch.cuda.is_available())
+            loader = DataLoader(dataset.with_transform(transforms[0], draft_size=self.backbone.image_size),
+                                batch_size=batch_size, shuffle=train, num_workers=config.num_workers,
+                                pin_memory=torch.cuda.is_available())
         return self.accelerator.prepare_data_loader(loader)
 
     def _features(self, batch) -> tuple[ImageFeatures, torch.Tensor]:

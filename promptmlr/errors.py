@@ -30,6 +30,11 @@ class ReportError(PromptMLRError, ValueError):
     """A run folder that cannot be reported on (missing, incomplete, unreadable); the message names it."""
 
 
+def one_line(error: BaseException) -> str:
+    """A library's error message on one line (YAML and JSON parsers report over several)."""
+    return " ".join(str(error).split())
+
+
 def check_number(setting: str, value: float, minimum: float | None = None, above: float | None = None,
                  below: float | None = None, maximum: float | None = None) -> None:
     """Refuse a number outside its range (``minimum <= value``, ``above < value``, ``value < below``,

@@ -4,15 +4,47 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from promptmlr.errors import PromptMLRError
+
+# Temporary files and folders are named ``.<target>.<host>-<pid>.<random>``, so that one left by a
+# process that was killed can be told from one being written right now, and removed.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER = f"{_HOST}-{os.getpid()}"
+_TEMPORARY = re.compile(rf"^\..+\.{_HOST}-(\d+)\.[^.]+(\.tmp)?$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove this host's temporary files and folders in ``folder`` whose writing process is gone
+    (a ``kill -9`` during a checkpoint or cache build); those of running processes stay."""
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        match = _TEMPORARY.match(entry.name)
+        if match and not process_running(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 class DiskFullError(PromptMLRError, OSError):
@@ -40,7 +72,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fills up, the temp file goes, ``path`` keeps its old content and a :class:`DiskFullError` says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path.parent)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_OWNER}.", suffix=".tmp")
     os.close(handle)
     try:
         with _disk_full_as_one_line(path):
@@ -61,7 +94,8 @@ def atomic_directory(target: str | Path, build: Callable[[Path], None], done_fil
     if (target / done_file).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    remove_stale_temporaries(target.parent)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{_OWNER}."))
     try:
         with _disk_full_as_one_line(target):
             build(temp)

@@ -96,7 +96,7 @@ def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], o
         rows = []
         for row in range(start, min(start + batch_size, len(predictions))):
             try:
-                opened[row] = load_image(predictions[row].image)
+                opened[row] = load_image(predictions[row].image, draft_size=method.backbone.image_size)
                 rows.append(row)
             except ImageLoadError as error:
                 predictions[row].error = str(error)

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
-from promptmlr.errors import PromptMLRError
+from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod, build_method
 
@@ -63,7 +63,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for non-safetensors bytes
-        raise PromptsFileError(f"{path} is not a safetensors prompts file: {error}") from error
+        raise PromptsFileError(f"{path} is not a safetensors prompts file: {one_line(error)}") from None
     if HEADER_KEY not in metadata:
         raise PromptsFileError(f"{path} has no promptmlr header; was it written by `promptmlr export`?")
     header = json.loads(metadata[HEADER_KEY])

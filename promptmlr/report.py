@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
-from promptmlr.errors import ReportError
+from promptmlr.errors import ReportError, one_line
 from promptmlr.files import atomic_write, write_text_atomic
 from promptmlr.metrics import per_class_average_precision
 from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_STEM
@@ -182,8 +183,8 @@ def load_predictions(run_dir: str | Path) -> Predictions:
             ranked = data["logits"] if "logits" in data.files else data["scores"]
             scores, labels = np.asarray(ranked, np.float64), np.asarray(data["labels"], np.int64)
             class_names, images = [str(c) for c in data["class_names"]], [str(i) for i in data["images"]]
-    except (OSError, ValueError, KeyError) as error:
-        raise ReportError(f"{path} is not a readable predictions file: {error}") from error
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise ReportError(f"{path} is not a readable predictions file: {one_line(error)}") from None
     if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(class_names):
         raise ReportError(f"{path}: scores {scores.shape}, labels {labels.shape} and {len(class_names)} class "
                           f"names do not fit together")
@@ -194,14 +195,14 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ReportError(f"{path} is not readable JSON: {error}") from error
+        raise ReportError(f"{path} is not readable JSON: {one_line(error)}") from None
 
 
 def _read_yaml(path: Path) -> dict:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ReportError(f"{path} is not readable YAML: {error}") from error
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ReportError(f"{path} is not readable YAML: {one_line(error)}") from None
 
 
 # -------------------------------------------------------------------------------------- aggregation

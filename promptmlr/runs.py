@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from promptmlr.errors import UsageError
-from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
+from promptmlr.files import atomic_write, process_running, write_json_atomic, write_text_atomic
 from promptmlr.metrics import sigmoid
 
 CONFIG_FILE = "config.yaml"
@@ -59,7 +59,7 @@ def run_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None
             break
         except FileExistsError:
             host, pid = _lock_owner(path)
-            if pid is not None and (host != socket.gethostname() or _running(pid)):
+            if pid is not None and (host != socket.gethostname() or process_running(pid)):
                 where = f"process {pid}" + (f" on {host}" if host != socket.gethostname() else "")
                 raise UsageError(f"{run_dir} is in use by {where} (lock {path}); wait for that run to finish or "
                                  f"choose another --out (delete the lock only if that run is gone)") from None
@@ -79,16 +79,6 @@ def _lock_owner(path: Path) -> tuple[str | None, int | None]:
         return host, int(pid)
     except (OSError, ValueError):  # unreadable or half-written: nobody can be holding it sensibly
         return None, None
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def default_run_dir(dataset: str, method: str, known: float, seed: int) -> Path:

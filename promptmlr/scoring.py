@@ -75,8 +75,8 @@ def score(method: MultiLabelMethod, batches: Iterable[FeatureBatch], autocast: A
 def dataset_batches(backbone: FrozenCLIP, dataset: MultiLabelDataset, batch_size: int = 128, num_workers: int = 2,
                     autocast: Autocast | None = None) -> Iterator[FeatureBatch]:
     """A dataset's images through the backbone's eval transform and encoder, batch by batch."""
-    loader = DataLoader(dataset.with_transform(backbone.transform(train=False)), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(dataset.with_transform(backbone.transform(train=False), draft_size=backbone.image_size),
+                        batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available())
     device = backbone.token_embedding.weight.device
     for images, _, rows in tqdm(loader, desc=f"scoring {dataset.name}/{dataset.split}", leave=False):
         yield encode(backbone, images.to(device), autocast), rows

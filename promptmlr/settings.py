@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from promptmlr.errors import ConfigError
+from promptmlr.errors import ConfigError, one_line
 
 
 def merge(config: Any, values: dict[str, Any], where: str) -> Any:
@@ -128,5 +128,5 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist")
     try:
         return load_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML: {one_line(error)}") from None

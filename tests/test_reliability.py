@@ -223,3 +223,44 @@ def test_a_weight_change_behind_the_same_spec_is_named_as_such(tmp_path):
     changed.fingerprint = "0" * 64  # as a new checkpoint file behind the same spec would give
     with pytest.raises(PromptsFileError, match=r"now loads weights 000000000000…: the checkpoint behind that name"):
         load_prompts(path, backbone=changed)
+
+
+# ------------------------------------------------------------------------------- debris after kill
+def test_temporaries_of_killed_processes_are_cleaned_and_live_ones_kept(tmp_path):
+    from promptmlr import files
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    stale_file = tmp_path / f".checkpoint.safetensors.{files._HOST}-{dead}.k2j4x9qz.tmp"
+    stale_folder = tmp_path / f".{'a' * 32}.{files._HOST}-{dead}.abcd1234"
+    live_file = tmp_path / f".metrics.json.{files._OWNER}.zzzz0000.tmp"
+    other_host = tmp_path / f".metrics.json.00000000-{dead}.yyyy0000.tmp"
+    stale_file.write_text("half a checkpoint")
+    (stale_folder / "dense.npy").parent.mkdir()
+    (stale_folder / "dense.npy").write_bytes(b"half a cache")
+    live_file.write_text("being written")
+    other_host.write_text("another machine's")
+    files.write_text_atomic(tmp_path / "summary.md", "done")
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == {"summary.md", live_file.name, other_host.name}
+
+
+# -------------------------------------------------------------------------------- huge images
+def test_a_huge_jpeg_is_decoded_at_reduced_size_and_said_once(tmp_path, capsys):
+    import warnings
+
+    from PIL import Image
+
+    from promptmlr.data import images as image_module
+    from promptmlr.data import load_image
+
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (9600, 9600), (20, 120, 200)).save(path, quality=70)  # 92 megapixels: Pillow would warn
+    image_module._NOTED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes
+        small = load_image(path, draft_size=224)
+        again = load_image(path, draft_size=224)
+    assert 224 <= min(small.size) < 9600 / 4 and again.size == small.size
+    assert capsys.readouterr().err.count("decoding large JPEGs at reduced size") == 1
+    assert load_image(tmp_path / "huge.jpg").size == (9600, 9600)  # no size asked for: decoded in full

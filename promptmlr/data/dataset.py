@@ -38,6 +38,7 @@ class MultiLabelDataset(Dataset):
         self.image_paths = [Path(p) for p in image_paths]
         self.labels = as_label_matrix(labels, where=f"{name}/{split} labels")
         self.transform = transform
+        self.draft_size: int | None = None  # see with_transform
         if len(set(self.class_names)) != len(self.class_names):
             repeated = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
             raise DatasetError(f"{name}/{split}: class names repeat: {', '.join(repeated)}")
@@ -53,7 +54,7 @@ class MultiLabelDataset(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, int]:
-        image = load_image(self.image_paths[index])
+        image = load_image(self.image_paths[index], self.draft_size)
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
@@ -79,9 +80,11 @@ class MultiLabelDataset(Dataset):
         return self._replace(image_paths=[self.image_paths[i] for i in rows.tolist()],
                              labels=self.labels[rows])
 
-    def with_transform(self, transform: Callable[[Any], Any] | None) -> "MultiLabelDataset":
-        """The same images and labels, read through another transform (train vs. eval)."""
-        return self._replace(transform=transform)
+    def with_transform(self, transform: Callable[[Any], Any] | None, draft_size: int | None = None
+                       ) -> "MultiLabelDataset":
+        """The same images and labels, read through another transform (train vs. eval); large JPEGs
+        are decoded at reduced size when ``draft_size`` (the smallest side needed) is given."""
+        return self._replace(transform=transform, draft_size=draft_size)
 
     def _replace(self, **changes: Any) -> "MultiLabelDataset":
         clone = copy.copy(self)

@@ -15,6 +15,8 @@ Every loader, ``data verify`` and every DataLoader worker reads pixels through :
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -25,6 +27,7 @@ WHITE = (255, 255, 255)
 _PREFIX = "cannot load image "
 _SEPARATOR = " — "
 _ALPHA_MODES = ("RGBA", "LA", "PA")
+LARGE_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # where Pillow would warn
 
 
 class ImageLoadError(PromptMLRError, OSError):
@@ -60,13 +63,29 @@ def _parse_message(text: str) -> tuple[str, str]:
     return text, "unknown reason"
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully and return it upright and in RGB; raise :class:`ImageLoadError` if not."""
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode ``path`` fully and return it upright and in RGB; raise :class:`ImageLoadError` if not.
+
+    ``draft_size``: the smallest side the caller needs. A JPEG at least twice that is decoded at a
+    reduced scale (libjpeg's DCT scaling, 1/2 to 1/8, never below ``draft_size``), which makes a
+    12000 x 12000 photo cost megabytes instead of 430 MB. Pillow's DecompressionBombWarning for
+    large images is replaced by one line per process; its error for absurd sizes still applies.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()  # decode every byte now: truncation shows here, not in a worker later
-            image = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if draft_size and image.format == "JPEG" and min(image.size) >= 2 * draft_size:
+                    original = image.size
+                    image.draft("RGB", (draft_size, draft_size))
+                    _note_once(f"decoding large JPEGs at reduced size (first: {path}, {original[0]}x{original[1]} "
+                               f"-> {image.size[0]}x{image.size[1]}, for {draft_size} px)")
+                elif image.width * image.height > LARGE_IMAGE_PIXELS:
+                    _note_once(f"decoding a very large image in full: {path} ({image.width}x{image.height}, "
+                               f"~{image.width * image.height * 3 / 2**20:.0f} MB); smaller files load faster")
+                image.load()  # decode every byte now: truncation shows here, not in a worker later
+                image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
@@ -76,6 +95,17 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(path, "not an image file Pillow can read (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise ImageLoadError(path, f"corrupt or unreadable ({type(error).__name__}: {error})") from None
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """Say ``message``'s kind once per process (the first example), on stderr."""
+    kind = message.split(" (")[0].split(":")[0]
+    if kind not in _NOTED:
+        _NOTED.add(kind)
+        print(f"note: {message}", file=sys.stderr)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -26,6 +26,7 @@ from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import NEGATIVE, POSITIVE
 from promptmlr.data.registry import register_dataset
 from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_lines
+from promptmlr.errors import one_line
 
 YOLO_SPLIT_KEYS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
@@ -40,7 +41,7 @@ def read_data_yaml(root: Path) -> tuple[Path, dict]:
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise DatasetError(f"{path}: not valid YAML ({error})") from None
+        raise DatasetError(f"{path}: not valid YAML ({one_line(error)})") from None
     if not isinstance(content, dict) or "names" not in content:
         raise DatasetError(f"{path}: needs a 'names' field (a list of class names or a {{id: name}} mapping)")
     return path, content
