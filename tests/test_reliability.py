@@ -264,3 +264,29 @@ def test_a_huge_jpeg_is_decoded_at_reduced_size_and_said_once(tmp_path, capsys):
     assert 224 <= min(small.size) < 9600 / 4 and again.size == small.size
     assert capsys.readouterr().err.count("decoding large JPEGs at reduced size") == 1
     assert load_image(tmp_path / "huge.jpg").size == (9600, 9600)  # no size asked for: decoded in full
+
+
+# -------------------------------------------------------------------------------- damaged JPEGs
+def test_a_jpeg_with_damaged_scan_data_is_caught_by_verify_and_warned_in_training(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from promptmlr.data import ImageLoadError, load_image
+    from promptmlr.data.verify import check_image
+
+    pixels = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(pixels).save(good, quality=90)
+    data = good.read_bytes()
+    scan = data.index(b"\xff\xda")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[:scan + 200] + data[-2:])  # scan data lost, end marker kept: Pillow decodes it grey
+    assert check_image(good) is None
+    problem = check_image(cut)
+    assert problem.kind == "corrupt" and "damaged JPEG scan data" in problem.reason
+    with pytest.raises(ImageLoadError, match=r"cut.jpg — damaged JPEG scan data \(Corrupt JPEG data"):
+        load_image(cut, damaged="error")
+    capsys.readouterr()
+    load_image(cut)
+    load_image(cut)
+    assert capsys.readouterr().err.count(f"warning: {cut}: damaged JPEG scan data") == 1

@@ -11,6 +11,10 @@ Every loader, ``data verify`` and every DataLoader worker reads pixels through :
   (often black), putting objects on a background nobody sees.
 * Any failure raises :class:`ImageLoadError` naming the file and the reason, so a bad file in a
   dataset of 100,000 is found by name instead of through an opaque PIL trace.
+* A JPEG whose scan data is damaged decodes without complaint in Pillow (libjpeg fills what it
+  lost with grey and Pillow drops its warning). Its entropy-coded data is therefore also checked by
+  libjpeg-turbo through ``simplejpeg`` in strict mode, at 1/8 scale (the whole bitstream is still
+  decoded): ``data verify`` reports such a file as corrupt, training warns once per file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import simplejpeg
 from PIL import Image, ImageOps
 
 from promptmlr.errors import PromptMLRError
@@ -63,16 +68,19 @@ def _parse_message(text: str) -> tuple[str, str]:
     return text, "unknown reason"
 
 
-def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "warn") -> Image.Image:
     """Decode ``path`` fully and return it upright and in RGB; raise :class:`ImageLoadError` if not.
 
     ``draft_size``: the smallest side the caller needs. A JPEG at least twice that is decoded at a
     reduced scale (libjpeg's DCT scaling, 1/2 to 1/8, never below ``draft_size``), which makes a
     12000 x 12000 photo cost megabytes instead of 430 MB. Pillow's DecompressionBombWarning for
     large images is replaced by one line per process; its error for absurd sizes still applies.
+    ``damaged``: what a JPEG with damaged scan data does, ``warn`` (once per file) or ``error``.
     """
     path = Path(path)
     try:
+        if path.suffix.lower() in _JPEG_SUFFIXES or damaged == "error":
+            _check_jpeg_scan(path, damaged)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
@@ -87,6 +95,8 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
                 image.load()  # decode every byte now: truncation shows here, not in a worker later
                 image = ImageOps.exif_transpose(image)
         return to_rgb(image)
+    except ImageLoadError:
+        raise
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
     except IsADirectoryError:
@@ -98,6 +108,27 @@ def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
 
 
 _NOTED: set[str] = set()
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+_WARNED: set[str] = set()
+
+
+def _check_jpeg_scan(path: Path, damaged: str) -> None:
+    """Decode a JPEG's bitstream strictly (see the module docstring); files that are not JPEGs, and
+    JPEGs libjpeg-turbo cannot read for other reasons, are left to Pillow."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(b"\xff\xd8"):
+        return
+    try:
+        simplejpeg.decode_jpeg(data, min_factor=8, strict=True)
+    except ValueError as error:
+        if "Corrupt JPEG data" not in str(error):
+            return
+        if damaged == "error":
+            raise ImageLoadError(path, f"damaged JPEG scan data ({error}); it would decode partly grey") from None
+        if str(path) not in _WARNED:
+            _WARNED.add(str(path))
+            print(f"warning: {path}: damaged JPEG scan data ({error}); parts of it decode grey", file=sys.stderr)
 
 
 def _note_once(message: str) -> None:

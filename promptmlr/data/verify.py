@@ -69,7 +69,7 @@ class SplitReport:
 def check_image(path: Path) -> Problem | None:
     """None if ``path`` decodes to an image; otherwise what is wrong with it."""
     try:
-        load_image(path)
+        load_image(path, damaged="error")
     except ImageLoadError as error:
         return Problem(path, "missing" if not path.exists() else "corrupt", error.reason)
     return None
