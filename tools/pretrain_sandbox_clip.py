@@ -12,12 +12,12 @@ train (default)
     (the caption is written for the flipped scene, so "left of" stays true) and writes a fresh
     caption for every image. Progress (step, loss, lr, images/s) goes to stdout; every
     ``--save-every`` steps and at the end the model is saved atomically to
-    ``<out-dir>/last.pt`` with a zero-shot mAP on held-out scenes, so a usable checkpoint exists
+    ``<out-dir>/last.safetensors`` with a zero-shot mAP on held-out scenes, so a usable checkpoint exists
     even if the run is cut short (``--time-budget`` stops it cleanly).
 --bench
     Time a few steps of one or more architectures (``--bench-arch``) and exit.
 --finalize
-    Take ``<out-dir>/last.pt``, store it as fp16 safetensors at
+    Take ``<out-dir>/last.safetensors``, store it as fp16 safetensors at
     ``promptmlr/backbones/weights/sandbox-vit.safetensors``, load it back through
     ``create_backbone("openclip:promptmlr-sandbox-vit:<file>")`` (the path a user's own checkpoint
     takes), measure zero-shot mAP against chance and a linear-probe ceiling on a held-out synthetic
@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
+from promptmlr.checkpoint import load_checkpoint, save_checkpoint
 from promptmlr.data.synthetic import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
 from promptmlr.files import atomic_write, write_json_atomic
 
@@ -164,13 +165,14 @@ def lr_at(step: int, args, elapsed: float = 0.0) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _plain(arguments: dict) -> dict:
+    """Parsed arguments as checkpoint data (paths as strings)."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in arguments.items()}
+
+
 def chance_map(labels: np.ndarray) -> float:
     """mAP of random scores: each class's AP is then its positive rate (classes with a positive)."""
     return 100.0 * float(labels.mean(0)[labels.sum(0) > 0].mean())
-
-
-def save_atomic(obj, path: Path) -> None:
-    atomic_write(path, lambda temp: torch.save(obj, temp))
 
 
 # ------------------------------------------------------------------------------------- training
@@ -242,9 +244,9 @@ def train(args) -> None:
     chance = chance_map(eval_labels)
     log(f"arch {args.arch}: {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M params; "
         f"held-out eval {args.eval_size} scenes, chance mAP {chance:.2f}")
-    resume = out / "last.pt"
+    resume = out / "last.safetensors"
     if args.resume and resume.exists():
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+        state = load_checkpoint(resume)
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = state["step"]
@@ -270,10 +272,10 @@ def train(args) -> None:
             zeroshot = quick_zeroshot(trainer.model, trainer.tokenizer, eval_images, eval_labels)
             history.append({"step": trainer.step, "zeroshot_map": round(zeroshot, 2),
                             "minutes": round(elapsed / 60, 1)})
-            save_atomic({"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                         "step": trainer.step, "arch": args.arch, "args": vars(args), "history": history,
-                         "train_seconds": elapsed, "pairs_seen": seen, "chance_map": chance,
-                         "command": _command()}, resume)
+            save_checkpoint(resume, {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                                     "step": trainer.step, "arch": args.arch, "args": _plain(vars(args)),
+                                     "history": history, "train_seconds": elapsed, "pairs_seen": seen,
+                                     "chance_map": chance, "command": _command()})
             log(f"saved step {trainer.step}: zero-shot mAP {zeroshot:.2f} (chance {chance:.2f})")
         if out_of_time:
             log(f"time budget of {args.time_budget}s reached at step {trainer.step}; stopping")
@@ -307,7 +309,7 @@ def bench(args) -> None:
 
 # ------------------------------------------------------------------------------------- finalize
 def finalize(args) -> None:
-    """Ship ``<out-dir>/last.pt``: fp16 safetensors, loaded back through the user path, evaluated."""
+    """Ship ``<out-dir>/last.safetensors``: fp16 safetensors, loaded back through the user path, evaluated."""
     from safetensors.torch import save_file
     from sklearn.linear_model import LogisticRegression
 
@@ -322,7 +324,7 @@ def finalize(args) -> None:
 
     log = _logger()
     torch.set_num_threads(args.threads)
-    state = torch.load(Path(args.out_dir) / "last.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(Path(args.out_dir) / "last.safetensors")
     weights_dir = Path(args.weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     target = weights_dir / "sandbox-vit.safetensors"
@@ -473,7 +475,7 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--time-budget", type=float, default=0, help="stop (and save) after this many training seconds")
-    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.safetensors")
     p.add_argument("--eval-size", type=int, default=512, help="held-out scenes for zero-shot mAP")
     p.add_argument("--bench", action="store_true")
     p.add_argument("--bench-arch", nargs="+", default=[ARCH])
