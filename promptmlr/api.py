@@ -17,13 +17,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from accelerate import PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from promptmlr.backbones import FrozenCLIP
+from promptmlr.checkpoint import refuse_legacy_checkpoint
 from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import DataConfig, check_images_exist, load_split, load_splits
@@ -39,8 +40,10 @@ from promptmlr.prompt_files import export_text_embeddings, read_header, save_pro
 from promptmlr.prompt_files import load_prompts as load_prompts_file
 from promptmlr.runs import (
     BEST_PROMPTS,
+    CHECKPOINT_FILE,
     CONFIG_FILE,
     LAST_PROMPTS,
+    LEGACY_CHECKPOINT,
     METRICS_FILE,
     PREDICTIONS_STEM,
     default_run_dir,
@@ -158,6 +161,7 @@ def _resume(out: str | Path | None, given: list[str], log: Log) -> TuneResult:
     if given:
         raise UsageError(f"--resume continues {out} with the configuration it was started with; leave out "
                          f"{', '.join(given)} (or start a new run with another --out)")
+    refuse_legacy_checkpoint(Path(out) / CHECKPOINT_FILE, Path(out) / LEGACY_CHECKPOINT)  # before any work
     config = load_run_config(Path(out) / CONFIG_FILE)
     check_trackers(config.train.report_to)
     return run(config, Path(out), resume=True, log=log)
@@ -195,9 +199,30 @@ def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log =
     started = time.time()
     run_dir = Path(run_dir)
     config = checked(config, trackers=False)  # a config changed in Python is checked like any other
-    lock = run_lock(run_dir, log) if PartialState().is_main_process else contextlib.nullcontext()
-    with lock:  # one run per folder (the other processes of a multi-GPU run write nothing of their own)
+    with _folder_lock(run_dir, log):
         return _run_locked(config, run_dir, resume, log, started)
+
+
+@contextlib.contextmanager
+def _folder_lock(run_dir: Path, log: Log) -> Iterator[None]:
+    """The run folder's lock, taken by the main process; with several processes (``accelerate
+    launch``) its outcome is broadcast, so that all refuse together instead of the others going on."""
+    state = PartialState()
+    if state.num_processes == 1:
+        with run_lock(run_dir, log):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        refusal = [None]
+        if state.is_main_process:
+            try:
+                stack.enter_context(run_lock(run_dir, log))
+            except UsageError as error:
+                refusal = [str(error)]
+        broadcast_object_list(refusal)
+        if refusal[0]:
+            raise UsageError(refusal[0])
+        yield
 
 
 def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, started: float) -> TuneResult:
@@ -216,7 +241,9 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     log(f"backbone {backbone.spec} at {backbone.image_size}px ({locations} locations); descriptions: "
         f"{descriptions_source}")
     log(method.summary(config.train.batch_size, locations))
-    write_config(run_dir, config.to_dict())
+    main = PartialState().is_main_process  # the other processes of a multi-GPU run write no files
+    if main:
+        write_config(run_dir, config.to_dict())
     result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict()).fit(resume=resume)
     method = result.method
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
@@ -224,9 +251,10 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     thresholds = [config.train.threshold] * len(class_names)
     for file_name, state, record in ((LAST_PROMPTS, result.last_state, last), (BEST_PROMPTS, result.best_state, best)):
         method.load_state_dict(state)  # the best state last: the method returned holds it
-        save_prompts(method, run_dir / file_name, thresholds=thresholds, metrics=record, mask_sha256=mask_hash,
-                     extra={"selected_on": result.select_on, "epoch": record["epoch"]})
-    if result.test_logits is not None:
+        if main:
+            save_prompts(method, run_dir / file_name, thresholds=thresholds, metrics=record, mask_sha256=mask_hash,
+                         extra={"selected_on": result.select_on, "epoch": record["epoch"]})
+    if result.test_logits is not None and main:
         write_predictions(run_dir / PREDICTIONS_STEM, splits.test.image_paths, class_names, result.test_logits,
                           splits.test.labels)
     selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
@@ -243,12 +271,13 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
         "trainable_parameters": method.trainable_parameter_count(),
         "train_seconds": result.seconds, "total_seconds": time.time() - started,
     }
-    write_metrics(run_dir, metrics)
     notes = [f"mask sha256: {mask_hash}", f"backbone: {backbone.spec} (weights {backbone.fingerprint[:12]}…)",
              f"trainable parameters: {metrics['trainable_parameters']:,}",
              f"wall time: {metrics['total_seconds']:.0f} s"]
-    write_summary(run_dir, f"{config.model.method} on {config.data.dataset}, {config.data.known:.0%} known "
-                           f"(test set)", table, notes)
+    if main:
+        write_metrics(run_dir, metrics)
+        write_summary(run_dir, f"{config.model.method} on {config.data.dataset}, {config.data.known:.0%} known "
+                               f"(test set)", table, notes)
     return TuneResult(run_dir, config, metrics, table, method)
 
 

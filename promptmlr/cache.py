@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.images import ImageLoadError
-from promptmlr.errors import check_choice, check_number
-from promptmlr.files import atomic_directory
+from promptmlr.errors import PromptMLRError, check_choice, check_number
+from promptmlr.files import DiskFullError, atomic_directory
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 CACHE_MODES = ("auto", "on", "off")
@@ -89,8 +89,9 @@ def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
     return rows * (grid[0] * grid[1] + 1) * dims * np.dtype(dtype).itemsize
 
 
-class DamagedCacheError(ValueError):
-    """A cache folder whose files cannot be read or do not match its key (never shown: rebuilt)."""
+class DamagedCacheError(PromptMLRError, ValueError):
+    """A cache folder whose files cannot be read or do not match its key: rebuilt once; shown only if
+    the rebuilt one fails too."""
 
 
 @dataclass
@@ -125,6 +126,17 @@ class FeatureCache:
         return cache
 
 
+def _check_free_space(root: Path, needed: int) -> None:
+    """Refuse to start a cache that cannot fit: its arrays are memory maps, and a write into one on a
+    full disk kills the process (SIGBUS) instead of raising an error."""
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise DiskFullError(f"the feature cache needs ~{needed / 2**30:.2f} GiB but {root} has "
+                            f"{free / 2**30:.2f} GiB free; free space there, point train.cache.directory "
+                            f"elsewhere, or set train.cache.enabled=off")
+
+
 def _file_stamps(folder: Path) -> dict[str, list[int]]:
     """Size and modification time of the cached arrays, recorded when built and compared when opened:
     a file rewritten since (by hand, a tool, a half-finished copy) rebuilds the cache. Hashing the
@@ -152,6 +164,8 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
                                                        "files": _file_stamps(folder)}))
 
     target = root / key[:32]
+    if not (target / "meta.json").is_file():
+        _check_free_space(root, estimated_bytes(backbone, len(dataset) * len(transforms), dtype))
     try:
         return FeatureCache.open(atomic_directory(target, build), key, len(dataset), len(transforms))
     except DamagedCacheError as error:  # rebuilt, never trusted: features are cheap to recompute
@@ -170,7 +184,7 @@ def _write_features(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms
     device = backbone.token_embedding.weight.device
     for view, transform in enumerate(transforms):
         generator = torch.Generator().manual_seed(seed * 1000 + view)  # worker augmentation seeds
-        loader = DataLoader(dataset.with_transform(transform, draft_size=backbone.image_size),
+        loader = DataLoader(dataset.with_transform(transform, draft_size=backbone.image_size, damaged="warn"),
                             batch_size=batch_size, num_workers=num_workers, generator=generator, shuffle=False)
         for images, _, indices in tqdm(loader, desc=f"{description} (view {view + 1}/{views})", leave=False):
             features = encode(backbone, images.to(device), autocast)

@@ -3,8 +3,9 @@
 A run folder may come from someone else, and ``--resume`` reads its checkpoint, so the format must
 not be able to run code: no pickle (``torch.save`` / ``torch.load(weights_only=False)`` can). The
 state (learnable parameters, optimiser, scheduler, EMA, pseudo-labels, history, RNG states) is
-split into its tensors, stored by path as safetensors entries, and a JSON tree of everything else,
-stored in the file's metadata, in which each tensor is a ``{"tensor": key}`` reference. Tuples,
+split into its tensors, stored as numbered safetensors entries, and a JSON tree of everything
+else, stored in the file's metadata, in which each tensor is a ``{"tensor": key}`` reference, with
+a SHA-256 over both. Tuples,
 dicts with non-string keys (an optimiser's per-parameter state) and NumPy arrays (NumPy's RNG state)
 are spelled out so that they come back as they went in: resuming stays bit-identical.
 
@@ -14,6 +15,7 @@ checkpoint of a prompt-tuning run is kilobytes to a few megabytes, not the size 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -30,6 +32,7 @@ from promptmlr.files import atomic_write
 FORMAT = "promptmlr-checkpoint"
 VERSION = 1
 HEADER_KEY = "promptmlr-checkpoint"
+NUMPY_KINDS = "biuf"  # bool, int, uint, float: all NumPy state a run holds (the RNG's key is uint32)
 
 
 class CheckpointError(PromptMLRError, ValueError):
@@ -53,11 +56,21 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` plus the RNG states to a temporary file, then rename: an interruption keeps
-    the previous checkpoint."""
+    the previous checkpoint. A SHA-256 over the JSON tree and every tensor's bytes goes with it, so
+    that a checkpoint damaged in place is refused rather than resumed from wrong values."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _pack({**state, "rng": rng_states()}, tensors)
-    header = json.dumps({"format": FORMAT, "version": VERSION, "state": tree})
+    header = json.dumps({"format": FORMAT, "version": VERSION, "state": tree, "sha256": _digest(tree, tensors)})
     return atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata={HEADER_KEY: header}))
+
+
+def _digest(tree: Any, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode())
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous().reshape(-1)
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensors[key].shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -73,10 +86,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         header = json.loads(metadata[HEADER_KEY])
         if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
             raise ValueError(f"format {header.get('format')} v{header.get('version')}")
+        if header.get("sha256") != _digest(header["state"], tensors):
+            raise ValueError("its contents do not match their checksum: damaged")
         return _unpack(header["state"], tensors)
-    except (KeyError, ValueError, TypeError) as error:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as error:
         raise CheckpointError(f"{path} is not a promptmlr checkpoint this version reads ({error}); start the run "
                               f"again in a new --out") from None
+
+
+def refuse_legacy_checkpoint(checkpoint: Path, legacy: Path) -> None:
+    """A run folder whose only checkpoint is the pickle older versions wrote is never resumed from
+    scratch silently, nor unpickled: it is refused, before any work is done."""
+    if legacy.is_file() and not checkpoint.is_file():
+        raise CheckpointError(f"{legacy} is a pickle, as promptmlr wrote before 0.2: pickles can run code, so it "
+                              f"is not loaded; start the run again in a new --out")
 
 
 def _reason(path: Path, error: Exception) -> str:
@@ -88,14 +111,17 @@ def _reason(path: Path, error: Exception) -> str:
 
 
 def _pack(value: Any, tensors: dict[str, torch.Tensor], path: str = "state") -> Any:
-    """``value`` as JSON, its tensors moved into ``tensors`` under their path."""
+    """``value`` as JSON, its tensors moved into ``tensors`` (numbered; ``path`` names errors)."""
     if isinstance(value, torch.Tensor):
-        tensors[path] = value.detach().cpu().contiguous().clone()
-        return {"tensor": path}
-    if isinstance(value, np.ndarray):
-        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, np.generic):
-        return value.item()
+        key = f"t{len(tensors)}"  # numbered, not named by path: a "/" inside a dict key cannot collide
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {"tensor": key}
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype.kind not in NUMPY_KINDS:
+            raise TypeError(f"checkpoint state at {path} is a NumPy array of {array.dtype}, not plain numbers")
+        return {"ndarray": array.reshape(-1).tolist(), "dtype": array.dtype.str, "shape": list(array.shape),
+                "scalar": isinstance(value, np.generic)}
     if isinstance(value, dict):
         if all(isinstance(key, str) for key in value):
             return {"dict": {key: _pack(item, tensors, f"{path}/{key}") for key, item in value.items()}}
@@ -117,7 +143,11 @@ def _unpack(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "tensor" in tree:
         return tensors[tree["tensor"]]
     if "ndarray" in tree:
-        return np.array(tree["ndarray"], dtype=np.dtype(tree["dtype"]))
+        dtype = np.dtype(tree["dtype"])
+        if dtype.kind not in NUMPY_KINDS or dtype.itemsize > 16:
+            raise ValueError(f"a NumPy array of {dtype}")
+        array = np.array(tree["ndarray"], dtype=dtype).reshape(tree["shape"])
+        return array[()] if tree.get("scalar") else array
     if "tuple" in tree:
         return tuple(_unpack(item, tensors) for item in tree["tuple"])
     if "items" in tree:

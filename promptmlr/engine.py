@@ -27,7 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.cache import CacheConfig, CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes
-from promptmlr.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint
+from promptmlr.checkpoint import load_checkpoint, refuse_legacy_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import Splits
 from promptmlr.errors import ConfigError, PromptMLRError, check_choice, check_number
@@ -82,8 +82,9 @@ class TrainConfig:
             raise ConfigError(f"train.threshold is a probability in (0, 1), got {self.threshold}")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
             check_number(f"train.{name}", getattr(self, name), minimum=1)
-        for name in ("weight_decay", "warmup_epochs", "num_workers", "seed"):
+        for name in ("weight_decay", "warmup_epochs", "num_workers"):
             check_number(f"train.{name}", getattr(self, name), minimum=0)
+        check_number("train.seed", self.seed, minimum=0, maximum=2**32 - 1)  # NumPy's seed range
         check_number("train.lr", self.lr, above=0)
         check_number("train.momentum", self.momentum, minimum=0, below=1)
         check_number("train.ema_decay", self.ema_decay, minimum=0, below=1)
@@ -225,9 +226,8 @@ class Trainer:
         best_score = -math.inf
         start_epoch = 0
         checkpoint_path = self.run_dir / CHECKPOINT_FILE
-        if resume and not checkpoint_path.is_file() and (self.run_dir / LEGACY_CHECKPOINT).is_file():
-            raise CheckpointError(f"{self.run_dir / LEGACY_CHECKPOINT} is a pickle, as promptmlr wrote before 0.2: "
-                                  f"pickles can run code, so it is not loaded; start the run again in a new --out")
+        if resume:
+            refuse_legacy_checkpoint(checkpoint_path, self.run_dir / LEGACY_CHECKPOINT)
         if resume and checkpoint_path.is_file():
             state = load_checkpoint(checkpoint_path)
             start_epoch, best_score = self._restore(state, optimizer, scheduler, ema, result)
@@ -382,6 +382,7 @@ class Trainer:
             "scheduler": scheduler.state_dict(),
             "ema": ema.shadow if ema else None,
             "pseudo_labels": self.pseudo_labels.cpu(),
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
             "best_score": best_score,
             "best_epoch": result.best_epoch,
             "best_state": result.best_state,
@@ -395,6 +396,8 @@ class Trainer:
         if ema is not None and state["ema"] is not None:
             ema.shadow = {name: tensor.to(self.accelerator.device) for name, tensor in state["ema"].items()}
         self.pseudo_labels = state["pseudo_labels"].to(self.labels.device)
+        if state.get("scaler") and self.accelerator.scaler is not None:  # fp16's loss scale, on a GPU
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         result.best_epoch, result.best_state = state["best_epoch"], state["best_state"]
         result.history = state["history"]
         restore_rng_states(state["rng"])

@@ -17,32 +17,59 @@ from typing import Any, Callable, Iterator
 
 from promptmlr.errors import PromptMLRError
 
-# Temporary files and folders are named ``.<target>.<host>-<pid>.<random>``, so that one left by a
-# process that was killed can be told from one being written right now, and removed.
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-_OWNER = f"{_HOST}-{os.getpid()}"
-_TEMPORARY = re.compile(rf"^\..+\.{_HOST}-(\d+)\.[^.]+(\.tmp)?$")
+
+def _pid_space() -> str:
+    """What makes a pid mean one process: the host, this boot, and the pid namespace (containers
+    that share a hostname and a folder have pid spaces of their own)."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(source).read_text().strip() if source.endswith("boot_id") else
+                         str(os.stat(source).st_ino))
+        except OSError:
+            parts.append("?")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+# Temporary files and folders are named ``.<target>.<pid space>-<pid>.<random>``, so that one left
+# by a process that was killed can be told from one being written right now, and removed.
+_SPACE = _pid_space()
+_OWNER = f"{_SPACE}-{os.getpid()}"
+_TEMPORARY = re.compile(rf"^\..+\.{_SPACE}-(\d{{1,10}})\.[^.]+(\.tmp)?$")
+_SWEPT: set[Path] = set()
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove this host's temporary files and folders in ``folder`` whose writing process is gone
-    (a ``kill -9`` during a checkpoint or cache build); those of running processes stay."""
+    """Remove the temporary files and folders in ``folder`` whose writing process is gone (a
+    ``kill -9`` during a checkpoint or cache build), once per folder and process. Only those of this
+    pid space are considered: others' processes cannot be seen from here, so theirs stay, as do the
+    temporaries of running processes."""
+    folder = Path(folder)
+    if folder in _SWEPT or not folder.is_dir():
+        return []
+    _SWEPT.add(folder)
     removed = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
+    for entry in folder.iterdir():
         match = _TEMPORARY.match(entry.name)
         if match and not process_running(int(match.group(1))):
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed.append(entry)
+            try:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                removed.append(entry)
+            except OSError:  # not ours to remove after all (permissions), or gone already
+                pass
     return removed
 
 
 def process_running(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
+    """Whether process ``pid`` exists in this pid space. On Windows, where ``os.kill(pid, 0)`` is no
+    such test, every process counts as running: nothing is removed there."""
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # it exists, owned by another user
+    except (PermissionError, OverflowError):  # exists but belongs to another user / not a pid at all
         return True
     return True
 
@@ -53,7 +80,8 @@ class DiskFullError(PromptMLRError, OSError):
 
 def _out_of_space(error: BaseException) -> bool:
     """An ``ENOSPC``, whichever library reports it (safetensors and torch wrap it in their own errors)."""
-    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
+    return ((isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+            or "No space left on device" in str(error) or "Disk quota exceeded" in str(error))
 
 
 @contextlib.contextmanager

@@ -96,7 +96,8 @@ def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], o
         rows = []
         for row in range(start, min(start + batch_size, len(predictions))):
             try:
-                opened[row] = load_image(predictions[row].image, draft_size=method.backbone.image_size)
+                opened[row] = load_image(predictions[row].image, draft_size=method.backbone.image_size,
+                                         damaged="warn")
                 rows.append(row)
             except ImageLoadError as error:
                 predictions[row].error = str(error)

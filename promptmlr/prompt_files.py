@@ -66,7 +66,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise PromptsFileError(f"{path} is not a safetensors prompts file: {one_line(error)}") from None
     if HEADER_KEY not in metadata:
         raise PromptsFileError(f"{path} has no promptmlr header; was it written by `promptmlr export`?")
-    header = json.loads(metadata[HEADER_KEY])
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a mapping")
+    except ValueError as error:
+        raise PromptsFileError(f"{path}: its promptmlr header is damaged ({one_line(error)})") from None
     if header.get("format") != FORMAT_NAME or header.get("format_version", 0) > FORMAT_VERSION:
         raise PromptsFileError(f"{path}: format {header.get('format')} v{header.get('format_version')} is not "
                                f"readable by this promptmlr (reads {FORMAT_NAME} up to v{FORMAT_VERSION})")

@@ -179,7 +179,7 @@ def load_predictions(run_dir: str | Path) -> Predictions:
     if not path.is_file():
         raise ReportError(f"run folder {run_dir} is incomplete: missing {PREDICTIONS_FILE}")
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             ranked = data["logits"] if "logits" in data.files else data["scores"]
             scores, labels = np.asarray(ranked, np.float64), np.asarray(data["labels"], np.int64)
             class_names, images = [str(c) for c in data["class_names"]], [str(i) for i in data["images"]]

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from promptmlr.errors import UsageError
-from promptmlr.files import atomic_write, process_running, write_json_atomic, write_text_atomic
+from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
 from promptmlr.metrics import sigmoid
 
 CONFIG_FILE = "config.yaml"
@@ -48,37 +48,52 @@ LOCK_FILE = ".lock"
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold ``RUN_DIR/.lock`` (the owner's host and pid) while a run writes the folder, so that a
-    second run into the same ``--out`` refuses instead of mixing its files with the first's. A lock
-    left by a process that no longer runs (killed, crashed) is taken over, with a message."""
+    """Hold an exclusive lock on ``RUN_DIR/.lock`` while a run writes the folder, so that a second run
+    into the same ``--out`` refuses instead of mixing its files with the first's.
+
+    The lock is the operating system's (``flock``), held on an open file for the whole run: the
+    kernel releases it when the process ends in any way (``kill -9``, a crash, a lost node on NFS
+    that supports locks), so a stale lock can never block, and two runs can never both hold it. The
+    file's text (host and pid) only names the holder in messages; it stays when the run ends.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    while True:
-        try:
-            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            host, pid = _lock_owner(path)
-            if pid is not None and (host != socket.gethostname() or process_running(pid)):
-                where = f"process {pid}" + (f" on {host}" if host != socket.gethostname() else "")
-                raise UsageError(f"{run_dir} is in use by {where} (lock {path}); wait for that run to finish or "
-                                 f"choose another --out (delete the lock only if that run is gone)") from None
-            log(f"taking over the stale lock {path} (process {pid} is no longer running)")
-            path.unlink(missing_ok=True)
-    with os.fdopen(handle, "w") as lock:
-        lock.write(f"{socket.gethostname()} {os.getpid()}\n")
+    handle = open(path, "a+", encoding="utf-8")
     try:
+        if not _try_lock(handle):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(f"{run_dir} is in use by {holder} (lock {path}); wait for that run to finish or "
+                             f"choose another --out")
+        handle.seek(0)
+        previous = handle.read().strip()
+        if previous:
+            log(f"taking over the lock {path} of {previous}, which is no longer running")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
         yield
+        handle.seek(0)
+        handle.truncate()  # an empty lock file: no holder to name next time
     finally:
-        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
 
 
-def _lock_owner(path: Path) -> tuple[str | None, int | None]:
+def _try_lock(handle) -> bool:
+    """Take the exclusive lock without waiting (``flock`` on POSIX, ``msvcrt.locking`` on Windows)."""
     try:
-        host, pid = path.read_text().split()
-        return host, int(pid)
-    except (OSError, ValueError):  # unreadable or half-written: nobody can be holding it sensibly
-        return None, None
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def default_run_dir(dataset: str, method: str, known: float, seed: int) -> Path:

@@ -39,6 +39,7 @@ class MultiLabelDataset(Dataset):
         self.labels = as_label_matrix(labels, where=f"{name}/{split} labels")
         self.transform = transform
         self.draft_size: int | None = None  # see with_transform
+        self.damaged = "skip"
         if len(set(self.class_names)) != len(self.class_names):
             repeated = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
             raise DatasetError(f"{name}/{split}: class names repeat: {', '.join(repeated)}")
@@ -54,7 +55,7 @@ class MultiLabelDataset(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, int]:
-        image = load_image(self.image_paths[index], self.draft_size)
+        image = load_image(self.image_paths[index], self.draft_size, self.damaged)
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.from_numpy(self.labels[index].astype(np.float32)), index
@@ -80,11 +81,12 @@ class MultiLabelDataset(Dataset):
         return self._replace(image_paths=[self.image_paths[i] for i in rows.tolist()],
                              labels=self.labels[rows])
 
-    def with_transform(self, transform: Callable[[Any], Any] | None, draft_size: int | None = None
-                       ) -> "MultiLabelDataset":
+    def with_transform(self, transform: Callable[[Any], Any] | None, draft_size: int | None = None,
+                       damaged: str = "skip") -> "MultiLabelDataset":
         """The same images and labels, read through another transform (train vs. eval); large JPEGs
-        are decoded at reduced size when ``draft_size`` (the smallest side needed) is given."""
-        return self._replace(transform=transform, draft_size=draft_size)
+        are decoded at reduced size when ``draft_size`` (the side resized to) is given, and damaged
+        JPEG scans are ``skip``-ped, ``warn``-ed about or an ``error`` (see :func:`load_image`)."""
+        return self._replace(transform=transform, draft_size=draft_size, damaged=damaged)
 
     def _replace(self, **changes: Any) -> "MultiLabelDataset":
         clone = copy.copy(self)

@@ -42,8 +42,8 @@ class DataConfig:
         except DatasetError as error:
             raise ConfigError(f"known: {error}") from None
         check_choice("mask_scheme", self.mask_scheme, MASK_SCHEMES)
-        check_number("mask_seed", self.mask_seed, minimum=0)
-        check_number("val_seed", self.val_seed, minimum=0)
+        check_number("mask_seed", self.mask_seed, minimum=0, maximum=2**32 - 1)
+        check_number("val_seed", self.val_seed, minimum=0, maximum=2**32 - 1)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1) (0: no validation split), got {self.val_fraction}")
 
