@@ -248,15 +248,6 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     method = result.method
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
     last = result.history[-1]
-    thresholds = [config.train.threshold] * len(class_names)
-    for file_name, state, record in ((LAST_PROMPTS, result.last_state, last), (BEST_PROMPTS, result.best_state, best)):
-        method.load_state_dict(state)  # the best state last: the method returned holds it
-        if main:
-            save_prompts(method, run_dir / file_name, thresholds=thresholds, metrics=record, mask_sha256=mask_hash,
-                         extra={"selected_on": result.select_on, "epoch": record["epoch"]})
-    if result.test_logits is not None and main:
-        write_predictions(run_dir / PREDICTIONS_STEM, splits.test.image_paths, class_names, result.test_logits,
-                          splits.test.labels)
     selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
     if result.select_on == "test":
         selected_label += " ⚠ selected on the test set, as the anchors do"
@@ -275,6 +266,15 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
              f"trainable parameters: {metrics['trainable_parameters']:,}",
              f"wall time: {metrics['total_seconds']:.0f} s"]
     if main:
+        thresholds = [config.train.threshold] * len(class_names)
+        for file_name, state, record in ((LAST_PROMPTS, result.last_state, last),
+                                         (BEST_PROMPTS, result.best_state, best)):
+            method.load_state_dict(state)  # the best state last: the method returned holds it
+            save_prompts(method, run_dir / file_name, thresholds=thresholds, metrics=record, mask_sha256=mask_hash,
+                         extra={"selected_on": result.select_on, "epoch": record["epoch"]})
+        if result.test_logits is not None:
+            write_predictions(run_dir / PREDICTIONS_STEM, splits.test.image_paths, class_names, result.test_logits,
+                              splits.test.labels)
         write_metrics(run_dir, metrics)
         write_summary(run_dir, f"{config.model.method} on {config.data.dataset}, {config.data.known:.0%} known "
                                f"(test set)", table, notes)

@@ -21,14 +21,12 @@ from promptmlr.errors import PromptMLRError
 def _pid_space() -> str:
     """What makes a pid mean one process: the host, this boot, and the pid namespace (containers
     that share a hostname and a folder have pid spaces of their own)."""
-    parts = [socket.gethostname()]
-    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
-        try:
-            parts.append(Path(source).read_text().strip() if source.endswith("boot_id") else
-                         str(os.stat(source).st_ino))
-        except OSError:
-            parts.append("?")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:  # not Linux: the host alone
+        boot = namespace = "?"
+    return hashlib.sha256(f"{socket.gethostname()}|{boot}|{namespace}".encode()).hexdigest()[:8]
 
 
 # Temporary files and folders are named ``.<target>.<pid space>-<pid>.<random>``, so that one left

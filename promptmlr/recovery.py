@@ -133,7 +133,7 @@ def prototype_evidence(similarity: np.ndarray, labels: np.ndarray) -> np.ndarray
         if positive.size and negative.size and positive.mean() > negative.mean():
             centre = (positive.mean() + negative.mean()) / 2
             steepness = 4.0 / (positive.mean() - negative.mean())  # sigmoid(2) ~ 0.88 at the positive mean
-            evidence[:, column] = 1.0 / (1.0 + np.exp(-steepness * (similarity[:, column] - centre)))
+            evidence[:, column] = sigmoid(steepness * (similarity[:, column] - centre))
     return evidence
 
 

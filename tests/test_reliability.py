@@ -280,7 +280,7 @@ def test_a_huge_jpeg_is_decoded_at_reduced_size_and_said_once(tmp_path, capsys):
 
     path = tmp_path / "huge.jpg"
     Image.new("RGB", (9600, 9600), (20, 120, 200)).save(path, quality=70)  # 92 megapixels: Pillow would warn
-    image_module._NOTED.clear()
+    image_module._SAID.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning escapes
         small = load_image(path, draft_size=224)

@@ -99,11 +99,13 @@ def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "
                 if draft_size and image.format == "JPEG" and min(image.size) >= 4 * draft_size:
                     original = image.size
                     image.draft("RGB", (2 * draft_size, 2 * draft_size))
-                    _note_once(f"decoding large JPEGs at reduced size (first: {path}, {original[0]}x{original[1]} "
-                               f"-> {image.size[0]}x{image.size[1]}, for {draft_size} px)")
+                    _say_once("draft", f"note: decoding large JPEGs at reduced size (first: {path}, "
+                                       f"{original[0]}x{original[1]} -> {image.size[0]}x{image.size[1]}, for "
+                                       f"{draft_size} px)")
                 elif image.width * image.height > LARGE_IMAGE_PIXELS:
-                    _note_once(f"decoding a very large image in full: {path} ({image.width}x{image.height}, "
-                               f"~{image.width * image.height * 3 / 2**20:.0f} MB); smaller files load faster")
+                    _say_once("large", f"note: decoding a very large image in full: {path} ({image.width}x"
+                                       f"{image.height}, ~{image.width * image.height * 3 / 2**20:.0f} MB); smaller "
+                                       f"files load faster")
                 image.load()  # decode every byte now: truncation shows here, not in a worker later
                 image = ImageOps.exif_transpose(image)
         return to_rgb(image)
@@ -119,8 +121,7 @@ def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "
         raise ImageLoadError(path, f"corrupt or unreadable ({type(error).__name__}: {error})") from None
 
 
-_NOTED: set[str] = set()
-_WARNED: set[str] = set()
+_SAID: set[str] = set()  # see _say_once
 _SCANNED: set[str] = set()  # JPEGs checked (warn mode) by this process: once per file
 
 
@@ -140,17 +141,14 @@ def _check_jpeg_scan(path: Path, damaged: str) -> None:
             return
         if damaged == "error":
             raise ImageLoadError(path, f"damaged JPEG scan data ({error}); it would decode partly grey") from None
-        if str(path) not in _WARNED:
-            _WARNED.add(str(path))
-            print(f"warning: {path}: damaged JPEG scan data ({error}); parts of it decode grey", file=sys.stderr)
+        _say_once(str(path), f"warning: {path}: damaged JPEG scan data ({error}); parts of it decode grey")
 
 
-def _note_once(message: str) -> None:
-    """Say ``message``'s kind once per process (the first example), on stderr."""
-    kind = message.split(" (")[0].split(":")[0]
-    if kind not in _NOTED:
-        _NOTED.add(kind)
-        print(f"note: {message}", file=sys.stderr)
+def _say_once(key: str, message: str) -> None:
+    """Print ``message`` on stderr the first time this process meets ``key``."""
+    if key not in _SAID:
+        _SAID.add(key)
+        print(message, file=sys.stderr)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
