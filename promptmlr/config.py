@@ -5,10 +5,13 @@ partial-label protocol), ``model`` (:class:`ModelConfig`, backbone and method) a
 (:class:`TrainConfig`, the engine, with its ``loss``, ``recovery`` and ``cache`` parts).
 
 Precedence, lowest first: the dataclass defaults, ``configs/<dataset>.yaml`` (shipped per-dataset
-recipes), a ``--config FILE`` of the user's, then command-line flags and ``--set
-section.key=value``. Resolution checks everything it can without reading data or loading weights:
-every key and type, the method's own options against its ``Config`` (filled in completely), and
-the tracker named by ``train.report_to``. The resolved config is written into every run folder, so
+recipes), the method's recipes ``configs/methods/<method>.yaml`` and
+``configs/methods/<dataset>/<method>.yaml`` (its settings validated on that dataset's validation
+split), a ``--config FILE`` of the user's, then command-line flags and ``--set
+section.key=value``. The shipped files merged are listed in the config's ``recipes``.
+Resolution checks everything it can without reading data or loading weights: every key and type,
+the method's own options against its ``Config`` (filled in completely), and the tracker named by
+``train.report_to``. The resolved config is written into every run folder, so
 a run can be read back and repeated exactly.
 """
 
@@ -36,6 +39,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    recipes: list[str] = field(default_factory=list)  # shipped recipe files merged, in order (set by resolution)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,6 +48,15 @@ class RunConfig:
 def shipped_config_path(dataset: str) -> Path | None:
     """The ``configs/<dataset>.yaml`` recipe shipped with promptmlr, if there is one."""
     return shipped_file("configs", f"{dataset}.yaml")
+
+
+def method_recipe_paths(dataset: str, method: str) -> list[Path]:
+    """The method's shipped recipes, general first: ``configs/methods/<method>.yaml`` (what holds
+    for the method anywhere), then ``configs/methods/<dataset>/<method>.yaml`` (its settings chosen
+    on that dataset's validation split). Either may be absent."""
+    found = (shipped_file("configs/methods", f"{method}.yaml"),
+             shipped_file(f"configs/methods/{dataset}", f"{method}.yaml"))
+    return [path for path in found if path]
 
 
 def parse_assignment(text: str) -> dict[str, Any]:
@@ -64,18 +77,34 @@ def parse_assignment(text: str) -> dict[str, Any]:
 
 def resolve_config(dataset: str | None = None, config_file: str | Path | None = None,
                    overrides: list[dict[str, Any]] = ()) -> RunConfig:
-    """Defaults <- shipped ``configs/<dataset>.yaml`` <- ``config_file`` <- ``overrides`` (in order)."""
-    config = RunConfig()
+    """Defaults <- shipped ``configs/<dataset>.yaml`` <- the method's recipes <- ``config_file`` <-
+    ``overrides`` (in order). The method, and so its recipes, is the one the last layer names:
+    the layers are applied once without recipes to find it, then again with them."""
     user = read_yaml(config_file) if config_file else {}
-    dataset = dataset or user.get("data", {}).get("dataset") or config.data.dataset
-    shipped = shipped_config_path(dataset)
-    if shipped:
-        config = apply_layer(config, read_yaml(shipped), str(shipped))
+    dataset = dataset or user.get("data", {}).get("dataset") or RunConfig().data.dataset
+    shipped = [path for path in [shipped_config_path(dataset)] if path]
+    method = _layered(shipped, user, config_file, dataset, overrides).model.method
+    recipes = shipped + method_recipe_paths(dataset, method)
+    config = _layered(recipes, user, config_file, dataset, overrides)
+    return checked(dataclasses.replace(config, recipes=[_shipped_name(path) for path in recipes]))
+
+
+def _layered(recipes: list[Path], user: dict[str, Any], config_file: str | Path | None, dataset: str,
+             overrides: list[dict[str, Any]]) -> RunConfig:
+    config = RunConfig()
+    for path in recipes:
+        config = apply_layer(config, read_yaml(path), str(path))
     config = apply_layer(config, user, str(config_file)) if user else config
     config = apply_layer(config, {"data": {"dataset": dataset}}, "dataset")
     for override in overrides:
         config = apply_layer(config, override, "command line")
-    return checked(config)
+    return config
+
+
+def _shipped_name(path: Path) -> str:
+    """``configs/methods/synthetic/dualcoop.yaml``: a shipped file named the same wherever installed."""
+    parts = path.parts
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index("configs"):])
 
 
 def apply_layer(config: RunConfig, values: dict[str, Any], where: str) -> RunConfig:

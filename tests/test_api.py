@@ -20,6 +20,8 @@ import promptmlr
 from promptmlr.errors import ConfigError, PromptMLRError, UsageError
 from tests.conftest import write_colour_csv
 
+REPO = Path(__file__).resolve().parents[1]
+
 TINY = "openclip:promptmlr-tiny-vit"
 PACKAGE = Path(promptmlr.__file__).parent
 
@@ -196,6 +198,33 @@ def test_layers_resolve_to_the_final_values_and_lose_no_typo():
     assert checked(dataclasses.replace(config, train=dataclasses.replace(config.train, select_on="test")))
 
 
+def test_each_method_runs_its_own_recipe_and_the_config_names_the_files(tmp_path, monkeypatch):
+    from promptmlr import config as config_module
+    from promptmlr.config import resolve_config
+
+    recipes = yaml.safe_load((REPO / "configs" / "methods" / "synthetic" / "dualcoop.yaml").read_text())
+    dualcoop = resolve_config("synthetic", overrides=[{"model": {"method": "dualcoop"}}])
+    assert dualcoop.train.lr == recipes["train"]["lr"]
+    assert dualcoop.recipes == ["configs/synthetic.yaml", "configs/methods/synthetic/dualcoop.yaml"]
+    linear = resolve_config("synthetic", overrides=[{"model": {"method": "linear"}}])
+    assert linear.train.lr != dualcoop.train.lr and linear.recipes[-1] == "configs/methods/synthetic/linear.yaml"
+    # the method a user's file names picks the recipe; the user's file and flags still win over it
+    user = tmp_path / "mine.yaml"
+    user.write_text("model: {method: linear}\ntrain: {epochs: 2}\n")
+    assert resolve_config(None, user).recipes[-1] == "configs/methods/synthetic/linear.yaml"
+    assert resolve_config("synthetic", overrides=[{"model": {"method": "dualcoop"}},
+                                                  {"train": {"lr": 0.3}}]).train.lr == 0.3
+    assert resolve_config("voc2007").recipes == ["configs/voc2007.yaml"]  # no recipe shipped: none merged
+    # general recipes come first, dataset-specific ones after; a recipe with a bad key names its file
+    (tmp_path / "configs" / "methods" / "synthetic").mkdir(parents=True)
+    (tmp_path / "configs" / "methods" / "zeroshot.yaml").write_text("train: {epochs: 3}\n")
+    (tmp_path / "configs" / "methods" / "synthetic" / "zeroshot.yaml").write_text("train: {epoch: 4}\n")
+    monkeypatch.setattr(config_module, "shipped_file", lambda folder, name: (
+        tmp_path / folder / name if (tmp_path / folder / name).is_file() else None))
+    with pytest.raises(ConfigError, match=r"configs/methods/synthetic/zeroshot.yaml.train: unknown key 'epoch'"):
+        resolve_config("synthetic", overrides=[{"model": {"method": "zeroshot"}}])
+
+
 @pytest.mark.parametrize("override, message", [
     ({"train": {"optimizer": "adam"}}, "train.optimizer must be one of adamw, sgd, got 'adam'"),
     ({"train": {"mixed_precision": "fp8"}}, "train.mixed_precision must be one of no, bf16, fp16"),
@@ -320,7 +349,7 @@ def test_cache_key_follows_the_resolved_spec_and_the_weights_not_the_name(tmp_pa
     assert key(alias) == key(create_backbone(explicit, image_size=32))
     assert key(alias) == key(create_backbone(f"openclip:{arch}:{copied}", image_size=32))
     assert key(alias) != key(create_backbone(f"openclip:{arch}", image_size=32))  # random weights
-    assert key(alias) != key(create_backbone("sandbox", image_size=48))
+    assert key(alias) != key(create_backbone("sandbox", image_size=64))
 
 
 # ------------------------------------------------------------------------------------------ tracking

@@ -184,3 +184,23 @@ def test_speed_data_pipeline_times_decoding_per_worker_count(speed, tmp_path, ca
     assert "## Data pipeline: JPEG to normalised batch (8 VOC `train` images" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="needs --data-root"):
         speed.main(["--data-only", "--out", str(out)])
+
+
+def test_calibration_judges_each_published_property_on_the_numbers_given():
+    calibration = _load("calibration")
+    def row(*values):
+        return {known: (value, None) for known, value in zip((0.1, 0.5, 0.9), values)}
+
+    faithful = {"zeroshot": row(50, 50, 50), "linear": row(79, 82, 83), "linear-dense": row(75, 78, 80),
+                "dualcoop": row(78, 81, 82), "positivecoop": row(79, 81, 82)}
+    verdicts = {v["property"]: v for v in calibration.properties(faithful, chance=6.0)}
+    assert all(v["pass"] for v in verdicts.values()), verdicts
+    weak = {**faithful, "zeroshot": row(11, 11, 11), "linear-dense": row(60, 78, 80), "dualcoop": row(76, 81, 85.5),
+            "positivecoop": row(75, 80, 82)}
+    verdicts = {v["property"]: v for v in calibration.properties(weak, chance=6.0)}
+    assert [name for name, v in verdicts.items() if not v["pass"]] == ["a", "c", "d", "e"]
+    assert verdicts["d"]["measured"] == "0.1: -3.00, 0.9: +2.50" and verdicts["b"]["measured"].endswith("(+4.00)")
+    missing = {name: {0.1: values[0.1]} for name, values in faithful.items()}  # 90 % known not measured
+    verdicts = {v["property"]: v for v in calibration.properties(missing, chance=6.0)}
+    assert verdicts["b"]["pass"] is None and verdicts["b"]["measured"] == "not measured" and verdicts["e"]["pass"]
+    assert "| b |" in calibration.render(missing, list(verdicts.values()), 6.0, "cmd")

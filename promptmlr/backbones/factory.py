@@ -30,9 +30,11 @@ def register_backbone_alias(name: str, spec: str) -> None:
     _ALIASES[name] = spec
 
 
-# The sandbox CLIP shipped with promptmlr (tools/pretrain_sandbox_clip.py), loaded through the very
-# code path a user's own checkpoint file takes.
-register_backbone_alias("sandbox", f"openclip:promptmlr-sandbox-vit:{WEIGHTS_DIR / 'sandbox-vit.safetensors'}")
+# The sandbox CLIPs shipped with promptmlr (tools/pretrain_sandbox_clip.py), loaded through the very
+# code path a user's own checkpoint file takes: ``sandbox`` is the ResNet one (issue #11: an attention
+# pool over a 4x4 grid, as CLIP RN101's), ``sandbox-vit`` the earlier ViT (issue #6).
+register_backbone_alias("sandbox", f"openclip:promptmlr-sandbox-rn:{WEIGHTS_DIR / 'sandbox-rn.safetensors'}")
+register_backbone_alias("sandbox-vit", f"openclip:promptmlr-sandbox-vit:{WEIGHTS_DIR / 'sandbox-vit.safetensors'}")
 
 
 def list_backbones() -> dict[str, str]:
