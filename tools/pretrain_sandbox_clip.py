@@ -371,16 +371,13 @@ def finalize(args) -> None:
         f"chance {results['chance_map']}; standardized per image {results['zeroshot_map_standardized']}; "
         f"test set {results['test_set']}")
 
-    results["dense_zeroshot_map"] = round(mean_ap(dense_zeroshot_scores(backbone, images), labels), 2)
+    test_global, test_dense = encode_images(backbone, images)
+    results["dense_zeroshot_map"] = round(mean_ap(dense_zeroshot_scores(backbone, test_dense), labels), 2)
     log(f"per-location zero-shot mAP {results['dense_zeroshot_map']} (each class's best location)")
 
     train_scenes = [world.scene(i) for i in range(args.probe_train)]
-    with torch.no_grad():
-        def features(scenes):
-            batch = torch.stack([backbone.transform(train=False)(world.render(s)) for s in scenes])
-            return torch.cat([backbone.encode_image(batch[i:i + 256]).global_features
-                              for i in range(0, len(batch), 256)]).numpy()
-        train_x, test_x = features(train_scenes), features(test)
+    train_x = encode_images(backbone, [world.render(s) for s in train_scenes])[0].numpy()
+    test_x = test_global.numpy()
     train_y = np.stack([world.labels(s) for s in train_scenes])
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     probe = np.zeros_like(scores)
@@ -435,15 +432,21 @@ def finalize(args) -> None:
 
 
 @torch.no_grad()
-def dense_zeroshot_scores(backbone, images) -> np.ndarray:
+def encode_images(backbone, images, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global ``[N, D]`` and dense ``[N, HW, D]`` features of PIL ``images`` under the eval transform."""
+    transform = backbone.transform(train=False)
+    batch = torch.stack([transform(image) for image in images])
+    encoded = [backbone.encode_image(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+    return (torch.cat([e.global_features for e in encoded]), torch.cat([e.dense_features for e in encoded]))
+
+
+@torch.no_grad()
+def dense_zeroshot_scores(backbone, dense: torch.Tensor) -> np.ndarray:
     """Each class's score is its best location's cosine with "a photo of a {class}.": a diagnostic
     of how well single locations of the dense map match text, which DualCoOp-style methods rely on."""
     from promptmlr.models.text import class_text_features
 
     text = class_text_features(backbone, SYNTHETIC_CLASS_NAMES, templates=[EVAL_TEMPLATE])
-    transform = backbone.transform(train=False)
-    batch = torch.stack([transform(image) for image in images])
-    dense = torch.cat([backbone.encode_image(batch[i:i + 256]).dense_features for i in range(0, len(batch), 256)])
     return (F.normalize(dense, dim=-1) @ text.T).amax(1).numpy()
 
 
