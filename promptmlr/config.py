@@ -142,6 +142,10 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> 
     config = merge(RunConfig(), config.to_dict(), where)
     options = method_options(config.model.method, config.model.options)
     check_recovery_weights(config.train.recovery)
+    recovery = config.train.recovery
+    if recovery.enabled and recovery.thresholds == "calibrated" and config.data.val_fraction == 0:
+        raise ConfigError("train.recovery.thresholds calibrated sets its thresholds on the validation split; "
+                          "set data.val_fraction above 0 or use thresholds fixed or prior")
     if trackers:
         check_trackers(config.train.report_to)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))

@@ -241,7 +241,7 @@ class Trainer:
             with _averaged(ema):
                 record.update(self._evaluate_splits(eval_loaders))
                 if config.recovery.enabled and epoch + 1 >= config.recovery.warmup_epochs:
-                    record["recovery"] = self._recover(eval_loaders["train-scoring"]).as_dict()
+                    record["recovery"] = self._recover(eval_loaders["train-scoring"], eval_loaders.get("val")).as_dict()
             selection = record.get(f"{config.select_on}_mAP", -math.inf)
             if selection > best_score or result.best_state is None:
                 best_score, result.best_epoch = selection, epoch + 1
@@ -299,6 +299,7 @@ class Trainer:
     def _train_epoch(self, epoch: int, loader, optimizer, scheduler, ema, checkpoint_path: Path) -> float:
         accelerator = self.accelerator
         self.method.train()
+        self._unwrapped.set_epoch(epoch)
         loader.set_epoch(epoch)
         if isinstance(loader.dataset, CachedFeatureDataset):
             loader.dataset.draw_views(self.config.seed, epoch)
@@ -311,7 +312,7 @@ class Trainer:
             with accelerator.accumulate(self.method), accelerator.autocast():
                 output = self.method(features)
                 loss = self.loss_fn(output.logits, targets, weights)
-                loss = loss + sum(self._unwrapped.auxiliary_losses(output, targets).values())
+                loss = loss + sum(self._unwrapped.auxiliary_losses(output, targets, self.loss_fn).values())
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(self._divergence_message(loss, epoch, step, indices, checkpoint_path))
                 accelerator.backward(loss)
@@ -360,7 +361,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ recovery
     @torch.no_grad()
-    def _recover(self, loader) -> RecoveryStats:
+    def _recover(self, loader, val_loader=None) -> RecoveryStats:
+        validation = None
+        if self.config.recovery.thresholds == "calibrated" and val_loader is not None:
+            validation = (self._score(val_loader, logits=False), self.splits.val.labels)
         if self.config.recovery.prototype_weight == 0:
             probabilities, similarity = self._score(loader, logits=False), None
         else:
@@ -369,7 +373,7 @@ class Trainer:
                 lambda tensor: self.accelerator.reduce(tensor, "sum"), self.accelerator.gather_for_metrics)
         labels = self.labels.cpu().numpy()
         pseudo, stats = recover_labels(probabilities, labels, self.config.recovery, similarity,
-                                       self.splits.full_train_labels)
+                                       self.splits.full_train_labels, validation)
         self.pseudo_labels = torch.from_numpy(pseudo).to(self.labels.device)
         return stats
 

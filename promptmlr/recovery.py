@@ -15,7 +15,12 @@ Refined score = (1 - w_p - w_c) * probability + w_p * prototype + w_c * co-occur
 Thresholds are fixed, or per class from the score distribution (``prior``): of the unknown
 entries of class c, the top ``prior_fraction * prior_c * U_c`` become positive and the bottom
 ``prior_fraction * (1 - prior_c) * U_c`` negative, where prior_c is the class's positive rate among
-its known labels. Re-estimated from scratch every epoch; the loss weighs them below true labels.
+its known labels, or per class from the validation split (``calibrated``, ours): the lowest
+probability above which the validation split's known labels of class c are at least
+``target_precision`` positive (and the highest below which they are that negative). The partial
+labels are missing at random, so the validation split's precision estimates the recovered labels'
+precision; a class whose validation labels cannot reach it recovers nothing.
+Re-estimated from scratch every epoch; the loss weighs them below true labels.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from promptmlr.metrics import sigmoid
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.scoring import Autocast, FeatureBatch, Gather, collect, method_outputs
 
-THRESHOLD_RULES = ("fixed", "prior")
+THRESHOLD_RULES = ("fixed", "prior", "calibrated")
+MIN_CALIBRATION_SUPPORT = 5  # a calibrated threshold must keep at least this many validation labels
 
 
 @dataclass
@@ -40,10 +46,11 @@ class RecoveryConfig:
 
     enabled: bool = False
     warmup_epochs: int = 2
-    thresholds: str = "fixed"  # fixed | prior
+    thresholds: str = "fixed"  # fixed | prior | calibrated
     positive_threshold: float = 0.9
     negative_threshold: float = 0.05
     prior_fraction: float = 0.5  # with thresholds=prior: share of the expected positives recovered
+    target_precision: float = 0.95  # with thresholds=calibrated: validation precision each threshold keeps
     prototype_weight: float = 0.0  # SST cross-image transfer (0 disables)
     cooccurrence_weight: float = 0.0  # SST intra-image transfer (0 disables)
     pseudo_weight: float = 0.5  # loss weight of a recovered label (true labels weigh 1)
@@ -51,8 +58,8 @@ class RecoveryConfig:
     def __post_init__(self) -> None:
         check_choice("recovery.thresholds", self.thresholds, THRESHOLD_RULES)
         check_number("recovery.warmup_epochs", self.warmup_epochs, minimum=0)
-        for name in ("positive_threshold", "negative_threshold", "prior_fraction", "prototype_weight",
-                     "cooccurrence_weight"):
+        for name in ("positive_threshold", "negative_threshold", "prior_fraction", "target_precision",
+                     "prototype_weight", "cooccurrence_weight"):
             check_number(f"recovery.{name}", getattr(self, name), minimum=0, maximum=1)
         check_number("recovery.pseudo_weight", self.pseudo_weight, minimum=0)
 
@@ -71,6 +78,7 @@ class RecoveryStats:
     recovered_negative: int
     precision_positive: float | None = None  # against the full labels, when they are held
     precision_negative: float | None = None
+    recall_positive: float | None = None  # share of the unknown true positives recovered as positive
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -152,20 +160,52 @@ def refine_scores(probabilities: np.ndarray, labels: np.ndarray, config: Recover
 
 
 def recover_labels(probabilities: np.ndarray, labels: np.ndarray, config: RecoveryConfig,
-                   prototype_similarity: np.ndarray | None = None, full_labels: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, RecoveryStats]:
-    """Pseudo-labels ``[N, C]`` in {1, -1, 0} for the unknown entries of ``labels`` (known entries 0)."""
+                   prototype_similarity: np.ndarray | None = None, full_labels: np.ndarray | None = None,
+                   validation: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, RecoveryStats]:
+    """Pseudo-labels ``[N, C]`` in {1, -1, 0} for the unknown entries of ``labels`` (known entries 0).
+
+    ``validation`` (probabilities, labels) of the validation split is needed by ``calibrated``."""
     scores = refine_scores(probabilities, labels, config, prototype_similarity)
     unknown = labels == 0
     if config.thresholds == "fixed":
         positive = unknown & (scores >= config.positive_threshold)
         negative = unknown & (scores <= config.negative_threshold)
+    elif config.thresholds == "calibrated":
+        if validation is None:
+            raise ConfigError("recovery.thresholds calibrated needs a validation split (data.val_fraction > 0)")
+        upper, lower = calibrated_thresholds(*validation, config.target_precision)
+        positive = unknown & (scores >= upper)
+        negative = unknown & (scores <= lower)
     else:  # prior (RecoveryConfig admits no other rule)
         positive, negative = _prior_thresholds(scores, labels, config.prior_fraction)
     pseudo = np.zeros_like(labels)
     pseudo[positive] = 1
     pseudo[negative] = -1
     return pseudo, _stats(pseudo, unknown, full_labels)
+
+
+def calibrated_thresholds(probabilities: np.ndarray, labels: np.ndarray, target_precision: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Per class ``[C]``: the lowest score at or above which the known ``labels`` (1/-1/0) are at
+    least ``target_precision`` positive, and the highest at or below which they are that negative,
+    each over at least :data:`MIN_CALIBRATION_SUPPORT` labels; +inf / -inf where none is."""
+    classes = labels.shape[1]
+    upper, lower = np.full(classes, np.inf), np.full(classes, -np.inf)
+    for column in range(classes):
+        known = labels[:, column] != 0
+        score, positive = probabilities[known, column], labels[known, column] == 1
+        order = np.argsort(-score, kind="stable")
+        upper[column] = _first_reaching(score[order], positive[order], target_precision)
+        lower[column] = -_first_reaching(-score[order[::-1]], ~positive[order[::-1]], target_precision)
+    return upper, lower
+
+
+def _first_reaching(sorted_scores: np.ndarray, hits: np.ndarray, target: float) -> float:
+    """Walking down ``sorted_scores`` (descending), the lowest score whose prefix precision of
+    ``hits`` is still >= ``target`` with at least MIN_CALIBRATION_SUPPORT entries; +inf if none."""
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    good = np.flatnonzero((precision >= target) & (np.arange(1, len(hits) + 1) >= MIN_CALIBRATION_SUPPORT))
+    return float(sorted_scores[good[-1]]) if good.size else np.inf
 
 
 def _prior_thresholds(scores: np.ndarray, labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -192,4 +232,7 @@ def _stats(pseudo: np.ndarray, unknown: np.ndarray, full_labels: np.ndarray | No
             chosen = pseudo == value
             if chosen.any():
                 setattr(stats, field, float((full_labels[chosen] == value).mean()))
+        hidden_positive = unknown & (full_labels == 1)
+        if hidden_positive.any():
+            stats.recall_positive = float((pseudo[hidden_positive] == 1).mean())
     return stats

@@ -46,23 +46,24 @@ MAP_VS_KNOWN_FILE = "map_vs_known.png"
 PER_CLASS_AP_FILE = "per_class_ap.png"
 PR_CURVES_FILE = "pr_curves.png"
 
-METHOD_ORDER = ("zeroshot", "linear", "dualcoop", "positivecoop", "promptmlr")
+METHOD_ORDER = ("zeroshot", "linear", "dualcoop", "positivecoop", "sst", "dsrb", "clsl", "sarl", "promptmlr")
 GROUP_KEYS = ("dataset", "backbone", "method", "known")
 AGGREGATED_METRICS = ("test_mAP", "test_mAP_voc2012", "test_CF1", "test_OF1", "recovery_precision_positive",
-                      "recovery_precision_negative")
+                      "recovery_recall_positive", "recovery_precision_negative")
 METRIC_LABELS = {
     "test_mAP": "test mAP",
     "test_mAP_voc2012": "test mAP (VOC2012 AP)",
     "test_CF1": "CF1",
     "test_OF1": "OF1",
     "recovery_precision_positive": "recovered + precision",
+    "recovery_recall_positive": "recovered + recall",
     "recovery_precision_negative": "recovered − precision",
     "trainable_parameters": "trainable params",
     "train_seconds": "train s",
     "total_seconds": "wall s",
 }
-METRIC_DIGITS = {"recovery_precision_positive": 3, "recovery_precision_negative": 3, "trainable_parameters": 0,
-                 "train_seconds": 1, "total_seconds": 1}  # decimals in tables; 2 otherwise
+METRIC_DIGITS = {"recovery_precision_positive": 3, "recovery_recall_positive": 3, "recovery_precision_negative": 3,
+                 "trainable_parameters": 0, "train_seconds": 1, "total_seconds": 1}  # decimals in tables; 2 otherwise
 PR_CLASS_LIMIT = 20  # up to this many classes, every class gets a PR curve
 PR_EXTREMES = 6  # otherwise the 6 best and the 6 worst classes by AP
 
@@ -99,6 +100,7 @@ class RunRecord:
     recovered_negative: int | None = None
     recovery_precision_positive: float | None = None
     recovery_precision_negative: float | None = None
+    recovery_recall_positive: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +172,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         recovered_negative=recovery.get("recovered_negative"),
         recovery_precision_positive=recovery.get("precision_positive"),
         recovery_precision_negative=recovery.get("precision_negative"),
+        recovery_recall_positive=recovery.get("recall_positive"),
     )
 
 

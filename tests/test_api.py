@@ -141,7 +141,7 @@ def test_method_options_are_checked_before_data_or_weights_are_touched(options, 
 def test_typed_values_and_unknown_methods_and_trackers(tmp_path):
     from promptmlr.config import resolve_config
 
-    with pytest.raises(ConfigError, match="unknown method 'coop'; available: dualcoop"):
+    with pytest.raises(ConfigError, match="unknown method 'coop'; available: clsl, dsrb, dualcoop"):
         resolve_config("synthetic", overrides=[{"model": {"method": "coop"}}])
     with pytest.raises(ConfigError, match=r"command line.model.image_size: expected int, got 'big'"):
         resolve_config("synthetic", overrides=[{"model": {"image_size": "big"}}])

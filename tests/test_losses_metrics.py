@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from promptmlr.errors import ConfigError
 from promptmlr.losses import LossConfig, asymmetric_loss, build_loss, naive_bce, partial_bce, two_way_to_margin
 from promptmlr.metrics import (
     average_precision,
@@ -17,7 +18,7 @@ from promptmlr.metrics import (
     per_class_average_precision,
     threshold_metrics,
 )
-from promptmlr.recovery import RecoveryConfig, cooccurrence_evidence, recover_labels
+from promptmlr.recovery import RecoveryConfig, calibrated_thresholds, cooccurrence_evidence, recover_labels
 
 
 def _sigmoid(x: float) -> float:
@@ -169,6 +170,25 @@ def test_prior_thresholds_recover_the_expected_share():
     prior = (labels[:100] == 1).mean(axis=0)
     assert np.all(pseudo[:100] == 0)
     np.testing.assert_array_equal((pseudo == 1).sum(0), (0.5 * prior * 100).astype(int))
+
+
+def test_calibrated_thresholds_keep_the_validation_precision_and_never_touch_known_labels():
+    # validation, one class: scores 0.9 ... 0.1 with labels + + + + + - + - - -
+    val_scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.5], [0.45], [0.4], [0.3], [0.2], [0.1]])
+    val_labels = np.array([[1], [1], [1], [1], [1], [-1], [1], [-1], [-1], [-1]], dtype=np.int8)
+    upper, lower = calibrated_thresholds(val_scores, val_labels, 0.95)
+    assert upper[0] == 0.5 and lower[0] == -np.inf  # 5/5 positive from 0.5 up; no 5 lowest are 95 % negative
+    upper, lower = calibrated_thresholds(val_scores, val_labels, 0.8)
+    assert upper[0] == 0.4 and lower[0] == 0.45  # 6/7 positive at or above 0.4; 4/5 negative at or below 0.45
+    labels = np.array([[1], [0], [0], [-1]], dtype=np.int8)
+    full = np.array([[1], [1], [1], [-1]], dtype=np.int8)
+    config = RecoveryConfig(thresholds="calibrated", target_precision=0.95)
+    pseudo, stats = recover_labels(np.array([[0.1], [0.6], [0.3], [0.99]]), labels, config, full_labels=full,
+                                   validation=(val_scores, val_labels))
+    assert pseudo[:, 0].tolist() == [0, 1, 0, 0]
+    assert stats.precision_positive == 1.0 and stats.recall_positive == 0.5
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        recover_labels(np.zeros((4, 1)), labels, config)
 
 
 def test_cooccurrence_uses_known_labels_only():

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from promptmlr.backbones import create_backbone
+from promptmlr.backbones import ImageFeatures, create_backbone
 from promptmlr.descriptions import DescriptionsError, check_classes, load_descriptions, shipped_descriptions_path
+from promptmlr.errors import ConfigError
+from promptmlr.losses import asymmetric_loss
 from promptmlr.models import build_method, list_methods
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.prompts import PromptLearner
@@ -39,11 +41,21 @@ def _batch(backbone, size: int = 6, seed: int = 0):
     return backbone.encode_image(images), targets
 
 
+def _separable_batch(backbone, size: int = 6, seed: int = 0):
+    """Random features of the backbone's shapes that differ from image to image, with targets: a
+    randomly initialised tiny ResNet maps random images to nearly one feature (std ~1e-4 across
+    images), which no method can fit."""
+    features, targets = _batch(backbone, size, seed)
+    generator = torch.Generator().manual_seed(seed)
+    return ImageFeatures(torch.randn(features.global_features.shape, generator=generator),
+                         torch.randn(features.dense_features.shape, generator=generator), features.grid), targets
+
+
 def _loss(method, features, targets):
     output = method(features)
     known = targets != 0
     loss = F.binary_cross_entropy_with_logits(output.logits[known], (targets[known] > 0).float())
-    return loss + sum(method.auxiliary_losses(output, targets).values())
+    return loss + sum(method.auxiliary_losses(output, targets, asymmetric_loss).values())
 
 
 # ------------------------------------------------------------------------------------ every method
@@ -67,7 +79,7 @@ def test_training_moves_only_learnable_parameters_and_lowers_the_loss(backbone, 
     frozen = {n: p.clone() for n, p in backbone.named_parameters()}
     learnable = {n: p.clone() for n, p in method.named_parameters() if p.requires_grad}
     assert learnable and not any(n.startswith("backbone.") for n in learnable)
-    features, targets = _batch(backbone)
+    features, targets = _separable_batch(backbone)
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=2e-2)
     method.train()
     losses = []
@@ -98,7 +110,7 @@ def test_unknown_entries_do_not_reach_the_gradient(vit):
 
 def test_unknown_method_and_option_are_named():
     backbone = create_backbone(TINY_SPECS[0])
-    with pytest.raises(ValueError, match="unknown method 'coop'; available: dualcoop, linear"):
+    with pytest.raises(ValueError, match="unknown method 'coop'; available: clsl, dsrb, dualcoop, linear"):
         build_method("coop", backbone, CLASSES)
     with pytest.raises(ValueError, match=r"no option\(s\) \['n_context'\]"):
         build_method("dualcoop", backbone, CLASSES, n_context=4)
@@ -268,3 +280,10 @@ def test_text_embeddings_export_is_a_plain_classifier(tmp_path, vit):
     array = np.load(export_text_embeddings(method, tmp_path / "emb.npy"))
     np.testing.assert_allclose(array, expected.numpy())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "emb.safetensors"]  # no temp files left
+
+
+def test_a_method_without_class_vectors_refuses_the_export_with_one_line(tmp_path, vit):
+    method = build_method("clsl", vit, CLASSES)
+    with pytest.raises(ConfigError, match="no text embeddings to export; use its run folder"):
+        export_text_embeddings(method, tmp_path / "emb.safetensors")
+    assert list(tmp_path.iterdir()) == []

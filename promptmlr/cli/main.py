@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "run folder with the config, metrics, learned prompts and predictions.")
     add_dataset_arguments(tune, required=False)
     tune.add_argument("--known", type=float, help="proportion of training labels kept, in (0, 1] (default 1)")
-    tune.add_argument("--method", help="zeroshot, linear, dualcoop, positivecoop or promptmlr (default)")
+    tune.add_argument("--method", help="zeroshot, linear, dualcoop, positivecoop, sst, dsrb, clsl, sarl or "
+                                       "promptmlr (default)")
     tune.add_argument("--backbone", metavar="SPEC", help="e.g. sandbox, openclip:RN101:openai, hf:DIR")
     tune.add_argument("--image-size", type=int, metavar="PX", help="input resolution (default: the backbone's)")
     tune.add_argument("--descriptions", metavar="FILE", help="class descriptions (YAML or 'class: a; b' text); "

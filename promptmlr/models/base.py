@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Sequence
 
 import torch
@@ -22,19 +22,22 @@ from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.models.prompts import PromptLearner
 
 BYTES_PER_FLOAT = 4
+LossFn = Callable[..., torch.Tensor]  # loss(logits, targets, weights=None), see promptmlr.losses
 
 
 @dataclass
 class MethodOutput:
     """Per-class logits ``[B, C]`` and, where the method has them, per-class spatial attention
-    ``[B, C, H*W]`` over ``grid``, category-specific features ``[B, C, D]`` and the class features
-    ``[C, D]`` they were scored against."""
+    ``[B, C, H*W]`` over ``grid``, category-specific features ``[B, C, D]``, the class features
+    ``[C, D]`` they were scored against, and ``extras``: whatever else the method's own training
+    terms need from the forward pass (a co-occurrence map, a second branch's logits)."""
 
     logits: torch.Tensor
     attention: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
     category_features: torch.Tensor | None = None
     class_features: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -62,6 +65,12 @@ class MultiLabelMethod(nn.Module):
         self.class_names = list(class_names)
         self.config = config
         self.descriptions = {name: list(descriptions[name]) for name in class_names} if descriptions else None
+        self.epoch = 0  # the training epoch under way (0-based), set by the engine
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine before each training epoch, so that warm-ups and schedules (SST's
+        pseudo-label thresholds, DSRB's blending start) follow the epoch also after a resume."""
+        self.epoch = epoch
 
     @property
     def num_classes(self) -> int:
@@ -81,8 +90,14 @@ class MultiLabelMethod(nn.Module):
                     stack.enter_context(module.fixed(autocast))
             yield
 
-    def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Extra training terms beyond the classification loss (none by default)."""
+    def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor, loss_fn: LossFn
+                         ) -> dict[str, torch.Tensor]:
+        """Extra training terms beyond ``loss_fn(output.logits, targets)`` (none by default).
+
+        Called in training only, once per batch after the forward pass; ``targets`` are the batch's
+        labels in {1, -1, 0}, and ``loss_fn`` is the run's partial-label loss, for terms on other
+        logits or on pseudo-labelled targets.
+        """
         return {}
 
     def class_embeddings(self) -> torch.Tensor:

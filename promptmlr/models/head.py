@@ -1,9 +1,10 @@
 """Semantic decoupling: one image feature per category, pooled where that category is.
 
-SARL (Pu et al., 2024) and HCP's SemanticDecoupling (Chen et al., AAAI 2019; used by SST and SARB)
-split a dense feature map into category-specific features by attending over locations with a
-per-class query. Here the query is the class's positive prompt feature (or a learnable vector
-initialised from it) and the attention is a temperature-scaled cosine softmax over locations:
+SARL (Ruan, Xu et al., arXiv:2412.10843, 2024) and HCP's SemanticDecoupling (Chen et al., AAAI
+2019; used by SST, SARB and DSRB) split a dense feature map into category-specific features by
+attending over locations with a per-class query. Here the query is the class's positive prompt
+feature, its text feature, or a learnable vector initialised from either, and the attention is a
+temperature-scaled cosine softmax over locations:
 
     A[b, c, :] = softmax_hw(tau * cos(dense[b, hw], q_c)),   f[b, c] = sum_hw A[b, c, hw] * V(dense[b, hw])
 

@@ -48,7 +48,7 @@ from promptmlr.report import (
 )
 from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
 
-METHODS = ("zeroshot", "linear", "dualcoop", "positivecoop", "promptmlr")
+METHODS = ("zeroshot", "linear", "dualcoop", "positivecoop", "sst", "dsrb", "clsl", "sarl", "promptmlr")
 KNOWN = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SEEDS = (0, 1, 2)
 # set by the benchmark's own loop: --set may not change them
@@ -58,7 +58,8 @@ CONTROLLED = {"data.known": "--known", "data.mask_seed": "--seeds", "train.seed"
 LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.num_workers", "train.eval_batch_size",
              "train.report_to"}
 RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "test_mAP", "test_mAP_voc2012",
-                  "test_CF1", "test_OF1", "recovery_precision_positive", "recovery_precision_negative",
+                  "test_CF1", "test_OF1", "recovery_precision_positive", "recovery_recall_positive",
+                  "recovery_precision_negative",
                   "recovered_positive", "recovered_negative", "trainable_parameters", "train_seconds",
                   "total_seconds", "best_epoch", "epochs", "selected_on", "mask_seed", "mask_sha256", "run_dir")
 SUMMARY_METRICS = (*AGGREGATED_METRICS, "trainable_parameters", "total_seconds")

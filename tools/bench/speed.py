@@ -192,7 +192,7 @@ class MethodSteps:
         with autocast(self.device, self.precision):
             output = self.method(features)
             loss = self.loss_fn(output.logits.float(), self.targets)
-            loss = loss + sum(self.method.auxiliary_losses(output, self.targets).values())
+            loss = loss + sum(self.method.auxiliary_losses(output, self.targets, self.loss_fn).values())
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,155 @@
+"""The seed papers' mechanisms on hand-made cases: SST's transfer, DSRB's blending, CLSL's recovery,
+HCP's contrastive term, and the warm-ups that switch them on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from promptmlr.backbones import create_backbone
+from promptmlr.losses import asymmetric_loss
+from promptmlr.models import build_method
+from promptmlr.models.blending import RegionPrototypes, attention_regions, instance_blend, prototype_blend
+from promptmlr.models.category import category_contrastive_loss
+from promptmlr.models.clsl import recovered_targets
+from promptmlr.models.transfer import (
+    PositiveMemory,
+    cooccurrence_targets,
+    cross_image_pseudo_labels,
+    intra_image_pseudo_labels,
+    transfer_threshold,
+)
+from tests.conftest import TINY_SPECS
+
+CLASSES = ["cat", "dog", "sofa"]
+
+
+def _unit(*rows: list[float]) -> torch.Tensor:
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+# ------------------------------------------------------------------------------------------- SST
+def test_cooccurrence_targets_are_known_only_where_both_labels_decide_the_pair():
+    pairs = cooccurrence_targets(torch.tensor([[1.0, 1.0, 0.0, -1.0]]))[0]
+    assert pairs[0, 1] == pairs[1, 0] == 1  # both known positives
+    assert pairs[0, 2] == 0  # positive and unknown: undecided
+    assert pairs[0, 3] == pairs[2, 3] == -1  # a known negative rules the pair out
+    assert torch.all(pairs.diagonal() == 0)
+
+
+def test_cooccurrence_transfer_labels_the_class_that_goes_with_the_known_positive():
+    # cat is known present; the image says dog goes with cat (0.97) and sofa does not (0.2)
+    probability = torch.tensor([[[0.0, 0.97, 0.2],
+                                 [0.97, 0.0, 0.1],
+                                 [0.2, 0.1, 0.0]]])
+    pseudo = intra_image_pseudo_labels(probability, torch.tensor([[1.0, 0.0, 0.0]]), threshold=0.95)
+    assert pseudo.tolist() == [[0.0, 1.0, 0.0]]
+    # a known label is never overwritten, whatever the evidence
+    pseudo = intra_image_pseudo_labels(probability, torch.tensor([[1.0, -1.0, 0.0]]), threshold=0.95)
+    assert pseudo.tolist() == [[0.0, 0.0, 0.0]]
+    # with two known positives the evidence is their mean: 0.97 and 0.1 average below 0.95
+    assert intra_image_pseudo_labels(probability, torch.tensor([[1.0, 0.0, 1.0]]), 0.95).sum() == 0
+
+
+def test_threshold_schedule_falls_after_the_warm_up_to_its_floor():
+    assert [transfer_threshold(e, 2, 0.95, 0.025, 0.75) for e in (0, 2, 3, 6)] == \
+           pytest.approx([0.95, 0.95, 0.925, 0.85])
+    assert transfer_threshold(40, 2, 0.95, 0.025, 0.75) == 0.75
+
+
+def test_memory_is_first_in_first_out_and_transfers_to_similar_unknowns():
+    memory = PositiveMemory(num_classes=2, size=2, embed_dim=2)
+    assert torch.all(memory.mean_similarity(_unit([1, 0], [1, 0])[None]) == -1)  # nothing stored: no evidence
+    batch = torch.stack([_unit([1, 0], [0, 1]), _unit([0, 1], [0, 1]), _unit([1, 1], [1, 0])])
+    memory.push(batch, torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]))
+    assert memory.count.tolist() == [3, 0]
+    stored = {tuple(row.tolist()) for row in memory.features[0]}  # the oldest of the three was dropped
+    assert stored == {tuple(_unit([0, 1])[0].tolist()), tuple(_unit([1, 1])[0].tolist())}
+    query = torch.stack([_unit([0.1, 1], [1, 0]), _unit([1, -1], [1, 0])])
+    similarity = memory.mean_similarity(query)
+    assert similarity[0, 0] > 0.8 > similarity[1, 0]
+    targets = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert cross_image_pseudo_labels(similarity, targets, 0.8).tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+# -------------------------------------------------------------------------------------- blending
+def test_instance_blend_moves_the_unknown_label_toward_the_donor_and_labels_it_positive():
+    category = torch.stack([_unit([1, 0], [1, 0]), _unit([0, 1], [0, 1])])  # 2 images x 2 classes
+    targets = torch.tensor([[0.0, 1.0], [1.0, -1.0]])  # class 0 unknown in image 0, known in image 1
+    blended, labels = instance_blend(category, targets, alpha=0.5)
+    assert labels.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    donor = category[1, 0]
+    assert (blended[0, 0] @ donor) > (category[0, 0] @ donor)
+    torch.testing.assert_close(blended[0, 0], _unit([1, 1])[0])
+    untouched = labels == 0
+    assert torch.equal(blended[untouched], category[untouched])
+
+
+def test_attention_regions_split_the_grid_into_cells():
+    attention = torch.zeros(1, 4, 16)
+    for c, location in enumerate([0, 3, 12, 15]):  # the corners of a 4 x 4 grid
+        attention[0, c, location] = 1
+    assert attention_regions(attention, (4, 4), regions=2).tolist() == [[0, 1, 2, 3]]
+
+
+def test_prototypes_average_known_positives_and_blend_into_an_unknown_class():
+    bank = RegionPrototypes(num_classes=2, regions=1, embed_dim=2, momentum=0.5)
+    region = torch.zeros(2, 2, dtype=torch.long)
+    bank.update(torch.stack([_unit([1, 0], [1, 0]), _unit([0, 1], [1, 0])]), region,
+                torch.tensor([[1.0, -1.0], [1.0, 0.0]]))
+    assert bank.filled.tolist() == [[True], [False]]  # class 1 has no known positive yet
+    torch.testing.assert_close(bank.prototypes[0, 0], _unit([1, 1])[0])
+    bank.update(_unit([1, 0], [1, 0])[None], region[:1], torch.tensor([[1.0, 0.0]]))  # the average moves
+    assert bank.prototypes[0, 0, 0] > bank.prototypes[0, 0, 1]
+
+    category = torch.stack([_unit([0, 1], [1, 0]), _unit([0, 1], [0, 1])])
+    blended, labels = prototype_blend(category, region, torch.tensor([[0.0, 1.0], [0.0, -1.0]]), bank, beta=0.5)
+    assert labels.tolist() == [[1.0, 0.0], [1.0, 0.0]]  # the only unknown class of each image
+    prototype = bank.prototypes[0, 0]
+    assert torch.all(blended[:, 0] @ prototype > category[:, 0] @ prototype)
+    _, labels = prototype_blend(category, region, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), bank, beta=0.5)
+    assert labels.sum() == 0  # class 1's prototype is not filled: nothing to blend
+
+
+# ---------------------------------------------------------------------------- contrastive, CLSL
+def test_contrastive_loss_rewards_same_class_agreement_and_penalises_it_across_labels():
+    targets = torch.tensor([[1.0], [1.0], [-1.0]])
+    aligned = torch.stack([_unit([1, 0]), _unit([1, 0]), _unit([-1, 0])])
+    confused = torch.stack([_unit([1, 0]), _unit([0, 1]), _unit([1, 0])])
+    assert category_contrastive_loss(aligned, targets) == pytest.approx(0.0, abs=1e-6)
+    assert category_contrastive_loss(confused, targets) > 0.9
+    assert category_contrastive_loss(confused, torch.zeros(3, 1)) == 0  # nothing known: no term
+
+
+def test_recovered_labels_never_overwrite_known_ones():
+    targets = torch.tensor([[1.0, -1.0, 0.0]])
+    soft = recovered_targets(targets, torch.tensor([[0.1, 0.9, 0.7]]))
+    assert soft[0].tolist() == pytest.approx([1.0, 0.0, 0.7])
+
+
+# --------------------------------------------------------------------------------------- warm-ups
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone(TINY_SPECS[0])
+
+
+BLENDING_PROMPTMLR = {"instance_blend": True, "prototype_blend": True, "contrastive_weight": 0.05,
+                      "blend_warmup_epochs": 1}
+
+
+@pytest.mark.parametrize("name, options, late_terms", [
+    ("sst", {"warmup_epochs": 1}, {"intra", "inter"}),
+    ("dsrb", {"warmup_epochs": 1}, {"instance_blend", "prototype_blend"}),
+    ("promptmlr", BLENDING_PROMPTMLR, {"instance_blend", "prototype_blend"})])
+def test_transfer_terms_join_after_the_warm_up(backbone, name, options, late_terms):
+    method = build_method(name, backbone, CLASSES, **options).train()
+    images = torch.randn(4, 3, backbone.image_size, backbone.image_size)
+    features = backbone.encode_image(images)
+    targets = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    method.set_epoch(0)
+    early = method.auxiliary_losses(method(features), targets, asymmetric_loss)
+    method.set_epoch(1)
+    late = method.auxiliary_losses(method(features), targets, asymmetric_loss)
+    assert not late_terms & set(early) and late_terms <= set(late)
+    assert all(torch.isfinite(value) for value in late.values())
