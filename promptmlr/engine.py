@@ -133,6 +133,15 @@ def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in method.state_dict().items()}
 
 
+def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimiser over a method's parameter groups (:meth:`MultiLabelMethod.parameter_groups`),
+    each at its ``lr_scale`` times ``train.lr``; the cosine schedule then scales every group alike."""
+    groups = [{"params": group["params"], "lr": config.lr * group["lr_scale"]} for group in groups]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
 class Trainer:
     """Fits a method on a run's splits. ``hyperparameters`` (the resolved run configuration) are
     recorded by the experiment trackers named in ``config.report_to``."""
@@ -212,8 +221,9 @@ class Trainer:
         if config.recovery.enabled:
             eval_loaders["train-scoring"] = self._loader(self.splits.train, train=False,
                                                          description="train (eval view)")
-        parameters = [p for p in self.method.parameters() if p.requires_grad]
-        optimizer = self._optimizer(parameters) if parameters else None
+        groups = [group for group in self.method.parameter_groups() if group["params"]]
+        parameters = [p for group in groups for p in group["params"]]
+        optimizer = build_optimizer(config, groups) if parameters else None
         steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
         scheduler = None
         if optimizer is not None:
@@ -279,12 +289,6 @@ class Trainer:
     @property
     def _unwrapped(self) -> MultiLabelMethod:
         return self.accelerator.unwrap_model(self.method)
-
-    def _optimizer(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        config = self.config
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
     def _targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Known labels, plus recovered pseudo-labels where the label is unknown (weighted lower)."""

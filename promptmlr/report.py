@@ -88,6 +88,7 @@ class RunRecord:
     selected_on: str = "val"
     best_epoch: int = 0
     epochs: int = 0
+    val_mAP: float | None = None  # validation mAP at the selected epoch (None without a validation split)
     test_mAP: float | None = None
     test_mAP_voc2012: float | None = None
     test_CF1: float | None = None
@@ -160,6 +161,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         selected_on=metrics.get("selected_on", ""),
         best_epoch=int(metrics.get("best_epoch", best.get("epoch", 0))),
         epochs=max((int(record.get("epoch", 0)) for record in history), default=0),
+        val_mAP=best.get("val_mAP"),
         test_mAP=best.get("test_mAP"),
         test_mAP_voc2012=best.get("test_mAP_voc2012"),
         test_CF1=best.get("test_CF1"),

@@ -204,3 +204,33 @@ def test_calibration_judges_each_published_property_on_the_numbers_given():
     verdicts = {v["property"]: v for v in calibration.properties(missing, chance=6.0)}
     assert verdicts["b"]["pass"] is None and verdicts["b"]["measured"] == "not measured" and verdicts["e"]["pass"]
     assert "| b |" in calibration.render(missing, list(verdicts.values()), 6.0, "cmd")
+
+
+def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
+    ablation = _load("ablation")
+    runs = dict(ablation.plan(ablation.argparse.Namespace(data_root=None)))
+    assert len(runs) == len(ablation.ROWS)  # row names are unique
+    base, defaults = runs["base"], runs["defaults"]
+    assert (base.train.lr, base.model.options["global_weight"], base.model.options["enhance"]) == (0.005, 1.0, False)
+    assert runs["align-off"].model.options["align_weight"] == 0 and runs["align-off"].train.lr == 0.005
+    assert defaults.model.options["enhance"] and defaults.model.options["logit_scale"] == 5.0
+    assert (defaults.train.lr, defaults.model.options["enhance_lr_scale"]) == (0.005, 4.0)
+    assert defaults.model.options["enhance_text"] == "class"
+    assert runs["own-rates"].model.options["enhance_text"] == "prompts"
+    assert runs["enhance"].model.options["enhance_text"] == "prompts"  # history rows keep their meaning
+    assert (runs["one-rate"].train.lr, runs["one-rate"].model.options["enhance_lr_scale"]) == (0.02, 1.0)
+    assert runs["defaults-recovery"].train.recovery.thresholds == "calibrated"
+    assert {config.data.known for config in runs.values()} == {0.1}
+    assert runs["clsl-no-recovery"].model.method == "clsl"
+
+    def record(name, val, recovered=None):
+        return {"name": name, "val_mAP": val, "test_mAP": val - 5, "best_epoch": 3,
+                "recovery_precision_positive": recovered, "recovery_recall_positive": recovered and 0.2}
+
+    text = ablation.table([record("base", 77.3), record("recovery", 72.6, 0.947), record("defaults", 84.88),
+                           {**record("align-off", 1.0), "val_mAP": None}])
+    step1, step2 = text.split("## Step 2")
+    assert "| align-off |" in step1 and "| – | -4.00 |" in step1  # no validation split: a dash
+    assert "| base | the issue-11 defaults" in step1 and "| 72.60 | 67.60 | 3 | 94.7 / 20.0 |" in step1
+    assert "| defaults |" in step2.split("## Step 3")[1] and "| base |" not in step2
+    assert "| clsl" not in text  # rows without a run are left out

@@ -13,6 +13,7 @@ from promptmlr.models import build_method
 from promptmlr.models.blending import RegionPrototypes, attention_regions, instance_blend, prototype_blend
 from promptmlr.models.category import category_contrastive_loss
 from promptmlr.models.clsl import recovered_targets
+from promptmlr.models.enhancement import SemanticEnhancement
 from promptmlr.models.transfer import (
     PositiveMemory,
     cooccurrence_targets,
@@ -126,6 +127,28 @@ def test_recovered_labels_never_overwrite_known_ones():
     targets = torch.tensor([[1.0, -1.0, 0.0]])
     soft = recovered_targets(targets, torch.tensor([[0.1, 0.9, 0.7]]))
     assert soft[0].tolist() == pytest.approx([1.0, 0.0, 0.7])
+
+
+def test_enhanced_locations_read_the_class_they_match_and_start_at_clips_map():
+    enhancement = SemanticEnhancement(dim=3, num_classes=3, hidden=4, attention_scale=50.0)
+    torch.nn.init.zeros_(enhancement.semantic[2].weight)
+    torch.nn.init.zeros_(enhancement.semantic[2].bias)  # v_c = t_c: the text alone guides
+    text = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
+    dense = 3 * torch.tensor([[[0.9, 0.1, 0.0], [0.0, 0.2, 0.9]]])
+    locations = enhancement.locations(dense)
+    torch.testing.assert_close(locations, F.normalize(dense, dim=-1))  # V starts at the identity
+    semantic = enhancement.semantic_features(text, _unit([1, 1, 1]), batch=1)
+    torch.testing.assert_close(semantic[0], text)
+    enhanced = enhancement.attend(locations, semantic)[0]
+    assert enhanced[0].argmax() == 0 and enhanced[1].argmax() == 2
+
+
+def test_enhancement_pooling_follows_the_confident_location():
+    location_logits = torch.tensor([[[-4.0, 1.0], [-4.0, 1.0], [6.0, 1.0]]])  # [B=1, P=3, C=2]
+    logits, weights = SemanticEnhancement.pool(location_logits)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2))
+    assert location_logits[0, :, 0].mean() < logits[0, 0] <= 6.0 and logits[0, 0] > 5.9  # not averaged away
+    assert logits[0, 1] == pytest.approx(1.0) and weights[0, 0].argmax() == 2
 
 
 # --------------------------------------------------------------------------------------- warm-ups

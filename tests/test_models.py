@@ -97,6 +97,27 @@ def test_training_moves_only_learnable_parameters_and_lowers_the_loss(backbone, 
     assert moved
 
 
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_parameter_groups_cover_every_trainable_parameter_once(vit, name):
+    method = build_method(name, vit, CLASSES, DESCRIPTIONS)
+    grouped = [id(p) for group in method.parameter_groups() for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in method.parameters() if p.requires_grad)
+
+
+def test_promptmlr_trains_its_enhancement_at_its_own_rate(vit):
+    """The engine's optimiser gives each group ``lr_scale`` times ``train.lr``."""
+    from promptmlr.engine import TrainConfig, build_optimizer
+
+    method = build_method("promptmlr", vit, CLASSES, enhance_lr_scale=4.0)
+    rest, enhancement = method.parameter_groups()
+    assert {id(p) for p in enhancement["params"]} == {id(p) for p in method.enhancement.parameters()}
+    assert (rest["lr_scale"], enhancement["lr_scale"]) == (1.0, 4.0)
+    optimizer = build_optimizer(TrainConfig(lr=0.005), method.parameter_groups())
+    assert [group["lr"] for group in optimizer.param_groups] == [0.005, 0.02]
+    with pytest.raises(ConfigError, match="enhance_lr_scale"):
+        build_method("promptmlr", vit, CLASSES, enhance_lr_scale=0)
+
+
 def test_unknown_entries_do_not_reach_the_gradient(vit):
     """The known-only loss used above gives exactly zero gradient through an unknown entry."""
     method = build_method("promptmlr", vit, CLASSES, align_weight=0.0)
@@ -255,6 +276,29 @@ def test_export_then_import_gives_identical_logits(tmp_path, vit, name):
     assert header["backbone"]["fingerprint"] == vit.fingerprint and header["mask_sha256"] == "ab" * 32
     assert header["class_names"] == CLASSES and header["method"] == name
     assert not any(key.startswith("backbone.") for key in load_file(path))
+
+
+def test_a_file_written_before_an_option_existed_loads_as_it_was_trained(tmp_path, vit):
+    """A promptmlr file from before the enhancement existed has no 'enhance' in its header; it was
+    trained without one, whatever today's default says."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from promptmlr.prompt_files import HEADER_KEY
+
+    method = build_method("promptmlr", vit, CLASSES, enhance=False)
+    path = save_prompts(method, tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[HEADER_KEY])
+    header["method_config"] = {key: value for key, value in header["method_config"].items()
+                               if not key.startswith("enhance")}
+    save_file(load_file(path), str(path), metadata={HEADER_KEY: json.dumps(header)})
+    loaded, _ = load_prompts(path)
+    assert loaded.enhancement is None
+    features, _ = _batch(vit)
+    torch.testing.assert_close(loaded(features).logits, method(features).logits, rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -105,6 +105,13 @@ class MultiLabelMethod(nn.Module):
         classifier usable with open_clip or transformers alone."""
         raise NotImplementedError
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trainable parameters as optimiser groups, each ``{"params": [...], "lr_scale": s}``: the
+        engine trains a group at ``s`` times ``train.lr``. One group at scale 1 by default; a method
+        composed of parts that each need their own step size (promptmlr's prompts and its CLSL
+        enhancement) splits them."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

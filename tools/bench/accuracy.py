@@ -57,7 +57,7 @@ CONTROLLED = {"data.known": "--known", "data.mask_seed": "--seeds", "train.seed"
 # settings that change where or how fast a run goes, not its result: ignored when comparing configs
 LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.num_workers", "train.eval_batch_size",
              "train.report_to"}
-RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "test_mAP", "test_mAP_voc2012",
+RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "val_mAP", "test_mAP", "test_mAP_voc2012",
                   "test_CF1", "test_OF1", "recovery_precision_positive", "recovery_recall_positive",
                   "recovery_precision_negative",
                   "recovered_positive", "recovered_negative", "trainable_parameters", "train_seconds",

@@ -1,0 +1,79 @@
+"""CLSL's semantic-related features and semantic-guided enhancement, as one component.
+
+From CLSL (He, Xie et al., arXiv:2510.10055, 2025; the authors' ``models/sarlp.py``):
+
+1. Semantic-related features: a feature per class and image from the class's text feature and the
+   image's global feature, ``v[b, c] = t_c + MLP([t_c; g_b])``; label correlations enter through the
+   shared MLP and the image context.
+2. Semantic-guided enhancement: each location attends over the classes,
+   ``e_p = sum_c softmax_c(cos(x_p, v_c) * s) v_c``, and ``[e_p; x_p]`` goes through an MLP to
+   per-location class logits ``a[p, c]``; the image's logit is their attention-weighted mean
+   ``sum_p softmax_p(a[p, c]) a[p, c]``.
+
+The locations are first mapped by a learned linear projection ``x_p = V dense_p`` (starting at the
+identity; CLSL's trainable backbone, here the only thing that adapts CLIP's frozen map), kept unit
+length as the text is. A non-linear classifier per location, guided by the text:
+:class:`~promptmlr.models.clsl.CLSL` uses it with fixed text features, promptmlr (``enhance``) with
+its learned positive prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+class SemanticEnhancement(nn.Module):
+    def __init__(self, dim: int, num_classes: int, hidden: int, attention_scale: float):
+        super().__init__()
+        self.attention_scale = attention_scale
+        self.projection = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.eye(dim))
+            self.projection.bias.zero_()
+        self.semantic = mlp(2 * dim, hidden, dim)
+        self.enhance = mlp(2 * dim, hidden, num_classes)
+
+    def locations(self, dense: torch.Tensor) -> torch.Tensor:
+        """CLIP's dense map ``[B, P, D]`` -> the projected, unit locations the classifier reads."""
+        return F.normalize(self.projection(dense), dim=-1)
+
+    def forward(self, dense: torch.Tensor, image: torch.Tensor, text: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected locations ``[B, P, D]`` (:meth:`locations`), unit global features ``[B, D]``,
+        class features ``[C, D]`` -> logits ``[B, C]`` and each class's weights over the locations
+        ``[B, C, P]``."""
+        semantic = self.semantic_features(text.to(dense.dtype), image, dense.shape[0])
+        enhanced = self.attend(dense, semantic)
+        return self.pool(self.enhance(torch.cat([enhanced, dense], dim=-1)))
+
+    def semantic_features(self, text: torch.Tensor, image: torch.Tensor, batch: int) -> torch.Tensor:
+        """``v[b, c] = t_c + MLP([t_c; g_b])``: ``[B, C, D]``."""
+        text = text[None].expand(batch, -1, -1)
+        image = image[:, None].expand(-1, text.shape[1], -1)
+        return text + self.semantic(torch.cat([text, image], dim=-1))
+
+    def attend(self, dense: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """``e_p = sum_c softmax_c(s * cos(x_p, v_c)) v_c``: what each location ``[B, P, D]`` reads."""
+        affinity = torch.einsum("bpd,bcd->bpc", dense, F.normalize(semantic, dim=-1))
+        return torch.bmm(torch.softmax(self.attention_scale * affinity, dim=-1), semantic)
+
+    @staticmethod
+    def pool(location_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-location logits ``[B, P, C]`` -> ``sum_p softmax_p(a) a`` ``[B, C]`` and the weights
+        ``[B, C, P]``: between the mean and the max over locations, so one confident location can
+        carry a small object without the background averaging it away."""
+        weights = torch.softmax(location_logits, dim=1)
+        return (weights * location_logits).sum(1), weights.transpose(1, 2)
+
+    @staticmethod
+    def activation_floats(batch_size: int, locations: int, dim: int, hidden: int, classes: int) -> int:
+        """Floats held for the backward pass (affinity, logits, enhanced + input, hidden per location;
+        the semantic features per class)."""
+        per_location = 2 * classes + 3 * dim + hidden
+        return 2 * batch_size * (locations * per_location + classes * (2 * dim + hidden))
