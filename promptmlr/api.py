@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 
 from promptmlr.backbones import FrozenCLIP
@@ -28,7 +27,7 @@ from promptmlr.checkpoint import refuse_legacy_checkpoint
 from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import DataConfig, check_images_exist, load_split, load_splits
-from promptmlr.engine import Trainer
+from promptmlr.engine import Trainer, process_state
 from promptmlr.errors import UsageError, check_number
 from promptmlr.files import atomic_write, write_json_atomic
 from promptmlr.inference import Prediction, expand_images, predict_images
@@ -207,7 +206,7 @@ def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log =
 def _folder_lock(run_dir: Path, log: Log) -> Iterator[None]:
     """The run folder's lock, taken by the main process; with several processes (``accelerate
     launch``) its outcome is broadcast, so that all refuse together instead of the others going on."""
-    state = PartialState()
+    state = process_state()
     if state.num_processes == 1:
         with run_lock(run_dir, log):
             yield
@@ -241,7 +240,7 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     log(f"backbone {backbone.spec} at {backbone.image_size}px ({locations} locations); descriptions: "
         f"{descriptions_source}")
     log(method.summary(config.train.batch_size, locations))
-    main = PartialState().is_main_process  # the other processes of a multi-GPU run write no files
+    main = process_state().is_main_process  # the other processes of a multi-GPU run write no files
     if main:
         write_config(run_dir, config.to_dict())
     result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict()).fit(resume=resume)
@@ -291,7 +290,7 @@ def evaluate_method(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_
                     num_workers: int = 2, threshold: float = 0.5, name: str = "") -> EvalResult:
     """Metrics and logits of ``method`` on a labelled dataset (features computed on the fly, on
     the GPU when there is one)."""
-    method.to(PartialState().device)
+    method.to(process_state().device)
     logits = score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers), progress=False,
                    logits=True)
     metrics = compute_metrics(logits, dataset.labels, threshold, from_logits=True)
@@ -367,7 +366,7 @@ def predict(images: str | Path | Iterable[str | Path], prompts: str | Path, *, w
     if not paths:
         raise UsageError(f"no images found in {', '.join(map(str, inputs))}")
     loaded = load_prompts(prompts, which=which)
-    loaded.method.to(PartialState().device)
+    loaded.method.to(process_state().device)
     chosen = threshold if threshold is not None else loaded.header.get("thresholds")
     return predict_images(loaded.method, paths, threshold=chosen, top_k=topk,
                           heatmap_dir=Path(heatmaps) if heatmaps is not None else None, batch_size=batch_size)

@@ -20,11 +20,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
@@ -64,6 +64,7 @@ def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list
         "seed": seed,
         "dtype": dtype,
         "decode": "jpeg-draft",  # large JPEGs decoded at reduced size (data.images.load_image)
+        "augmentation": "seeded-per-image",  # each image's own seed (_SeededImages), since issue #15
         "images": image_list_digest(dataset),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -149,51 +150,152 @@ def _file_stamps(folder: Path) -> dict[str, list[int]]:
     return stamps
 
 
+@dataclass(frozen=True)
+class ProcessGroup:
+    """The processes that build a cache together (accelerate's, in a run): process ``index`` of
+    ``count`` encodes its own block of the images. ``share(value)`` returns the main process's
+    ``value`` on every process and ``barrier()`` waits for all of them; one process alone needs
+    neither (:data:`ALONE`)."""
+
+    index: int = 0
+    count: int = 1
+    share: Callable[[Any], Any] = lambda value: value
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def rows(self, total: int) -> range:
+        """This process's contiguous block of ``range(total)``; blocks differ in size by one at most."""
+        return range(total * self.index // self.count, total * (self.index + 1) // self.count)
+
+
+ALONE = ProcessGroup()
+
+
 def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable],
                         root: Path | None, seed: int, batch_size: int, num_workers: int, dtype: str = "float16",
-                        autocast: Callable | None = None, description: str = "caching features") -> FeatureCache:
-    """The cache for ``dataset`` seen through each of ``transforms`` (one view each), built if absent."""
+                        autocast: Callable | None = None, split: str = "data",
+                        group: ProcessGroup = ALONE) -> FeatureCache:
+    """The cache for ``dataset`` seen through each of ``transforms`` (one view each), built if absent.
+
+    Every process of ``group`` encodes a disjoint block of the images into the same arrays, so the
+    encoder's pass is split over all of them; each image's augmentation is seeded by the image
+    itself, which makes the result byte-identical to a cache one process built. The main process
+    creates the folder and renames it into place; the others write into it where it lies, so with
+    several machines ``root`` must be a filesystem they all see.
+    """
     root = Path(root) if root else DEFAULT_DIRECTORY
     key = cache_key(backbone, dataset, transforms, seed, dtype)
-
-    def build(folder: Path) -> None:
-        grid = _write_features(backbone, dataset, transforms, folder, seed, batch_size, num_workers, dtype,
-                               autocast, description)
-        (folder / "meta.json").write_text(json.dumps({"key": key, "grid": grid, "images": len(dataset),
-                                                       "views": len(transforms), "backbone": backbone.describe(),
-                                                       "files": _file_stamps(folder)}))
-
     target = root / key[:32]
+    images, views = len(dataset), len(transforms)
+    state = group.share(_state(target, key, images, views) if group.is_main else None)
+    if state != "ready":
+        share = _Share(backbone, dataset, transforms, seed, batch_size, num_workers, autocast, split, group)
+        if group.is_main:
+            _check_free_space(root, estimated_bytes(backbone, images * views, dtype))
+            if state == "damaged":  # rebuilt, never trusted (an absent one may be being renamed into
+                shutil.rmtree(target, ignore_errors=True)  # place by a concurrent run: left to atomic_directory)
+
+            def build(folder: Path) -> None:
+                grid = _create_arrays(backbone, folder, views, images, dtype)
+                group.share(str(folder))
+                share.encode(folder)
+                group.barrier()  # every block written
+                (folder / "meta.json").write_text(json.dumps({
+                    "key": key, "grid": grid, "images": images, "views": views,
+                    "backbone": backbone.describe(), "files": _file_stamps(folder)}))
+
+            atomic_directory(target, build)
+        else:
+            share.encode(_shared_folder(Path(group.share(None)), root))
+            group.barrier()
+        group.barrier()  # the folder is in place
+    return FeatureCache.open(target, key, images, views)
+
+
+def _state(target: Path, key: str, images: int, views: int) -> str:
+    """``ready`` (``target`` holds the whole cache asked for), ``absent`` or ``damaged`` (said so)."""
     if not (target / "meta.json").is_file():
-        _check_free_space(root, estimated_bytes(backbone, len(dataset) * len(transforms), dtype))
+        return "absent"
     try:
-        return FeatureCache.open(atomic_directory(target, build), key, len(dataset), len(transforms))
-    except DamagedCacheError as error:  # rebuilt, never trusted: features are cheap to recompute
+        FeatureCache.open(target, key, images, views)
+    except DamagedCacheError as error:  # features are cheap to recompute
         print(f"feature cache {error}; building it again")
-        shutil.rmtree(target, ignore_errors=True)
-        return FeatureCache.open(atomic_directory(target, build), key, len(dataset), len(transforms))
+        return "damaged"
+    return "ready"
 
 
-def _write_features(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list[Callable], directory: Path,
-                    seed: int, batch_size: int, num_workers: int, dtype: str, autocast: Callable | None,
-                    description: str) -> tuple[int, int]:
+def _shared_folder(folder: Path, root: Path) -> Path:
+    if not folder.is_dir():
+        raise PromptMLRError(f"the feature cache folder {folder}, made by the main process, is not visible here: "
+                             f"with several machines put train.cache.directory ({root}) on a filesystem they "
+                             f"all share, or set train.cache.enabled=off")
+    return folder
+
+
+def _create_arrays(backbone: FrozenCLIP, folder: Path, views: int, images: int, dtype: str) -> tuple[int, int]:
     dims, grid = backbone.dense_shape
-    views, count = len(transforms), len(dataset)
-    global_out = np.lib.format.open_memmap(directory / "global.npy", "w+", dtype, (views, count, dims))
-    dense_out = np.lib.format.open_memmap(directory / "dense.npy", "w+", dtype, (views, count, grid[0] * grid[1], dims))
-    device = backbone.token_embedding.weight.device
-    for view, transform in enumerate(transforms):
-        generator = torch.Generator().manual_seed(seed * 1000 + view)  # worker augmentation seeds
-        loader = DataLoader(dataset.with_transform(transform, draft_size=backbone.image_size, damaged="warn"),
-                            batch_size=batch_size, num_workers=num_workers, generator=generator, shuffle=False)
-        for images, _, indices in tqdm(loader, desc=f"{description} (view {view + 1}/{views})", leave=False):
-            features = encode(backbone, images.to(device), autocast)
-            rows = indices.numpy()
-            global_out[view, rows] = features.global_features.float().cpu().numpy().astype(dtype)
-            dense_out[view, rows] = features.dense_features.float().cpu().numpy().astype(dtype)
-    global_out.flush()
-    dense_out.flush()
+    for name, shape in (("global.npy", (views, images, dims)), ("dense.npy", (views, images, grid[0] * grid[1], dims))):
+        np.lib.format.open_memmap(folder / name, "w+", dtype, shape).flush()  # allocated; the shares fill it
     return grid
+
+
+@dataclass
+class _Share:
+    """One process's part of a cache build: its block of images, every view."""
+
+    backbone: FrozenCLIP
+    dataset: MultiLabelDataset
+    transforms: list[Callable]
+    seed: int
+    batch_size: int
+    num_workers: int
+    autocast: Callable | None
+    split: str
+    group: ProcessGroup
+
+    def encode(self, folder: Path) -> None:
+        global_out = np.load(folder / "global.npy", mmap_mode="r+")
+        dense_out = np.load(folder / "dense.npy", mmap_mode="r+")
+        rows = self.group.rows(len(self.dataset))
+        device = self.backbone.token_embedding.weight.device
+        views = len(self.transforms)
+        for view, transform in enumerate(self.transforms):
+            images = _SeededImages(self.dataset.with_transform(transform, draft_size=self.backbone.image_size,
+                                                               damaged="warn"), (self.seed * 1000 + view) << 32)
+            # a generator of its own: an iterator draws its base seed from it, and one drawn from the
+            # global RNG would make a run's training depend on whether its cache existed already
+            loader = DataLoader(Subset(images, rows), batch_size=self.batch_size, num_workers=self.num_workers,
+                                generator=torch.Generator().manual_seed(self.seed))
+            for batch, _, indices in tqdm(loader, desc=f"caching {self.split} features (view {view + 1}/{views})",
+                                          leave=False, disable=not self.group.is_main):
+                features = encode(self.backbone, batch.to(device), self.autocast)
+                block = indices.numpy()
+                global_out[view, block] = features.global_features.float().cpu().numpy().astype(global_out.dtype)
+                dense_out[view, block] = features.dense_features.float().cpu().numpy().astype(dense_out.dtype)
+        global_out.flush()
+        dense_out.flush()
+        if self.group.count > 1:
+            print(f"cache {self.split}: process {self.group.index + 1}/{self.group.count} encoded {len(rows)} of "
+                  f"{len(self.dataset)} images" + (f" ({views} views)" if views > 1 else ""))
+
+
+class _SeededImages(Dataset):
+    """Image ``i`` transformed under its own seed (``base + i``), the global RNG untouched: its
+    augmentation no longer depends on which process, worker or batch reads it."""
+
+    def __init__(self, dataset: MultiLabelDataset, base: int):
+        self.dataset, self.base = dataset, base
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.base + index)
+            return self.dataset[index]
 
 
 @torch.no_grad()

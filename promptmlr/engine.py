@@ -20,13 +20,21 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.cache import CacheConfig, CachedFeatureDataset, build_or_open_cache, encode, estimated_bytes
+from promptmlr.cache import (
+    ALONE,
+    CacheConfig,
+    CachedFeatureDataset,
+    ProcessGroup,
+    build_or_open_cache,
+    encode,
+    estimated_bytes,
+)
 from promptmlr.checkpoint import load_checkpoint, refuse_legacy_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import Splits
@@ -133,6 +141,23 @@ def learnable_state(method: MultiLabelMethod) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in method.state_dict().items()}
 
 
+def process_state() -> PartialState:
+    """accelerate's process state, made the way the trainer's Accelerator makes it. Without a GPU
+    it must be asked for the CPU: a bare ``PartialState()`` under ``accelerate launch`` (torchrun)
+    on a GPU-less machine sees one process, and being a singleton it would keep every later
+    Accelerator there, so each process would run the whole job alone."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_group(accelerator: Accelerator) -> ProcessGroup:
+    """accelerate's processes as the group that shares the cache's encoding pass."""
+    if accelerator.num_processes == 1:
+        return ALONE
+    return ProcessGroup(accelerator.process_index, accelerator.num_processes,
+                        lambda value: broadcast_object_list([value], from_process=0)[0],
+                        accelerator.wait_for_everyone)
+
+
 def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """The optimiser over a method's parameter groups (:meth:`MultiLabelMethod.parameter_groups`),
     each at its ``lr_scale`` times ``train.lr``; the cosine schedule then scales every group alike."""
@@ -189,11 +214,10 @@ class Trainer:
         batch_size = config.batch_size if train else config.eval_batch_size
         transforms = self._transforms(train)
         if self.use_cache:
-            with self.accelerator.main_process_first():
-                cache = build_or_open_cache(
-                    self.backbone, dataset, transforms, self.config.cache.directory, config.seed,
-                    config.eval_batch_size, config.num_workers, config.cache.dtype, self.accelerator.autocast,
-                    f"caching {description} features")
+            cache = build_or_open_cache(
+                self.backbone, dataset, transforms, self.config.cache.directory, config.seed,
+                config.eval_batch_size, config.num_workers, config.cache.dtype, self.accelerator.autocast,
+                description, process_group(self.accelerator))
             source = CachedFeatureDataset(cache)
             loader = DataLoader(source, batch_size=batch_size, shuffle=train, collate_fn=source.collate,
                                 pin_memory=torch.cuda.is_available())  # no workers: see CachedFeatureDataset
@@ -419,7 +443,7 @@ def _accelerator(config: TrainConfig, run_dir: Path, trackers: list[str]) -> Acc
     """An Accelerator for this run. accelerate keeps one process-wide state; a second run in the same
     single process (a benchmark, a notebook) with another precision needs it reset first."""
     state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+    if state and state.get("_mixed_precision") != config.mixed_precision and process_state().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision fp16 needs a GPU; use bf16 (or no) on the CPU")

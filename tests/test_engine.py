@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -121,6 +122,53 @@ def test_feature_cache_is_reused_and_rebuilt_when_the_resolution_changes(colour_
     images = torch.stack([backbone.transform()(dataset.with_transform(None)[i][0]) for i in range(2)])
     torch.testing.assert_close(torch.from_numpy(np.array(cache.global_features[0, :2])).float(),
                                backbone.encode_image(images).global_features, atol=2e-3, rtol=2e-3)
+
+
+def _launch_two(*command: str):
+    """``command`` under ``accelerate launch`` with two CPU processes; asserts it succeeded."""
+    import subprocess
+    import sys
+
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    return launched
+
+
+@pytest.mark.slow
+def test_a_run_on_two_processes_shares_the_cache_and_finishes(colour_data, tmp_path):
+    """Each process was once its own one-process run (a bare PartialState on a GPU-less machine),
+    the second refused by the run lock; now they train together and split the encoding."""
+    launched = _launch_two("-m", "promptmlr", "tune", "--dataset", "csv", "--data-root", str(colour_data),
+                           "--backbone", "openclip:promptmlr-tiny-vit", "--known", "0.5", "--epochs", "1",
+                           "--out", str(tmp_path / "run"), "--set", "train.batch_size=8",
+                           "--set", "train.num_workers=0", "--set", f"train.cache.directory={tmp_path / 'cache'}",
+                           "--set", "data.val_fraction=0.25")
+    assert "cache train: process 2/2 encoded 18 of 36 images" in launched.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_cache_built_by_two_processes_is_byte_identical_to_one_process(tmp_path):
+    """Two processes under ``accelerate launch`` (``--multi_gpu`` on a machine without GPUs runs
+    accelerate's MULTI_CPU over gloo; its ``--cpu`` starts one process only): each encodes its own
+    block of the images, augmented view included, into one cache identical to one process's."""
+    from tests import cache_worker
+
+    data = write_colour_csv(tmp_path / "data", counts=(("train", 25), ("test", 4)))
+    cache_worker.build(str(data), str(tmp_path / "alone"))
+    launched = _launch_two(str(Path(cache_worker.__file__)), str(data), str(tmp_path / "shared"))
+    assert "cache train: process 1/2 encoded 12 of 25 images (2 views)" in launched.stdout
+    assert "cache train: process 2/2 encoded 13 of 25 images (2 views)" in launched.stdout
+    (alone,), (shared,) = (list((tmp_path / name).iterdir()) for name in ("alone", "shared"))
+    assert alone.name == shared.name  # the same key
+    for name in ("global.npy", "dense.npy"):
+        assert (alone / name).read_bytes() == (shared / name).read_bytes(), name
+    views = np.load(alone / "global.npy")
+    assert not np.array_equal(views[0], views[1])  # the augmented view is not the eval view
 
 
 def test_cached_batches_are_read_whole_and_equal_the_rows(colour_data, tmp_path):
