@@ -35,7 +35,8 @@ from promptmlr.files import DiskFullError, atomic_directory
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 CACHE_MODES = ("auto", "on", "off")
-ARRAY_FILES = ("global.npy", "dense.npy")
+ARRAY_FILES = ("global.npy", "dense.npy", "dense_scale.npy")  # the scales only with dtype int8
+CACHE_DTYPES = ("float16", "float32", "int8")
 
 
 @dataclass
@@ -46,11 +47,11 @@ class CacheConfig:
     views: int = 1  # 1: the eval view; more: augmented views, one drawn per epoch
     budget_gb: float = 8.0
     directory: str | None = None  # default: ~/.cache/promptmlr/features
-    dtype: str = "float16"
+    dtype: str = "float16"  # float16 | float32 | int8 (dense features int8 with per-channel scales)
 
     def __post_init__(self) -> None:
         check_choice("train.cache.enabled", self.enabled, CACHE_MODES)
-        check_choice("train.cache.dtype", self.dtype, ("float16", "float32"))
+        check_choice("train.cache.dtype", self.dtype, CACHE_DTYPES)
         check_number("train.cache.views", self.views, minimum=1)
         check_number("train.cache.budget_gb", self.budget_gb, minimum=0)
 
@@ -85,9 +86,27 @@ def image_list_digest(dataset: MultiLabelDataset) -> str:
 
 
 def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
-    """Disk size of ``rows`` cached image views (a global and a dense feature each)."""
+    """Disk size of ``rows`` cached image views (a global and a dense feature each; with int8, one
+    byte per dense value plus a float16 scale per channel, and a float16 global feature)."""
     dims, grid = backbone.dense_shape
-    return rows * (grid[0] * grid[1] + 1) * dims * np.dtype(dtype).itemsize
+    locations = grid[0] * grid[1]
+    if dtype == "int8":
+        return rows * dims * (locations + 2 * 2)
+    return rows * (locations + 1) * dims * np.dtype(dtype).itemsize
+
+
+def quantize(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``dense [..., HW, D]`` float -> (int8 values, float16 scales ``[..., D]``): each channel of
+    each image scaled by its largest magnitude over the locations, so that the few large channels
+    of CLIP's features do not flatten the rest (symmetric, 127 levels a side)."""
+    scale = (np.abs(dense).max(axis=-2) / 127.0).astype(np.float16)
+    safe = np.where(scale > 0, scale, 1).astype(np.float32)
+    values = np.clip(np.rint(dense / safe[..., None, :]), -127, 127).astype(np.int8)
+    return values, scale
+
+
+def dequantize(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32) * scale.astype(np.float32)[..., None, :]
 
 
 class DamagedCacheError(PromptMLRError, ValueError):
@@ -101,8 +120,14 @@ class FeatureCache:
 
     directory: Path
     global_features: np.ndarray
-    dense_features: np.ndarray
+    dense_features: np.ndarray  # int8 when dense_scale is given
     grid: tuple[int, int]
+    dense_scale: np.ndarray | None = None  # [V, N, D] float16 per-channel scales of an int8 cache
+
+    def dense_rows(self, views, rows) -> np.ndarray:
+        """Dense features of ``(views, rows)`` (indices or arrays), as stored or dequantised."""
+        values = np.asarray(self.dense_features[views, rows])
+        return values if self.dense_scale is None else dequantize(values, np.asarray(self.dense_scale[views, rows]))
 
     @property
     def views(self) -> int:
@@ -114,8 +139,10 @@ class FeatureCache:
         one changed by hand, raises :class:`DamagedCacheError`)."""
         try:
             meta = json.loads((directory / "meta.json").read_text())
+            scale = directory / "dense_scale.npy"
             cache = cls(directory, np.load(directory / "global.npy", mmap_mode="r"),
-                        np.load(directory / "dense.npy", mmap_mode="r"), tuple(meta["grid"]))
+                        np.load(directory / "dense.npy", mmap_mode="r"), tuple(meta["grid"]),
+                        np.load(scale, mmap_mode="r") if scale.is_file() else None)
             grid_cells = cache.grid[0] * cache.grid[1]
             if meta["key"] != key or cache.global_features.shape[:2] != (views, images) or \
                     cache.dense_features.shape[:3] != (views, images, grid_cells):
@@ -145,6 +172,8 @@ def _file_stamps(folder: Path) -> dict[str, list[int]]:
     not caught."""
     stamps = {}
     for name in ARRAY_FILES:
+        if name == "dense_scale.npy" and not (folder / name).is_file():
+            continue
         status = os.stat(folder / name)
         stamps[name] = [status.st_size, status.st_mtime_ns]
     return stamps
@@ -237,8 +266,12 @@ def _shared_folder(folder: Path, root: Path) -> Path:
 
 def _create_arrays(backbone: FrozenCLIP, folder: Path, views: int, images: int, dtype: str) -> tuple[int, int]:
     dims, grid = backbone.dense_shape
-    for name, shape in (("global.npy", (views, images, dims)), ("dense.npy", (views, images, grid[0] * grid[1], dims))):
-        np.lib.format.open_memmap(folder / name, "w+", dtype, shape).flush()  # allocated; the shares fill it
+    arrays = [("global.npy", "float16" if dtype == "int8" else dtype, (views, images, dims)),
+              ("dense.npy", dtype, (views, images, grid[0] * grid[1], dims))]
+    if dtype == "int8":
+        arrays.append(("dense_scale.npy", "float16", (views, images, dims)))
+    for name, array_dtype, shape in arrays:
+        np.lib.format.open_memmap(folder / name, "w+", array_dtype, shape).flush()  # allocated; the shares fill it
     return grid
 
 
@@ -259,6 +292,8 @@ class _Share:
     def encode(self, folder: Path) -> None:
         global_out = np.load(folder / "global.npy", mmap_mode="r+")
         dense_out = np.load(folder / "dense.npy", mmap_mode="r+")
+        scale_path = folder / "dense_scale.npy"
+        scale_out = np.load(scale_path, mmap_mode="r+") if scale_path.is_file() else None
         rows = self.group.rows(len(self.dataset))
         device = self.backbone.token_embedding.weight.device
         views = len(self.transforms)
@@ -274,9 +309,14 @@ class _Share:
                 features = encode(self.backbone, batch.to(device), self.autocast)
                 block = indices.numpy()
                 global_out[view, block] = features.global_features.float().cpu().numpy().astype(global_out.dtype)
-                dense_out[view, block] = features.dense_features.float().cpu().numpy().astype(dense_out.dtype)
-        global_out.flush()
-        dense_out.flush()
+                dense = features.dense_features.float().cpu().numpy()
+                if scale_out is None:
+                    dense_out[view, block] = dense.astype(dense_out.dtype)
+                else:
+                    dense_out[view, block], scale_out[view, block] = quantize(dense)
+        for array in (global_out, dense_out, scale_out):
+            if array is not None:
+                array.flush()
         if self.group.count > 1:
             print(f"cache {self.split}: process {self.group.index + 1}/{self.group.count} encoded {len(rows)} of "
                   f"{len(self.dataset)} images" + (f" ({views} views)" if views > 1 else ""))
@@ -334,14 +374,14 @@ class CachedFeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         view = self.view_of_image[index]
         return (torch.from_numpy(np.array(self.cache.global_features[view, index])),
-                torch.from_numpy(np.array(self.cache.dense_features[view, index])), index)
+                torch.from_numpy(np.array(self.cache.dense_rows(view, index))), index)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A batch ``(global [B, D], dense [B, HW, D], indices [B])`` in one read."""
         rows = np.asarray(indices, dtype=np.int64)
         views = self.view_of_image[rows]
         return (torch.from_numpy(np.asarray(self.cache.global_features[views, rows])),
-                torch.from_numpy(np.asarray(self.cache.dense_features[views, rows])), torch.from_numpy(rows))
+                torch.from_numpy(self.cache.dense_rows(views, rows)), torch.from_numpy(rows))
 
     @staticmethod
     def collate(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:

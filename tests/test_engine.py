@@ -171,6 +171,31 @@ def test_a_cache_built_by_two_processes_is_byte_identical_to_one_process(tmp_pat
     assert not np.array_equal(views[0], views[1])  # the augmented view is not the eval view
 
 
+def test_int8_cache_holds_each_channel_to_half_a_step_of_its_own_scale(colour_data, tmp_path):
+    from promptmlr.backbones import create_backbone
+    from promptmlr.cache import CachedFeatureDataset, dequantize, quantize
+
+    dense = np.random.default_rng(0).normal(size=(3, 16, 8)).astype(np.float32) * np.array([1, 1, 1, 1, 1, 1, 1, 50])
+    values, scale = quantize(dense)
+    assert values.dtype == np.int8 and scale.shape == (3, 8) and np.abs(values).max() == 127
+    step = scale.astype(np.float32)[:, None, :]
+    assert np.all(np.abs(dequantize(values, scale) - dense) <= 0.5 * step + 1e-3 * np.abs(dense))
+    assert not dequantize(*quantize(np.zeros((2, 4, 3), np.float32))).any()  # all-zero channels stay zero
+
+    dataset = build_dataset("csv", colour_data, "test")
+    backbone = create_backbone("openclip:promptmlr-tiny-vit")
+    exact = build_or_open_cache(backbone, dataset, [backbone.transform()], tmp_path, 0, 64, 0, "float32")
+    small = build_or_open_cache(backbone, dataset, [backbone.transform()], tmp_path, 0, 64, 0, "int8")
+    assert small.dense_features.dtype == np.int8 and small.dense_scale is not None
+    rows = np.arange(len(dataset))
+    reference, restored = exact.dense_rows(0, rows), small.dense_rows(0, rows)
+    assert np.all(np.abs(restored - reference) <= 0.5 * np.asarray(small.dense_scale[0])[:, None, :] + 1e-4)
+    batch = CachedFeatureDataset(small).__getitems__(list(rows))
+    torch.testing.assert_close(batch[1], torch.from_numpy(restored))
+    assert (tmp_path / small.directory.name / "dense.npy").stat().st_size < \
+        0.3 * (tmp_path / exact.directory.name / "dense.npy").stat().st_size  # int8 vs float32
+
+
 def test_cached_batches_are_read_whole_and_equal_the_rows(colour_data, tmp_path):
     """The loader's one-read batches hold exactly the per-image rows, in the sampler's order,
     each from the view drawn for that image."""
