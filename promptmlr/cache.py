@@ -35,7 +35,8 @@ from promptmlr.files import DiskFullError, atomic_directory
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 CACHE_MODES = ("auto", "on", "off")
-ARRAY_FILES = ("global.npy", "dense.npy", "dense_scale.npy")  # the scales only with dtype int8
+SCALE_FILE = "dense_scale.npy"  # per-channel scales of the dense features, only with dtype int8
+ARRAY_FILES = ("global.npy", "dense.npy", SCALE_FILE)
 CACHE_DTYPES = ("float16", "float32", "int8")
 
 
@@ -139,7 +140,7 @@ class FeatureCache:
         one changed by hand, raises :class:`DamagedCacheError`)."""
         try:
             meta = json.loads((directory / "meta.json").read_text())
-            scale = directory / "dense_scale.npy"
+            scale = directory / SCALE_FILE
             cache = cls(directory, np.load(directory / "global.npy", mmap_mode="r"),
                         np.load(directory / "dense.npy", mmap_mode="r"), tuple(meta["grid"]),
                         np.load(scale, mmap_mode="r") if scale.is_file() else None)
@@ -172,7 +173,7 @@ def _file_stamps(folder: Path) -> dict[str, list[int]]:
     not caught."""
     stamps = {}
     for name in ARRAY_FILES:
-        if name == "dense_scale.npy" and not (folder / name).is_file():
+        if name == SCALE_FILE and not (folder / name).is_file():
             continue
         status = os.stat(folder / name)
         stamps[name] = [status.st_size, status.st_mtime_ns]
@@ -269,7 +270,7 @@ def _create_arrays(backbone: FrozenCLIP, folder: Path, views: int, images: int, 
     arrays = [("global.npy", "float16" if dtype == "int8" else dtype, (views, images, dims)),
               ("dense.npy", dtype, (views, images, grid[0] * grid[1], dims))]
     if dtype == "int8":
-        arrays.append(("dense_scale.npy", "float16", (views, images, dims)))
+        arrays.append((SCALE_FILE, "float16", (views, images, dims)))
     for name, array_dtype, shape in arrays:
         np.lib.format.open_memmap(folder / name, "w+", array_dtype, shape).flush()  # allocated; the shares fill it
     return grid
@@ -292,7 +293,7 @@ class _Share:
     def encode(self, folder: Path) -> None:
         global_out = np.load(folder / "global.npy", mmap_mode="r+")
         dense_out = np.load(folder / "dense.npy", mmap_mode="r+")
-        scale_path = folder / "dense_scale.npy"
+        scale_path = folder / SCALE_FILE
         scale_out = np.load(scale_path, mmap_mode="r+") if scale_path.is_file() else None
         rows = self.group.rows(len(self.dataset))
         device = self.backbone.token_embedding.weight.device

@@ -13,8 +13,9 @@ From CLSL (He, Xie et al., arXiv:2510.10055, 2025; the authors' ``models/sarlp.p
 The locations are first mapped by a learned linear projection ``x_p = V dense_p`` (starting at the
 identity; CLSL's trainable backbone, here the only thing that adapts CLIP's frozen map), kept unit
 length as the text is. A non-linear classifier per location, guided by the text:
-:class:`~promptmlr.models.clsl.CLSL` uses it with fixed text features, promptmlr (``enhance``) with
-its learned positive prompts.
+:class:`~promptmlr.models.clsl.CLSL` uses it with fixed text features, and promptmlr (``enhance``)
+adds its logits to the prompt margins, guided by the same fixed class text by default or by its
+learned positive prompts, detached (``enhance_text``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
 
 
 class SemanticEnhancement(nn.Module):
+    """The learned projection of the locations, the semantic-related features and the per-location
+    classifier with its pooling (items 1 and 2 above)."""
+
     def __init__(self, dim: int, num_classes: int, hidden: int, attention_scale: float):
         super().__init__()
         self.attention_scale = attention_scale

@@ -27,7 +27,7 @@ from promptmlr.errors import PromptMLRError
 from promptmlr.files import write_json_atomic, write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import BenchError, base_overrides, run_benchmark  # noqa: E402  (the sibling benchmark: same run folders, resume)
+from accuracy import BenchError, run_benchmark  # noqa: E402  (the sibling benchmark: same run folders, resume)
 
 # the issue-11 promptmlr: what step 1 varies one component of
 # (its enhancement rows guided by the prompts, the only guidance then)
@@ -87,8 +87,8 @@ STEPS = {1: "Step 1: one component on or off, from the issue-11 defaults",
 
 
 def plan(args: argparse.Namespace):
-    """(row name, resolved config) for every row, the shared flags applied first."""
-    shared = base_overrides(argparse.Namespace(data_root=args.data_root, backbone=None, epochs=None, set=[]))
+    """(row name, resolved config) for every row, ``--data-root`` applied first."""
+    shared = [{"data": {"root": str(args.data_root)}}] if args.data_root is not None else []
     runs = []
     for name, _, method, _, assignments in ROWS:
         own = {"data": {"known": 0.1, "mask_seed": 0}, "train": {"seed": 0}, "model": {"method": method}}
