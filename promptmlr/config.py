@@ -28,7 +28,7 @@ from promptmlr.data.protocol import DataConfig
 from promptmlr.engine import TrainConfig
 from promptmlr.errors import ConfigError
 from promptmlr.files import shipped_file
-from promptmlr.models.factory import ModelConfig, method_class, method_options
+from promptmlr.models.factory import ModelConfig, method_class, method_options, recorded_options
 from promptmlr.recovery import check_recovery_weights
 from promptmlr.settings import load_yaml, merge, read_yaml
 from promptmlr.tracking import check_trackers
@@ -153,5 +153,10 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> 
 
 def load_run_config(path: str | Path) -> RunConfig:
     """Read back the ``config.yaml`` a run folder holds (trackers are checked only when the run is
-    resumed: evaluating a run logged to W&B elsewhere needs no wandb here)."""
-    return checked(merge(RunConfig(), read_yaml(path), str(path)), trackers=False)
+    resumed: evaluating a run logged to W&B elsewhere needs no wandb here). A folder written before a
+    method option existed resumes and evaluates as it was trained (:func:`recorded_options`)."""
+    values = read_yaml(path)
+    model = values.get("model") if isinstance(values, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("options"), dict):
+        model["options"] = recorded_options(model.get("method", ModelConfig.method), model["options"])
+    return checked(merge(RunConfig(), values, str(path)), trackers=False)

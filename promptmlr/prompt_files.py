@@ -24,7 +24,7 @@ from promptmlr.backbones import FrozenCLIP, create_backbone
 from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod, build_method
-from promptmlr.models.factory import method_class
+from promptmlr.models.factory import recorded_options
 
 FORMAT_NAME = "promptmlr-prompts"
 FORMAT_VERSION = 1
@@ -95,23 +95,11 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
     if class_names is not None and list(class_names) != header["class_names"]:
         raise PromptsFileError(_class_mismatch(path, header["class_names"], list(class_names)))
     method = build_method(header["method"], backbone, header["class_names"], header.get("descriptions"),
-                          **_stored_options(header))
+                          **recorded_options(header["method"], header.get("method_config", {})))
     with safe_open(str(path), framework="pt") as handle:
         state = {name: handle.get_tensor(name) for name in handle.keys()}
     method.load_state_dict(state, strict=True)
     return method, header
-
-
-def _stored_options(header: dict[str, Any]) -> dict[str, Any]:
-    """The method options a file was trained with. A file written before an option existed holds no
-    value for it, and the option's default may have changed since (promptmlr's enhancement came on
-    by default in issue #12): such options take the value the method had before them
-    (``Config.PREDATING``), not today's default."""
-    stored = dict(header.get("method_config", {}))
-    if not stored:
-        return stored
-    predating = getattr(method_class(header["method"]).Config, "PREDATING", {})
-    return {**{key: value for key, value in predating.items() if key not in stored}, **stored}
 
 
 def _weights_mismatch(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> str:

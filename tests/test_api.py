@@ -241,6 +241,24 @@ def test_every_section_checks_its_choices_when_resolved(override, message):
         resolve_config("synthetic", overrides=[override])
 
 
+def test_a_run_folder_from_before_an_option_existed_resumes_as_it_was_trained(tmp_path):
+    """A dualcoop folder written before the mean token existed holds every option but that one: read
+    back, it must keep the method it trained (no mean token), not take today's default; a folder that
+    has the option keeps its value."""
+    import yaml
+
+    from promptmlr.config import load_run_config, resolve_config
+
+    values = resolve_config("synthetic", overrides=[{"model": {"method": "dualcoop"}}]).to_dict()
+    assert values["model"]["options"].pop("mean_token") is True
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    assert load_run_config(path).model.options["mean_token"] is False
+    values["model"]["options"]["mean_token"] = True
+    path.write_text(yaml.safe_dump(values))
+    assert load_run_config(path).model.options["mean_token"] is True
+
+
 @pytest.mark.slow
 def test_a_run_config_reused_with_another_method_drops_the_old_methods_options(finished_run, monkeypatch):
     from promptmlr import tracking

@@ -46,6 +46,25 @@ def test_both_tokenizers_give_the_standard_clip_ids(openclip_backbone, hf_backbo
         assert backbone.eot_positions(ids).tolist() == [len(TRAFFIC_LIGHT_IDS) - 1]
 
 
+def test_a_shared_prefix_encodes_as_the_whole_prompts_do(openclip_backbone):
+    """Class-agnostic contexts: the prefix computed once must give the features, and the gradients
+    to the context, of every prompt run whole (the base class's concatenation)."""
+    from promptmlr.backbones.base import FrozenCLIP
+    from promptmlr.models.prompts import PromptLearner
+
+    torch.manual_seed(0)
+    learner = PromptLearner(openclip_backbone, ["cat", "traffic light", "a very long name of a class"], n_ctx=5,
+                            class_specific=False, init="random")
+    prefix = torch.cat([learner.prefix[0], learner.context])
+    fast = openclip_backbone.encode_text_with_shared_prefix(prefix, learner.suffix, learner.eot)
+    whole = FrozenCLIP.encode_text_with_shared_prefix(openclip_backbone, prefix, learner.suffix, learner.eot)
+    torch.testing.assert_close(fast, whole, rtol=1e-5, atol=1e-5)
+    (fast_grad,) = torch.autograd.grad(fast.square().sum(), learner.context)
+    (whole_grad,) = torch.autograd.grad(whole.square().sum(), learner.context)
+    torch.testing.assert_close(fast_grad, whole_grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(learner(), torch.nn.functional.normalize(whole, dim=-1), rtol=1e-5, atol=1e-5)
+
+
 def test_replacing_token_embeddings_changes_the_text_feature(openclip_backbone):
     """Learnable context vectors stand in for tokens: the text path must depend on the embeddings."""
     ids = openclip_backbone.tokenize(["a photo of a cat"])
@@ -120,6 +139,33 @@ def test_resnet_dense_features_are_the_attention_pool_values():
     locations = features.dense_features.shape[1]
     expected = (mean_value + features.dense_features.sum(dim=1)) / (locations + 1)
     torch.testing.assert_close(features.global_features, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_mean_token_offset_recovers_the_pools_mean_token_off_native_size():
+    """DualCoOp's dense map keeps the attention pool's mean token as location 0; the backbone gives it
+    as the dense mean plus a constant, which must be that token exactly, also with a resized pool."""
+    backbone = create_backbone("openclip:promptmlr-tiny-rn", image_size=96)
+    images = torch.randn(2, 3, 96, 96)
+    visual = backbone.model.visual
+    pool = visual.attnpool
+    with torch.no_grad():
+        trunk = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
+        expected = pool.c_proj(pool.v_proj(trunk.flatten(2).mean(dim=2) + pool.positional_embedding[0]))
+        dense = backbone.encode_image(images).dense_features
+    torch.testing.assert_close(dense.mean(dim=1) + backbone.mean_token_offset(), expected, rtol=1e-4, atol=1e-6)
+    assert create_backbone("openclip:promptmlr-tiny-vit").mean_token_offset() is None
+
+
+def test_resnet_pool_is_resized_as_dualcoop_resizes_it():
+    """Plain bicubic (DualCoOp's build_model_conv_proj), not open_clip's antialiased ViT resize: at
+    448 px the two differ, and only the anchor's gives the anchor's dense map."""
+    native = create_backbone("openclip:promptmlr-tiny-rn").model.visual.attnpool.positional_embedding
+    resized = create_backbone("openclip:promptmlr-tiny-rn", image_size=128).model.visual.attnpool.positional_embedding
+    side = int((native.shape[0] - 1) ** 0.5)
+    grid = native[1:].T.reshape(1, -1, side, side)
+    expected = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic").reshape(-1, 16).T
+    torch.testing.assert_close(resized[1:], expected)
+    torch.testing.assert_close(resized[0], native[0])
 
 
 # ---------------------------------------------------------------------------------------- resolution

@@ -234,3 +234,35 @@ def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
     assert "| base | the issue-11 defaults" in step1 and "| 72.60 | 67.60 | 3 | 94.7 / 20.0 |" in step1
     assert "| defaults |" in step2.split("## Step 3")[1] and "| base |" not in step2
     assert "| clsl" not in text  # rows without a run are left out
+
+
+def test_text_encoder_profile_times_every_variant_and_all_agree(tmp_path):
+    module = _load("text_encoder")
+    report = module.main(["--out", str(tmp_path), "--backbone", "openclip:promptmlr-tiny-rn", "--classes", "3",
+                          "--precisions", "fp32", "--warmup", "0", "--rounds", "1"])
+    measured = {(row["contexts"], row["variant"]) for row in report["rows"]}
+    assert measured == ({("class-agnostic", variant) for variant in module.VARIANTS}
+                        | {("class-specific", "77 positions"), ("class-specific", "trimmed")})
+    assert all(row["max_difference_fp32"] < 1e-4 and row["seconds"] > 0 for row in report["rows"])
+    positions = {row["variant"]: row["positions"] for row in report["rows"] if row["contexts"] == "class-agnostic"}
+    assert positions["shared prefix"] < positions["trimmed"] < positions["77 positions"]
+    assert "| 3 | class-agnostic | fp32 |" in (tmp_path / "text_encoder.md").read_text()
+
+
+def test_anchor_bench_refuses_a_folder_that_is_not_a_dualcoop_checkout(tmp_path):
+    module = _load("anchor")
+    with pytest.raises(SystemExit, match="is not a DualCoOp checkout .*clone https://github.com/sunxm2357/DualCoOp"):
+        module.main(["--anchor-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_anchor_recipe_counts_steps_at_batch_32_and_the_anchors_prompts_per_test_batch():
+    module = _load("anchor")
+    per_step = {"anchor_train": 10.0, "anchor_image": 8.0, "anchor_text": 2.0, "encoder": 4.0, "ours_cached": 1.0,
+                "ours_uncached": 5.0, "ours_test_pass": 3.0}
+    at_32 = module.recipe_seconds(per_step, 32, epochs=1)
+    assert at_32["anchor"] == pytest.approx(157 * 10 + 4952 * 8 / 32 + 50 * 2)
+    assert at_32["ours_cached"] == pytest.approx((5011 + 4952) * 4 / 32 + 157 * 1 + 3)
+    assert at_32["ours_uncached"] == pytest.approx(157 * 5 + 4952 * 4 / 32)
+    at_16 = module.recipe_seconds(per_step, 16, epochs=2)  # a step at 16 lacks 16 images' encoding
+    assert at_16["anchor"] == pytest.approx(2 * (157 * (10 + 8) + 4952 * 8 / 16 + 50 * 2))

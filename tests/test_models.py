@@ -301,6 +301,47 @@ def test_a_file_written_before_an_option_existed_loads_as_it_was_trained(tmp_pat
     torch.testing.assert_close(loaded(features).logits, method(features).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["dualcoop", "positivecoop"])
+def test_region_methods_keep_the_mean_token_as_the_anchors_location_0(name):
+    """On a ResNet the softmax runs over the mean token and the grid (DualCoOp's code): the logits are
+    the region aggregation over both; heatmaps keep the grid's own weights."""
+    from promptmlr.models.coop import region_aggregation
+
+    rn = create_backbone("openclip:promptmlr-tiny-rn")
+    features, _ = _separable_batch(rn)
+    torch.manual_seed(0)
+    method = build_method(name, rn, CLASSES)
+    output = method(features)
+    dense = features.dense_features
+    with_token = torch.cat([dense.mean(dim=1, keepdim=True) + rn.mean_token_offset(), dense], dim=1)
+    positive, negative, weights = region_aggregation(with_token, method.positive(), method.negative(), 20.0)
+    torch.testing.assert_close(output.logits, 5.0 * (positive - negative))
+    torch.testing.assert_close(output.attention, weights[..., 1:] / weights[..., 1:].sum(-1, keepdim=True))
+    assert output.attention_maps().shape[-2:] == features.grid
+    torch.manual_seed(0)
+    without = build_method(name, rn, CLASSES, mean_token=False)
+    assert (without(features).logits - output.logits).abs().max() > 1e-3
+
+
+def test_a_dualcoop_file_from_before_the_mean_token_loads_without_it(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from promptmlr.prompt_files import HEADER_KEY
+
+    rn = create_backbone("openclip:promptmlr-tiny-rn")
+    method = build_method("dualcoop", rn, CLASSES, mean_token=False)
+    path = save_prompts(method, tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[HEADER_KEY])
+    del header["method_config"]["mean_token"]
+    save_file(load_file(path), str(path), metadata={HEADER_KEY: json.dumps(header)})
+    loaded, _ = load_prompts(path)
+    assert loaded.mean_token_offset is None and loaded.config.mean_token is False
+
+
 @pytest.mark.slow
 def test_a_file_for_another_backbone_or_other_classes_is_refused(tmp_path, vit):
     path = save_prompts(build_method("dualcoop", vit, CLASSES), tmp_path / "p.safetensors")

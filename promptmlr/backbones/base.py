@@ -105,6 +105,19 @@ class FrozenCLIP(nn.Module, ABC):
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Global embedding and dense joint-space features for a normalised image batch."""
 
+    def mean_token_offset(self) -> torch.Tensor | None:
+        """``[D]``: the attention pool's mean token in the dense map, less the mean of the map; None
+        where the image tower has no such token (ViTs).
+
+        CLIP's ResNet attention pool prepends the mean of the grid's features, with position
+        embedding 0, to the grid; DualCoOp's dense map (its ``AttentionConv``) keeps that token as
+        location 0 and its region softmax runs over it. The dense path (value, then output
+        projection) is affine, so that token's dense feature is the mean of the dense map plus
+        ``W_c W_v (p_0 - mean_l p_l)``, a constant of the weights: methods recover the anchor's
+        location 0 from any dense map, cached or not, and the cache stores nothing more.
+        """
+        return None
+
     # ------------------------------------------------------------------------------------ text side
     @property
     @abstractmethod
@@ -138,6 +151,16 @@ class FrozenCLIP(nn.Module, ABC):
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_positions: torch.Tensor) -> torch.Tensor:
         """Joint-space text features ``[N, D]`` from token embeddings ``[N, L, width]``, where L is at most
         ``context_length`` (see :meth:`text_length`)."""
+
+    def encode_text_with_shared_prefix(self, prefix: torch.Tensor, suffixes: torch.Tensor,
+                                       eot_positions: torch.Tensor) -> torch.Tensor:
+        """Text features ``[C, D]`` of the sequences ``prefix [P, width]`` + ``suffixes[c] [S, width]``;
+        ``eot_positions`` index the whole sequence. The same as :meth:`encode_text_embeddings` on the
+        concatenation, which is what this does; a backbone whose encoder is causal may compute the
+        shared prefix once instead of C times (CoOp's class-agnostic context is such a prefix)."""
+        classes = suffixes.shape[0]
+        embeddings = torch.cat([prefix.expand(classes, -1, -1), suffixes], dim=1)
+        return self.encode_text_embeddings(embeddings, eot_positions)
 
     @property
     def causal_text(self) -> bool:

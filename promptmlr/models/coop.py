@@ -5,11 +5,19 @@ aggregate with DualCoOp's class-specific region aggregation: a spatial softmax o
 similarity map weights the positive and the negative region scores (DualCoOp, section 3.3, its
 ``20 * cos`` maps and ``5 *`` output scale). DualCoOp learns the negative as a text prompt;
 PositiveCoOp as a joint-space embedding.
+
+What is kept from the anchor's code, not only its paper: on a ResNet CLIP its dense map has the
+attention pool's mean token as an extra location 0, and the softmax runs over it
+(``mean_token``, on by default; :meth:`FrozenCLIP.mean_token_offset`). Without it the logits
+differ from the anchor's by up to 0.19 on the same weights and input; with it they agree to
+float precision (``tools/bench/anchor.py`` checks this against a DualCoOp checkout). PositiveCoOp
+is built on DualCoOp's code and keeps the token too. Heatmaps show the grid's weights, renormalised.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +33,8 @@ from promptmlr.models.prompts import PromptConfig, negative_branch, positive_pro
 class CoOpConfig(PromptConfig):
     map_scale: float = 20.0  # similarity maps are map_scale * cosine (DualCoOp)
     output_scale: float = 5.0  # logits are output_scale * aggregated map scores (DualCoOp)
+    mean_token: bool = True  # the attention pool's mean token as location 0, as DualCoOp's code (ResNets)
+    PREDATING: ClassVar[dict] = {"mean_token": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,11 +64,19 @@ class _RegionPromptMethod(MultiLabelMethod):
         super().__init__(backbone, class_names, config, descriptions)
         self.positive = positive_prompts(backbone, class_names, config, self.descriptions)
         self.negative = negative_branch(self.negative_kind, backbone, class_names, config)
+        offset = backbone.mean_token_offset() if config.mean_token else None
+        self.register_buffer("mean_token_offset", offset, persistent=False)
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
-        positive, negative, weights = region_aggregation(features.dense_features, self.positive(), self.negative(),
+        dense = features.dense_features
+        if self.mean_token_offset is not None:
+            mean_token = dense.mean(dim=1, keepdim=True) + self.mean_token_offset.to(dense.dtype)
+            dense = torch.cat([mean_token, dense], dim=1)
+        positive, negative, weights = region_aggregation(dense, self.positive(), self.negative(),
                                                          self.config.map_scale)
-        return MethodOutput(self.config.output_scale * (positive - negative), weights, features.grid)
+        grid_weights = weights[..., dense.shape[1] - features.dense_features.shape[1]:]
+        grid_weights = grid_weights / grid_weights.sum(dim=-1, keepdim=True)  # a map over the grid
+        return MethodOutput(self.config.output_scale * (positive - negative), grid_weights, features.grid)
 
     def class_embeddings(self) -> torch.Tensor:
         with torch.no_grad():

@@ -63,6 +63,21 @@ def method_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return dataclasses.asdict(merge(config_class(), dict(options), f"model.options (method {name})"))
 
 
+def recorded_options(name: str, stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a method ran with, read from a record that holds every option it had then (a
+    prompts file's header, a run folder's ``config.yaml``). An option the record lacks did not exist
+    when it was written, and its default may have changed since (promptmlr's enhancement came on in
+    issue #12, DualCoOp's mean token in #15): it takes the value the method had before it
+    (``Config.PREDATING``), not today's default. An empty record, or one for a method not
+    registered (refused later, with the usual message), is returned as it is."""
+    stored = dict(stored)
+    try:
+        predating = getattr(method_class(name).Config, "PREDATING", {}) if stored else {}
+    except ConfigError:
+        predating = {}
+    return {**{key: value for key, value in predating.items() if key not in stored}, **stored}
+
+
 def build_method(name: str, backbone: FrozenCLIP, class_names: Sequence[str],
                  descriptions: Mapping[str, Sequence[str]] | None = None, **options: Any) -> MultiLabelMethod:
     """Create method ``name`` with ``options`` overriding its config defaults."""

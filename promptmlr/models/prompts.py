@@ -110,9 +110,11 @@ class PromptLearner(nn.Module):
         return target - F.normalize(self._encode(), dim=-1)
 
     def _encode(self) -> torch.Tensor:
-        classes = self.prefix.shape[0]
-        context = self.context if self.context.dim() == 3 else self.context.expand(classes, -1, -1)
-        embeddings = torch.cat([self.prefix, context.to(self.prefix.dtype), self.suffix], dim=1)
+        context = self.context.to(self.prefix.dtype)
+        if context.dim() == 2:  # one context for every class: start token + context is a shared prefix
+            return self.backbone.encode_text_with_shared_prefix(torch.cat([self.prefix[0], context]), self.suffix,
+                                                                self.eot)
+        embeddings = torch.cat([self.prefix, context, self.suffix], dim=1)
         return self.backbone.encode_text_embeddings(embeddings, self.eot)
 
     @contextlib.contextmanager

@@ -175,9 +175,10 @@ class MethodSteps:
     """The timed steps of one method on one backbone, batch and precision."""
 
     def __init__(self, method_name: str, backbone, classes: list[str], images: torch.Tensor,
-                 features: ImageFeatures, device: torch.device, precision: str):
+                 features: ImageFeatures, device: torch.device, precision: str,
+                 options: dict[str, Any] | None = None):
         torch.manual_seed(0)
-        self.method = build_method(method_name, backbone, classes).to(device)
+        self.method = build_method(method_name, backbone, classes, **(options or {})).to(device)
         self.parameters = [p for p in self.method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=1e-4) if self.parameters else None
         self.loss_fn = build_loss(LossConfig())
