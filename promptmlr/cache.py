@@ -42,9 +42,14 @@ CACHE_DTYPES = ("float16", "float32", "int8")
 
 @dataclass
 class CacheConfig:
-    """The ``train.cache`` section: whether and how frozen features are cached (see above)."""
+    """The ``train.cache`` section: whether and how frozen features are cached (see above).
 
-    enabled: str = "auto"  # auto: on when it fits budget_gb; on; off
+    ``budget_gb`` is the memory the cache is expected to find: a larger one is still built and used,
+    read from disk every epoch through its memory maps (streamed) rather than from memory, and the
+    run says so. ``auto`` turns the cache off only when the disk cannot hold it.
+    """
+
+    enabled: str = "auto"  # auto: on unless the disk cannot hold it; on; off
     views: int = 1  # 1: the eval view; more: augmented views, one drawn per epoch
     budget_gb: float = 8.0
     directory: str | None = None  # default: ~/.cache/promptmlr/features
@@ -86,14 +91,18 @@ def image_list_digest(dataset: MultiLabelDataset) -> str:
     return digest.hexdigest()
 
 
-def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
-    """Disk size of ``rows`` cached image views (a global and a dense feature each; with int8, one
-    byte per dense value plus a float16 scale per channel, and a float16 global feature)."""
-    dims, grid = backbone.dense_shape
-    locations = grid[0] * grid[1]
+def bytes_per_row(dims: int, locations: int, dtype: str) -> int:
+    """Disk size of one cached image view: a global and a dense feature (with int8, one byte per
+    dense value plus a float16 scale per channel, and a float16 global feature)."""
     if dtype == "int8":
-        return rows * dims * (locations + 2 * 2)
-    return rows * (locations + 1) * dims * np.dtype(dtype).itemsize
+        return dims * (locations + 2 * 2)
+    return (locations + 1) * dims * np.dtype(dtype).itemsize
+
+
+def estimated_bytes(backbone: FrozenCLIP, rows: int, dtype: str) -> int:
+    """Disk size of ``rows`` cached image views of ``backbone``'s features."""
+    dims, grid = backbone.dense_shape
+    return rows * bytes_per_row(dims, grid[0] * grid[1], dtype)
 
 
 def quantize(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,11 +164,21 @@ class FeatureCache:
         return cache
 
 
+def cache_root(directory: str | Path | None) -> Path:
+    """Where caches live: ``train.cache.directory``, else ``~/.cache/promptmlr/features``."""
+    return Path(directory) if directory else DEFAULT_DIRECTORY
+
+
+def free_bytes(root: Path) -> int:
+    """Free space on the filesystem that holds (or will hold) ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(root).free
+
+
 def _check_free_space(root: Path, needed: int) -> None:
     """Refuse to start a cache that cannot fit: its arrays are memory maps, and a write into one on a
     full disk kills the process (SIGBUS) instead of raising an error."""
-    root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(root).free
+    free = free_bytes(root)
     if needed > free:
         raise DiskFullError(f"the feature cache needs ~{needed / 2**30:.2f} GiB but {root} has "
                             f"{free / 2**30:.2f} GiB free; free space there, point train.cache.directory "
@@ -216,7 +235,7 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
     creates the folder and renames it into place; the others write into it where it lies, so with
     several machines ``root`` must be a filesystem they all see.
     """
-    root = Path(root) if root else DEFAULT_DIRECTORY
+    root = cache_root(root)
     key = cache_key(backbone, dataset, transforms, seed, dtype)
     target = root / key[:32]
     images, views = len(dataset), len(transforms)

@@ -32,8 +32,10 @@ from promptmlr.cache import (
     CachedFeatureDataset,
     ProcessGroup,
     build_or_open_cache,
+    cache_root,
     encode,
     estimated_bytes,
+    free_bytes,
 )
 from promptmlr.checkpoint import load_checkpoint, refuse_legacy_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.data.dataset import MultiLabelDataset
@@ -196,11 +198,20 @@ class Trainer:
         eval_images = sum(len(d) for d in (self.splits.val, self.splits.test) if d is not None)
         rows = len(self.splits.train) * cache.views + eval_images  # training views, one eval view of val/test
         size = estimated_bytes(self.backbone, rows, cache.dtype)
-        fits = size <= cache.budget_gb * 2**30
-        if cache.enabled == "auto" and not fits:
-            self._print(f"feature cache off: ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb="
-                        f"{cache.budget_gb}; features are computed every step")
-        return fits or cache.enabled == "on"
+        halve = " (train.cache.dtype=int8 halves it)" if cache.dtype != "int8" else ""
+        if cache.enabled == "auto":
+            root = cache_root(cache.directory)
+            free = free_bytes(root)
+            if size > free:
+                self._print(f"feature cache off: it needs ~{size / 2**30:.1f} GiB and {root} has {free / 2**30:.1f} "
+                            f"GiB free; features are computed every step. Point train.cache.directory at a "
+                            f"larger disk{halve}; train.cache.enabled=on uses a cache that is already built")
+                return False
+        if size > cache.budget_gb * 2**30:
+            self._print(f"feature cache ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb={cache.budget_gb}: it "
+                        f"is built on disk and streamed from there every epoch, so steps wait on the disk where "
+                        f"memory cannot hold it{halve}")
+        return True
 
     def _transforms(self, train: bool) -> list:
         backbone = self.backbone

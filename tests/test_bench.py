@@ -266,3 +266,14 @@ def test_anchor_recipe_counts_steps_at_batch_32_and_the_anchors_prompts_per_test
     assert at_32["ours_uncached"] == pytest.approx(157 * 5 + 4952 * 4 / 32)
     at_16 = module.recipe_seconds(per_step, 16, epochs=2)  # a step at 16 lacks 16 images' encoding
     assert at_16["anchor"] == pytest.approx(2 * (157 * (10 + 8) + 4952 * 8 / 16 + 50 * 2))
+
+
+def test_cache_bench_reports_bytes_and_throughputs_per_dtype_and_cleans_up(tmp_path):
+    module = _load("cache")
+    report = module.main(["--out", str(tmp_path), "--images", "40", "--grid", "3", "3", "--dims", "16"])
+    rows = {row["dtype"]: row for row in report["rows"]}
+    assert rows["float16"]["bytes_per_image"] == (9 + 1) * 16 * 2 and rows["int8"]["bytes_per_image"] == 16 * (9 + 4)
+    assert all(row[key] > 0 for row in rows.values()
+               for key in ("store_images_per_s", "read_memory_images_per_s", "read_disk_images_per_s"))
+    assert rows["int8"]["datasets_gib"]["MS-COCO 2014 (train + val)"] == pytest.approx(123_287 * 208 / 2**30)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cache.json", "cache.md"]

@@ -223,11 +223,14 @@ def test_cached_batches_are_read_whole_and_equal_the_rows(colour_data, tmp_path)
 
 
 @pytest.mark.slow
-def test_auto_cache_budget_is_the_size_the_cache_takes(colour_data, tmp_path):
-    """`auto` caches when the features fit train.cache.budget_gb: the estimate counts each training
-    image once per view and each val/test image once, which is exactly what the cache then holds."""
+def test_auto_cache_streams_past_its_budget_and_is_off_only_without_the_disk(colour_data, tmp_path, capsys,
+                                                                             monkeypatch):
+    """The estimate counts each training image once per view and each val/test image once, which is
+    exactly what the cache then holds. Past train.cache.budget_gb the cache is still used (read from
+    disk every epoch) and the run says so; `auto` turns it off only when the disk cannot hold it."""
     import dataclasses
 
+    from promptmlr import engine
     from promptmlr.backbones import create_backbone
     from promptmlr.models import build_method
 
@@ -239,10 +242,18 @@ def test_auto_cache_budget_is_the_size_the_cache_takes(colour_data, tmp_path):
     splits = Splits(train=train.subset(np.arange(36)), val=train.subset(np.arange(36, 48)),
                     test=build_dataset("csv", colour_data, "test"))
     method = build_method("linear", backbone, CLASSES)
-    for budget, expected in ((held * 1.01, True), (held * 0.99, False)):
-        cache = dataclasses.replace(config.train.cache, enabled="auto", budget_gb=budget / 2**30)
-        trainer = Trainer(method, splits, dataclasses.replace(config.train, cache=cache), tmp_path / "unused")
-        assert trainer.use_cache is expected
+
+    def trainer(budget: float, enabled: str = "auto") -> Trainer:
+        cache = dataclasses.replace(config.train.cache, enabled=enabled, budget_gb=budget / 2**30)
+        return Trainer(method, splits, dataclasses.replace(config.train, cache=cache), tmp_path / "unused")
+
+    capsys.readouterr()
+    assert trainer(held * 1.01).use_cache and "streamed" not in capsys.readouterr().out
+    assert trainer(held * 0.99).use_cache and "exceeds train.cache.budget_gb" in capsys.readouterr().out
+    monkeypatch.setattr(engine, "free_bytes", lambda root: int(held * 0.99))
+    assert not trainer(held * 1.01).use_cache
+    assert f"{tmp_path / 'cache'} has 0.0 GiB free; features are computed every step" in capsys.readouterr().out
+    assert trainer(held * 1.01, enabled="on").use_cache  # on: an existing cache needs no room
 
 
 @pytest.mark.slow
