@@ -171,6 +171,25 @@ def test_a_cache_built_by_two_processes_is_byte_identical_to_one_process(tmp_pat
     assert not np.array_equal(views[0], views[1])  # the augmented view is not the eval view
 
 
+@pytest.mark.slow
+def test_scores_and_recovered_labels_gathered_from_two_processes_are_one_processs(tmp_path):
+    """Evaluation and label recovery score each process's share and gather it: with uneven shares
+    (odd splits, batch 4) the gathered logits must be one process's, row for row, and the recovered
+    labels the same."""
+    from tests import gather_worker
+
+    data = write_colour_csv(tmp_path / "data", counts=(("train", 23), ("test", 13)))
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "two").mkdir()
+    gather_worker.score_and_recover(str(data), str(tmp_path / "alone" / "out.npz"))
+    _launch_two(str(Path(gather_worker.__file__)), str(data), str(tmp_path / "two" / "out.npz"))
+    alone, two = (np.load(tmp_path / name / "out.npz") for name in ("alone", "two"))
+    assert alone["logits"].shape == (13, 3)
+    np.testing.assert_allclose(two["logits"], alone["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(two["pseudo"], alone["pseudo"])
+    assert np.any(alone["pseudo"] != 0)  # recovery recovered something, so the comparison means something
+
+
 def test_int8_cache_holds_each_channel_to_half_a_step_of_its_own_scale(colour_data, tmp_path):
     from promptmlr.backbones import create_backbone
     from promptmlr.cache import CachedFeatureDataset, dequantize, quantize

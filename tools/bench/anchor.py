@@ -48,7 +48,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import MethodSteps, class_names, device_info, pick_device, synchronize  # noqa: E402
+from speed import MethodSteps, autocast, class_names, device_info, pick_device, synchronize  # noqa: E402
 
 from promptmlr.backbones import ImageFeatures  # noqa: E402
 from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model  # noqa: E402
@@ -184,7 +184,7 @@ def markdown(report: dict[str, Any]) -> str:
     settings, device = report["settings"], report["device"]
     lines = [f"# DualCoOp's code vs promptmlr's `dualcoop`: {device['name']} ({device['type']})", "",
              f"RN101 (random weights, float16-rounded) at {settings['image_size']} px, batch "
-             f"{settings['batch_size']}, fp32, {settings['classes']} classes, "
+             f"{settings['batch_size']}, {settings['precision']}, {settings['classes']} classes, "
              f"{'class-specific' if settings['class_specific'] else 'class-agnostic'} contexts of "
              f"{settings['n_ctx']} tokens; torch {device['torch']}"
              + (f", {device['threads']} threads" if device["type"] == "cpu" else "")
@@ -230,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="both codes' steps under this autocast (DualCoOp trains under fp16 autocast on a GPU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     for name in ("image_size", "batch_size", "classes", "n_ctx", "rounds") + (("threads",) if args.threads else ()):
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoded = backbone.encode_image(images)
     cached = ImageFeatures(encoded.global_features.half().float(), encoded.dense_features.half().float(), encoded.grid)
     options = {"class_specific": args.csc, "n_ctx": args.n_ctx}
-    ours = MethodSteps("dualcoop", backbone, classes, images, cached, device, "fp32", options)
+    ours = MethodSteps("dualcoop", backbone, classes, images, cached, device, args.precision, options)
     copy_contexts(anchor_model, ours)
 
     anchor_model.eval()
@@ -282,22 +284,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def anchor_train() -> None:
         anchor_model.eval()
         anchor_model.prompt_learner.train()
-        objective = 0.03 * loss(anchor_model(images), targets)  # its VOC command's --loss_w
+        with autocast(device, args.precision):
+            objective = 0.03 * loss(anchor_model(images).float(), targets)  # its VOC command's --loss_w
         optimizer.zero_grad()
         objective.backward()
         optimizer.step()
 
     @torch.no_grad()
     def anchor_image() -> None:
-        anchor_model.image_encoder(images)
+        with autocast(device, args.precision):
+            anchor_model.image_encoder(images)
 
     @torch.no_grad()
     def anchor_text() -> None:
-        anchor_model.text_encoder(*anchor_model.prompt_learner())
+        with autocast(device, args.precision):
+            anchor_model.text_encoder(*anchor_model.prompt_learner())
 
     @torch.no_grad()
     def encoder() -> None:
-        backbone.encode_image(images)
+        with autocast(device, args.precision):
+            backbone.encode_image(images)
 
     test_batches = math.ceil(VOC_TEST_IMAGES / args.batch_size)
 
