@@ -170,14 +170,28 @@ def cache_root(directory: str | Path | None) -> Path:
 
 
 def free_bytes(root: Path) -> int:
-    """Free space on the filesystem that holds (or will hold) ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    return shutil.disk_usage(root).free
+    """Free space on the filesystem that holds (or will hold) ``root``; nothing is created."""
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    return shutil.disk_usage(existing).free
+
+
+def bytes_to_build(backbone: FrozenCLIP, parts: list[tuple[MultiLabelDataset, list[Callable]]], root: Path | None,
+                   seed: int, dtype: str) -> int:
+    """Disk space the caches of ``parts`` (a dataset and its views each) still need: caches already
+    built and whole take none."""
+    root = cache_root(root)
+    needed = 0
+    for dataset, transforms in parts:
+        key = cache_key(backbone, dataset, transforms, seed, dtype)
+        if _state(root / key[:32], key, len(dataset), len(transforms)) != "ready":
+            needed += estimated_bytes(backbone, len(dataset) * len(transforms), dtype)
+    return needed
 
 
 def _check_free_space(root: Path, needed: int) -> None:
     """Refuse to start a cache that cannot fit: its arrays are memory maps, and a write into one on a
     full disk kills the process (SIGBUS) instead of raising an error."""
+    root.mkdir(parents=True, exist_ok=True)
     free = free_bytes(root)
     if needed > free:
         raise DiskFullError(f"the feature cache needs ~{needed / 2**30:.2f} GiB but {root} has "

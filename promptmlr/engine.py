@@ -32,6 +32,7 @@ from promptmlr.cache import (
     CachedFeatureDataset,
     ProcessGroup,
     build_or_open_cache,
+    bytes_to_build,
     cache_root,
     encode,
     estimated_bytes,
@@ -192,33 +193,44 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- data sources
     def _decide_cache(self) -> bool:
+        """Whether to cache: ``auto`` says no only when the disk cannot hold what is still to build.
+        Decided on the main process and shared, so that every process takes the same path."""
         cache = self.config.cache
         if cache.enabled == "off":
             return False
-        eval_images = sum(len(d) for d in (self.splits.val, self.splits.test) if d is not None)
-        rows = len(self.splits.train) * cache.views + eval_images  # training views, one eval view of val/test
+        parts = [(self.splits.train, self._transforms(train=True, cached=True))]
+        parts += [(split, self._transforms(train=False, cached=True))
+                  for split in (self.splits.val, self.splits.test) if split is not None]
+        rows = sum(len(dataset) * len(transforms) for dataset, transforms in parts)
         size = estimated_bytes(self.backbone, rows, cache.dtype)
-        halve = " (train.cache.dtype=int8 halves it)" if cache.dtype != "int8" else ""
+        smaller = "" if cache.dtype == "int8" else \
+            f" (train.cache.dtype=int8 takes ~{estimated_bytes(self.backbone, rows, 'int8') / 2**30:.1f} GiB)"
         if cache.enabled == "auto":
+            group = process_group(self.accelerator)
             root = cache_root(cache.directory)
-            free = free_bytes(root)
-            if size > free:
-                self._print(f"feature cache off: it needs ~{size / 2**30:.1f} GiB and {root} has {free / 2**30:.1f} "
-                            f"GiB free; features are computed every step. Point train.cache.directory at a "
-                            f"larger disk{halve}; train.cache.enabled=on uses a cache that is already built")
+            needed, free = group.share(
+                (bytes_to_build(self.backbone, parts, root, self.config.seed, cache.dtype), free_bytes(root))
+                if group.is_main else None)
+            if needed > free:
+                self._print(f"feature cache off: it needs ~{needed / 2**30:.1f} GiB more and {root} has "
+                            f"{free / 2**30:.1f} GiB free; features are computed every step. Point "
+                            f"train.cache.directory at a larger disk{smaller}")
                 return False
         if size > cache.budget_gb * 2**30:
             self._print(f"feature cache ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb={cache.budget_gb}: it "
                         f"is built on disk and streamed from there every epoch, so steps wait on the disk where "
-                        f"memory cannot hold it{halve}")
+                        f"memory cannot hold it{smaller}")
         return True
 
-    def _transforms(self, train: bool) -> list:
+    def _transforms(self, train: bool, cached: bool | None = None) -> list:
+        """The views a split is seen through: with the cache (``cached``, default: whether this run
+        caches) training takes ``cache.views`` augmented views, or only the eval view when it is 1."""
         backbone = self.backbone
-        if not train or (self.use_cache and self.config.cache.views == 1):
+        cached = self.use_cache if cached is None else cached
+        if not train or (cached and self.config.cache.views == 1):
             return [backbone.transform(train=False)]
         augment = backbone.transform(train=True, randaugment=self.config.randaugment, cutout=self.config.cutout)
-        return [augment] * (self.config.cache.views if self.use_cache else 1)
+        return [augment] * (self.config.cache.views if cached else 1)
 
     def _loader(self, dataset: MultiLabelDataset, train: bool, description: str) -> DataLoader:
         config = self.config

@@ -13,6 +13,7 @@ feature) in ``.safetensors`` or ``.npy``, usable with open_clip or transformers 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -94,12 +95,24 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
         raise PromptsFileError(_weights_mismatch(path, stored, backbone))
     if class_names is not None and list(class_names) != header["class_names"]:
         raise PromptsFileError(_class_mismatch(path, header["class_names"], list(class_names)))
+    _warn_if_features_changed(path, stored, backbone)
     method = build_method(header["method"], backbone, header["class_names"], header.get("descriptions"),
                           **recorded_options(header["method"], header.get("method_config", {})))
     with safe_open(str(path), framework="pt") as handle:
         state = {name: handle.get_tensor(name) for name in handle.keys()}
     method.load_state_dict(state, strict=True)
     return method, header
+
+
+def _warn_if_features_changed(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> None:
+    """The same weights can give other features when the way a resolution change is made changed
+    (a ResNet's attention pool off its native size, issue #15): said once, not refused."""
+    then, now = stored.get("attnpool_resize"), backbone.describe().get("attnpool_resize")
+    if then != now:
+        warnings.warn(f"{path} was learned on features with the attention pool resized "
+                      f"{then or 'antialiased (before issue #15)'}; this backbone resizes it {now or 'not at all'}, "
+                      f"so its scores can differ a little from the run's: learn the prompts again to match",
+                      stacklevel=3)
 
 
 def _weights_mismatch(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> str:

@@ -50,8 +50,11 @@ def test_a_shared_prefix_encodes_as_the_whole_prompts_do(openclip_backbone):
     """Class-agnostic contexts: the prefix computed once must give the features, and the gradients
     to the context, of every prompt run whole (the base class's concatenation)."""
     from promptmlr.backbones.base import FrozenCLIP
+    from promptmlr.backbones.openclip import _plain_block
     from promptmlr.models.prompts import PromptLearner
 
+
+    assert all(_plain_block(block) for block in openclip_backbone.text.transformer.resblocks)  # not the fallback
     torch.manual_seed(0)
     learner = PromptLearner(openclip_backbone, ["cat", "traffic light", "a very long name of a class"], n_ctx=5,
                             class_specific=False, init="random")

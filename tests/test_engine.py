@@ -20,7 +20,7 @@ from promptmlr.checkpoint import load_checkpoint
 from promptmlr.cli import main
 from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
-from promptmlr.data.protocol import Splits
+from promptmlr.data.protocol import load_splits
 from promptmlr.engine import Trainer, TrainingDivergedError
 from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
@@ -257,9 +257,7 @@ def test_auto_cache_streams_past_its_budget_and_is_off_only_without_the_disk(col
     assert run(config, tmp_path / "run", log=_quiet).metrics
     held = sum(np.load(path, mmap_mode="r").nbytes for path in (tmp_path / "cache").rglob("*.npy"))
     backbone = create_backbone("openclip:promptmlr-tiny-vit")
-    train = build_dataset("csv", colour_data, "train")
-    splits = Splits(train=train.subset(np.arange(36)), val=train.subset(np.arange(36, 48)),
-                    test=build_dataset("csv", colour_data, "test"))
+    splits, _ = load_splits(config.data)  # the run's own: its caches are on disk
     method = build_method("linear", backbone, CLASSES)
 
     def trainer(budget: float, enabled: str = "auto") -> Trainer:
@@ -269,10 +267,15 @@ def test_auto_cache_streams_past_its_budget_and_is_off_only_without_the_disk(col
     capsys.readouterr()
     assert trainer(held * 1.01).use_cache and "streamed" not in capsys.readouterr().out
     assert trainer(held * 0.99).use_cache and "exceeds train.cache.budget_gb" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "free_bytes", lambda root: int(held * 0.99))
+    monkeypatch.setattr(engine, "free_bytes", lambda root: 1000)
+    assert trainer(held * 1.01).use_cache  # built already: it needs no room
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, cache=dataclasses.replace(
+        config.train.cache, directory=str(tmp_path / "elsewhere"))))
     assert not trainer(held * 1.01).use_cache
-    assert f"{tmp_path / 'cache'} has 0.0 GiB free; features are computed every step" in capsys.readouterr().out
-    assert trainer(held * 1.01, enabled="on").use_cache  # on: an existing cache needs no room
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'elsewhere'} has 0.0 GiB free; features are computed every step" in out
+    assert "train.cache.dtype=int8 takes ~0.0 GiB" in out
+    assert trainer(held * 1.01, enabled="on").use_cache  # on: the build itself refuses a full disk, with its fix
 
 
 @pytest.mark.slow

@@ -342,6 +342,25 @@ def test_a_dualcoop_file_from_before_the_mean_token_loads_without_it(tmp_path):
     assert loaded.mean_token_offset is None and loaded.config.mean_token is False
 
 
+def test_a_resnet_file_learned_on_the_earlier_pool_resize_warns_when_loaded(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from promptmlr.prompt_files import HEADER_KEY
+
+    rn = create_backbone("openclip:promptmlr-tiny-rn", image_size=96)  # off its native 64 px: the pool is resized
+    path = save_prompts(build_method("dualcoop", rn, CLASSES), tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[HEADER_KEY])
+    assert header["backbone"].pop("attnpool_resize") == "bicubic"
+    save_file(load_file(path), str(path), metadata={HEADER_KEY: json.dumps(header)})
+    with pytest.warns(UserWarning, match="antialiased .*learn the prompts again"):
+        load_prompts(path, backbone=rn)
+    assert create_backbone("openclip:promptmlr-tiny-rn").describe().get("attnpool_resize") is None
+
+
 @pytest.mark.slow
 def test_a_file_for_another_backbone_or_other_classes_is_refused(tmp_path, vit):
     path = save_prompts(build_method("dualcoop", vit, CLASSES), tmp_path / "p.safetensors")

@@ -25,6 +25,7 @@ from promptmlr.backbones.preprocess import PreprocessConfig
 from promptmlr.errors import ConfigError
 
 RANDOM_INIT_SEED = 0
+POOL_RESIZE = "bicubic"  # how a ResNet's attention-pool position embedding is resized (DualCoOp's way)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -118,6 +119,7 @@ class OpenCLIPBackbone(FrozenCLIP):
         preprocess = PreprocessConfig(image_size or native, tuple(cfg["mean"]), tuple(cfg["std"]),
                                       cfg.get("interpolation", "bicubic"))
         super().__init__(spec, preprocess, dense_mode, fingerprint)
+        self._native_size = native
         self.model = model
         self._tokenizer = open_clip.SimpleTokenizer(context_length=self.text.context_length)
         _set_input_size(visual, preprocess.image_size)
@@ -166,11 +168,24 @@ class OpenCLIPBackbone(FrozenCLIP):
         shift = position[0] - position[1:].mean(dim=0)
         return pool.c_proj.weight.float() @ (pool.v_proj.weight.float() @ shift)
 
+    @property
+    def _pool_resized(self) -> bool:
+        """A ResNet whose attention pool was resized for another input size: its features follow the
+        resize, which changed in issue #15 (antialiased before, plain bicubic since)."""
+        visual = self.model.visual
+        return isinstance(visual, ModifiedResNet) and self.image_size != self._native_size
+
     def feature_identity(self) -> dict:
         identity = super().feature_identity()
-        if isinstance(self.model.visual, ModifiedResNet):
-            identity["attnpool_resize"] = "bicubic"  # since issue #15 (was antialiased): other features off-native
+        if self._pool_resized:
+            identity["attnpool_resize"] = POOL_RESIZE
         return identity
+
+    def describe(self) -> dict:
+        description = super().describe()
+        if self._pool_resized:
+            description["attnpool_resize"] = POOL_RESIZE
+        return description
 
     # ------------------------------------------------------------------------------------ text side
     @property
@@ -236,8 +251,10 @@ class OpenCLIPBackbone(FrozenCLIP):
 def _plain_block(block: nn.Module) -> bool:
     """A standard pre-norm CLIP text block (batch first, self-attention only) that
     :func:`_block_with_shared_prefix` reproduces."""
-    return (type(block) is ResidualAttentionBlock and isinstance(block.attn, nn.MultiheadAttention)
-            and block.attn.batch_first and block.attn.in_proj_weight is not None and not hasattr(block, "ln_1_kv"))
+    attention = block.attn
+    return (type(block) is ResidualAttentionBlock and isinstance(attention, nn.MultiheadAttention)
+            and attention.batch_first and attention.in_proj_weight is not None and attention.bias_k is None
+            and not attention.add_zero_attn and attention.dropout == 0 and not hasattr(block, "ln_1_kv"))
 
 
 def _block_with_shared_prefix(block: ResidualAttentionBlock, shared: torch.Tensor, rows: torch.Tensor

@@ -70,8 +70,8 @@ class _RegionPromptMethod(MultiLabelMethod):
     def forward(self, features: ImageFeatures) -> MethodOutput:
         dense = features.dense_features
         if self.mean_token_offset is not None:
-            mean_token = dense.mean(dim=1, keepdim=True) + self.mean_token_offset.to(dense.dtype)
-            dense = torch.cat([mean_token, dense], dim=1)
+            mean_token = dense.float().mean(dim=1, keepdim=True) + self.mean_token_offset
+            dense = torch.cat([mean_token.to(dense.dtype), dense], dim=1)
         positive, negative, weights = region_aggregation(dense, self.positive(), self.negative(),
                                                          self.config.map_scale)
         grid_weights = weights[..., dense.shape[1] - features.dense_features.shape[1]:]

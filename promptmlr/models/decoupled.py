@@ -53,7 +53,7 @@ ENHANCE_TEXTS = ("prompts", "class")
 
 @dataclass
 class PromptMLRConfig(PromptConfig):
-    # what a prompts file written before an option existed was trained with (read by load_prompts)
+    # what a prompts file or run folder from before an option existed was trained with (recorded_options)
     PREDATING: ClassVar[dict] = {"enhance": False}
 
     negative: str = "embedding"

@@ -36,19 +36,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import statistics
 import sys
-import time
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import MethodSteps, autocast, class_names, device_info, pick_device, synchronize  # noqa: E402
+from speed import MethodSteps, autocast, class_names, device_info, interleaved_seconds, pick_device  # noqa: E402
 
 from promptmlr.backbones import ImageFeatures  # noqa: E402
 from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model  # noqa: E402
@@ -83,6 +83,8 @@ def import_anchor(anchor_dir: Path) -> types.SimpleNamespace:
         from utils.asymmetric_loss import AsymmetricLoss
     except ImportError as error:
         raise AnchorError(f"anchor.py: error: importing DualCoOp from {anchor_dir} failed: {error}") from None
+    finally:
+        sys.path.remove(str(anchor_dir.resolve()))  # its generic package names stay out of later imports
     return types.SimpleNamespace(build_model_conv_proj=build_model_conv_proj, DualCoop=DualCoop,
                                  AsymmetricLoss=AsymmetricLoss)
 
@@ -139,24 +141,6 @@ def anchor_margin(anchor_model, images: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------- timing
-def interleaved_seconds(steps: dict[str, Callable[[], Any]], warmup: int, rounds: int,
-                        device: torch.device, log=print) -> dict[str, list[float]]:
-    """Seconds per call of every step, all steps once per round in turn; warm-up rounds dropped."""
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(warmup + rounds):
-        for name, step in steps.items():
-            synchronize(device)
-            started = time.perf_counter()
-            step()
-            synchronize(device)
-            if round_index >= warmup:
-                seconds[name].append(time.perf_counter() - started)
-        if round_index >= warmup:
-            log(f"round {round_index - warmup + 1}/{rounds}: " +
-                ", ".join(f"{name} {times[-1]:.2f} s" for name, times in seconds.items()))
-    return seconds
-
-
 def recipe_seconds(per_step: dict[str, float], batch_size: int, epochs: int = RECIPE_EPOCHS) -> dict[str, float]:
     """Compute-only seconds of the VOC 2007 recipe for the anchor and for us, from seconds per call
     measured at ``batch_size``.
@@ -176,7 +160,7 @@ def recipe_seconds(per_step: dict[str, float], batch_size: int, epochs: int = RE
             "ours_cached": ((VOC_TRAIN_IMAGES + VOC_TEST_IMAGES) * encode
                             + epochs * (steps_per_epoch * per_step["ours_cached"] + per_step["ours_test_pass"])),
             "ours_uncached": epochs * (steps_per_epoch * (per_step["ours_uncached"] + extra * per_step["encoder"])
-                                       + VOC_TEST_IMAGES * encode)}
+                                       + VOC_TEST_IMAGES * encode + per_step["ours_test_pass"])}
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -308,14 +292,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test_batches = math.ceil(VOC_TEST_IMAGES / args.batch_size)
 
     def ours_test_pass() -> None:  # as evaluation runs: the prompts encoded once, then every batch
-        with ours.method.fixed_prompts():
+        with ours.method.fixed_prompts(functools.partial(autocast, device, args.precision)):
             for _ in range(test_batches):
                 ours.predict_cached()
 
     steps = {"anchor_train": anchor_train, "ours_uncached": ours.train_uncached, "ours_cached": ours.train_cached,
              "encoder": encoder, "anchor_image": anchor_image, "anchor_text": anchor_text,
              "ours_test_pass": ours_test_pass}
-    seconds = interleaved_seconds(steps, args.warmup, args.rounds, device)
+    seconds = interleaved_seconds(steps, args.warmup, args.rounds, device, log=print)
     per_step = {name: statistics.median(times) for name, times in seconds.items()}
     report = {"device": device_info(device), "settings": {key: (str(value) if isinstance(value, Path) else value)
                                                           for key, value in vars(args).items()},

@@ -162,6 +162,25 @@ def images_per_second(step: Callable[[], Any], batch_size: int, warmup: int, ite
     return batch_size * iters / max(time.perf_counter() - started, 1e-9)
 
 
+def interleaved_seconds(steps: dict[Any, Callable[[], Any]], warmup: int, rounds: int,
+                        device: torch.device, log: Callable[[str], None] | None = None) -> dict[Any, list[float]]:
+    """Seconds per call of every step, all steps once per round in turn, so that a neighbour's load on
+    shared cores hits all of them alike (their ratios are the point); warm-up rounds dropped."""
+    seconds: dict[Any, list[float]] = {name: [] for name in steps}
+    for round_index in range(warmup + rounds):
+        for name, step in steps.items():
+            synchronize(device)
+            started = time.perf_counter()
+            step()
+            synchronize(device)
+            if round_index >= warmup:
+                seconds[name].append(time.perf_counter() - started)
+        if log is not None and round_index >= warmup:
+            log(f"round {round_index - warmup + 1}/{rounds}: " +
+                ", ".join(f"{name} {times[-1]:.2f} s" for name, times in seconds.items()))
+    return seconds
+
+
 def backbone_spec(arch: str) -> str:
     """``RN101`` -> ``openclip:RN101`` (random weights); a full spec is kept as it is."""
     return arch if ":" in arch else f"openclip:{arch}"

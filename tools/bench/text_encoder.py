@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import autocast, class_names, device_info, pick_device, synchronize  # noqa: E402
+from speed import autocast, class_names, device_info, interleaved_seconds, pick_device  # noqa: E402
 
 from promptmlr.backbones import create_backbone  # noqa: E402
 from promptmlr.backbones.base import FrozenCLIP  # noqa: E402
@@ -72,18 +71,14 @@ def prompt_passes(backbone: FrozenCLIP, classes: list[str], n_ctx: int, class_sp
     return learner, passes
 
 
-def timed_step(learner: PromptLearner, encode: Callable[[], torch.Tensor], device: torch.device,
-               precision: str) -> Callable[[], float]:
-    """One forward and backward to the contexts, as a training step runs it; returns its seconds."""
-    def step() -> float:
-        synchronize(device)
-        started = time.perf_counter()
+def training_pass(learner: PromptLearner, encode: Callable[[], torch.Tensor], device: torch.device,
+                  precision: str) -> Callable[[], None]:
+    """One forward and backward to the contexts, as a training step runs it."""
+    def step() -> None:
         with autocast(device, precision):
             features = encode()
         features.float().square().sum().backward()
         learner.context.grad = None
-        synchronize(device)
-        return time.perf_counter() - started
     return step
 
 
@@ -101,14 +96,9 @@ def profile(backbone: FrozenCLIP, counts: list[int], n_ctx: int, precisions: lis
         classes = class_names(count)
         for class_specific in (False, True):
             learner, passes = prompt_passes(backbone, classes, n_ctx, class_specific)
-            steps = {(variant, precision): timed_step(learner, encode, device, precision)
+            steps = {(variant, precision): training_pass(learner, encode, device, precision)
                      for variant, encode in passes.items() for precision in precisions}
-            seconds: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-            for round_index in range(warmup + rounds):
-                for key, step in steps.items():
-                    elapsed = step()
-                    if round_index >= warmup:
-                        seconds[key].append(elapsed)
+            seconds = interleaved_seconds(steps, warmup, rounds, device)
             difference = agreement(passes)
             for (variant, precision), times in seconds.items():
                 row = {"classes": count, "contexts": "class-specific" if class_specific else "class-agnostic",
