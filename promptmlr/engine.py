@@ -239,7 +239,8 @@ class Trainer:
         if self.use_cache:
             cache = build_or_open_cache(
                 self.backbone, dataset, transforms, self.config.cache.directory, config.seed,
-                config.eval_batch_size, config.num_workers, config.cache.dtype, self.accelerator.autocast,
+                config.cache.encode_batch_size(config.eval_batch_size, self.accelerator.device), config.num_workers,
+                config.cache.dtype, self.accelerator.autocast,
                 description, process_group(self.accelerator))
             source = CachedFeatureDataset(cache)
             loader = DataLoader(source, batch_size=batch_size, shuffle=train, collate_fn=source.collate,

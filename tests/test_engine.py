@@ -429,3 +429,14 @@ def test_tiny_backbone_scores_stay_as_pinned(colour_data, tmp_path, method):
     # relative 1e-4: CPUs round differently (pinned on an AMD EPYC; an Intel Xeon's oneDNN kernels give
     # the same mAPs and losses that differ by ~4e-6 relative); a change of behaviour moves them far more
     assert measured == [pytest.approx(row, rel=1e-4) for row in PINNED_HISTORY[method]]
+
+
+def test_the_cache_encodes_in_small_batches_on_a_cpu_and_in_evaluation_batches_on_a_gpu():
+    from promptmlr.cache import CacheConfig
+    from promptmlr.errors import ConfigError
+
+    assert CacheConfig().encode_batch_size(128, torch.device("cpu")) == 2
+    assert CacheConfig().encode_batch_size(128, torch.device("cuda")) == 128
+    assert CacheConfig(batch_size=16).encode_batch_size(128, torch.device("cpu")) == 16
+    with pytest.raises(ConfigError, match="train.cache.batch_size"):
+        CacheConfig(batch_size=0)

@@ -123,6 +123,10 @@ class OpenCLIPBackbone(FrozenCLIP):
         self.model = model
         self._tokenizer = open_clip.SimpleTokenizer(context_length=self.text.context_length)
         _set_input_size(visual, preprocess.image_size)
+        if isinstance(visual, ModifiedResNet):
+            # channels-last convolutions: RN101 at 448 px encodes 1.15-1.3x faster on a CPU (oneDNN),
+            # and GPUs' tensor cores want it too; the features agree to float rounding (~4e-8)
+            visual.to(memory_format=torch.channels_last)
         self.freeze()
 
     @property
@@ -151,6 +155,7 @@ class OpenCLIPBackbone(FrozenCLIP):
     def _encode_resnet(self, visual: ModifiedResNet, images: torch.Tensor) -> ImageFeatures:
         """Dense features as in DualCoOp: the attention pool's value and output projections applied
         at every location (with its position embedding), so each location lands in the joint space."""
+        images = images.contiguous(memory_format=torch.channels_last)  # as the tower's weights (see __init__)
         x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
         grid = tuple(x.shape[-2:])
         pool = visual.attnpool
@@ -177,6 +182,8 @@ class OpenCLIPBackbone(FrozenCLIP):
 
     def feature_identity(self) -> dict:
         identity = super().feature_identity()
+        if isinstance(self.model.visual, ModifiedResNet):
+            identity["memory_format"] = "channels_last"  # since issue #15: features equal to float rounding only
         if self._pool_resized:
             identity["attnpool_resize"] = POOL_RESIZE
         return identity
