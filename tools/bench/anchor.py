@@ -175,7 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{settings['n_ctx']} tokens; torch {device['torch']}"
              + (f", {device['threads']} threads" if device["type"] == "cpu" else "")
              + f"; {settings['warmup']} warm-up and {settings['rounds']} timed rounds, interleaved; medians. "
-             f"(d) encodes the batch in chunks of {settings['encode_batch']} images, as the cache builder does here.", "",
+             f"(d) encodes in chunks of {settings['encode_batch']} images, as the cache builder does here.", "",
              "| step | s/step | images/s |", "| --- | --- | --- |"]
     for name, label in STEPS.items():
         seconds = report["seconds_per_step"][name]
