@@ -426,6 +426,8 @@ def test_tiny_backbone_scores_stay_as_pinned(colour_data, tmp_path, method):
                   "cache": {"directory": str(tmp_path / "cache")}}}])
     history = run(config, tmp_path / "run", log=_quiet).metrics["history"]
     measured = [[record["val_mAP"], record["test_mAP"], record["train_loss"]] for record in history]
+    if method == "promptmlr-defaults":  # its enhancement trains at 4x the prompts' rate, logged as lr_1
+        assert all(record["lr_1"] == pytest.approx(4 * record["lr"]) for record in history)
     # relative 1e-4: CPUs round differently (pinned on an AMD EPYC; an Intel Xeon's oneDNN kernels give
     # the same mAPs and losses that differ by ~4e-6 relative); a change of behaviour moves them far more
     assert measured == [pytest.approx(row, rel=1e-4) for row in PINNED_HISTORY[method]]
