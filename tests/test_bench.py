@@ -277,3 +277,14 @@ def test_cache_bench_reports_bytes_and_throughputs_per_dtype_and_cleans_up(tmp_p
                for key in ("store_images_per_s", "read_memory_images_per_s", "read_disk_images_per_s"))
     assert rows["int8"]["datasets_gib"]["MS-COCO 2014 (train + val)"] == pytest.approx(123_287 * 208 / 2**30)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cache.json", "cache.md"]
+
+
+def test_run_comparison_skips_options_a_switched_off_component_ignores(accuracy):
+    train = {"lr": 0.01}
+    sarl = {"model": {"method": "sarl", "options": {"enhance": False, "enhance_text": "prompts"}}, "train": train}
+    today = {"model": {"method": "sarl", "options": {"enhance": False, "enhance_text": "class"}}, "train": train}
+    assert accuracy.config_differences(sarl, today) == []  # the enhancement is off in both: same model
+    on = {"model": {"method": "promptmlr", "options": {"enhance": True, "enhance_text": "prompts"}}}
+    also_on = {"model": {"method": "promptmlr", "options": {"enhance": True, "enhance_text": "class"}}}
+    assert accuracy.config_differences(on, also_on) == ["model.options.enhance_text: 'prompts' -> 'class'"]
+    assert accuracy.config_differences(sarl, {**today, "train": {"lr": 0.02}}) == ["train.lr: 0.01 -> 0.02"]

@@ -85,6 +85,11 @@ class PromptMLRConfig(PromptConfig):
         check_choice("enhance_text", self.enhance_text, ENHANCE_TEXTS)
         check_number("enhance_lr_scale", self.enhance_lr_scale, above=0)
 
+    def inert_options(self) -> set[str]:
+        """Options this configuration ignores: the enhancement's, when it is off. Two configs that differ
+        only in them train the same model (the accuracy benchmark's run comparison skips them)."""
+        return set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale"}
+
 
 @register_method
 class PromptMLR(MultiLabelMethod):
@@ -196,7 +201,6 @@ class SARLConfig(PromptMLRConfig):
     instance_blend: bool = False
     prototype_blend: bool = False
     enhance: bool = False
-    enhance_text: str = "prompts"  # unused with the enhancement off; the value SARL runs were recorded with
 
 
 @register_method

@@ -36,6 +36,7 @@ from promptmlr.config import RunConfig, load_run_config, parse_assignment, resol
 from promptmlr.engine import TrainingDivergedError
 from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
+from promptmlr.models.factory import method_class
 from promptmlr.report import (
     AGGREGATED_METRICS,
     MAP_VS_KNOWN_FILE,
@@ -55,8 +56,8 @@ SEEDS = (0, 1, 2)
 CONTROLLED = {"data.known": "--known", "data.mask_seed": "--seeds", "train.seed": "--seeds",
               "model.method": "--methods", "data.dataset": "--dataset"}
 # settings that change where or how fast a run goes, not its result: ignored when comparing configs
-LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.num_workers", "train.eval_batch_size",
-             "train.report_to"}
+LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.cache.batch_size", "train.num_workers",
+             "train.eval_batch_size", "train.report_to"}
 RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "val_mAP", "test_mAP", "test_mAP_voc2012",
                   "test_CF1", "test_OF1", "recovery_precision_positive", "recovery_recall_positive",
                   "recovery_precision_negative",
@@ -116,18 +117,34 @@ def plan(args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
 
 
 def config_differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (logistics keys ignored)."""
+    """Dotted keys whose values differ between two config dicts. Logistics keys are ignored, and so are
+    method options that both configs' methods ignore (a component switched off in both)."""
+    ignored = LOGISTICS | (inert_options(saved) & inert_options(wanted) if not prefix else set())
+    return _differences(saved, wanted, prefix, ignored)
+
+
+def _differences(saved: dict, wanted: dict, prefix: str, ignored: set[str]) -> list[str]:
     differences = []
     for key in sorted(set(saved) | set(wanted)):
         path = f"{prefix}{key}"
-        if path in LOGISTICS:
+        if path in ignored:
             continue
         old, new = saved.get(key), wanted.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, path + ".")
+            differences += _differences(old, new, path + ".", ignored)
         elif old != new:
             differences.append(f"{path}: {old!r} -> {new!r}")
     return differences
+
+
+def inert_options(config: dict) -> set[str]:
+    """``model.options.*`` keys the run's method ignores with its other options (``Config.inert_options``)."""
+    model = config.get("model") or {}
+    try:
+        options = method_class(model.get("method", "")).Config(**(model.get("options") or {}))
+    except (PromptMLRError, TypeError):  # another method's or a mistyped option: compared as they are
+        return set()
+    return {f"model.options.{name}" for name in getattr(options, "inert_options", set)()}
 
 
 # ------------------------------------------------------------------------------------------- running
