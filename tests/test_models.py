@@ -278,6 +278,14 @@ def test_export_then_import_gives_identical_logits(tmp_path, vit, name):
     assert not any(key.startswith("backbone.") for key in load_file(path))
 
 
+def test_promptmlr_enhancement_has_its_own_attention_scale_defaulting_to_the_heads(vit):
+    assert build_method("promptmlr", vit, CLASSES, attention_temperature=7.0).enhancement.attention_scale == 7.0
+    own = build_method("promptmlr", vit, CLASSES, attention_temperature=7.0, enhance_temperature=3.0)
+    assert own.enhancement.attention_scale == 3.0
+    with pytest.raises(ConfigError, match="enhance_temperature"):
+        build_method("promptmlr", vit, CLASSES, enhance_temperature=0)
+
+
 def test_a_file_written_before_an_option_existed_loads_as_it_was_trained(tmp_path, vit):
     """A promptmlr file from before the enhancement existed has no 'enhance' in its header; it was
     trained without one, whatever today's default says."""

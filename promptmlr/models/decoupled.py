@@ -70,6 +70,7 @@ class PromptMLRConfig(PromptConfig):
     enhance_hidden: int = 256  # width of the enhancement's MLPs
     enhance_text: str = "class"  # what guides it: fixed class text (CLSL's), or the learned positive prompts (detached)
     enhance_lr_scale: float = 4.0  # the enhancement trains at this times train.lr (CLSL's rate vs SARL's)
+    enhance_temperature: float | None = None  # the enhancement's attention scale; None: attention_temperature
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,11 +85,13 @@ class PromptMLRConfig(PromptConfig):
         check_number("enhance_hidden", self.enhance_hidden, minimum=1)
         check_choice("enhance_text", self.enhance_text, ENHANCE_TEXTS)
         check_number("enhance_lr_scale", self.enhance_lr_scale, above=0)
+        if self.enhance_temperature is not None:
+            check_number("enhance_temperature", self.enhance_temperature, above=0)
 
     def inert_options(self) -> set[str]:
         """Options this configuration ignores: the enhancement's, when it is off. Two configs that differ
         only in them train the same model (the accuracy benchmark's run comparison skips them)."""
-        return set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale"}
+        return set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature"}
 
 
 @register_method
@@ -113,8 +116,9 @@ class PromptMLR(MultiLabelMethod):
                                    alpha=0.5, beta=0.5, regions=2, momentum=0.9)
         self.enhancement = None
         if config.enhance:
+            temperature = config.enhance_temperature or config.attention_temperature  # one scale for both, by default
             self.enhancement = SemanticEnhancement(backbone.embed_dim, self.num_classes, config.enhance_hidden,
-                                                   config.attention_temperature)
+                                                   temperature)
             if config.enhance_text == "class":
                 self.register_buffer("class_text", class_text_features(backbone, class_names,
                                                                        descriptions=self.descriptions),
