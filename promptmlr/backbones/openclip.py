@@ -232,7 +232,6 @@ class OpenCLIPBackbone(FrozenCLIP):
         projection = text.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
-
     def encode_text_with_shared_prefix(self, prefix: torch.Tensor, suffixes: torch.Tensor,
                                        eot_positions: torch.Tensor) -> torch.Tensor:
         """The shared prefix (start token and a class-agnostic context: 17 of DualCoOp's ~21
