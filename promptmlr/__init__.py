@@ -11,6 +11,8 @@ The package-level API (imported on first use, so ``import promptmlr`` stays inst
     promptmlr.zeroshot("voc2007", data_root="/data/voc", backbone="openclip:RN101:openai")
     promptmlr.load_prompts("runs/quick").method
     promptmlr.create_backbone("sandbox"), promptmlr.list_methods(), promptmlr.list_datasets()
+    promptmlr.describe_config("dualcoop")   # every config key: value, default, allowed values, help
+    promptmlr.list_registered()             # methods, datasets and backbones by name
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _API = {
     "zeroshot": "promptmlr.api",
     "load_prompts": "promptmlr.api",
     "export": "promptmlr.api",
+    "describe_config": "promptmlr.api",
+    "list_registered": "promptmlr.api",
     "TuneResult": "promptmlr.api",
     "EvalResult": "promptmlr.api",
     "LoadedPrompts": "promptmlr.api",

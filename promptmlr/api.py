@@ -13,6 +13,7 @@ folder (:mod:`promptmlr.runs`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,19 +23,23 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from accelerate.utils import broadcast_object_list, set_seed
 
-from promptmlr.backbones import FrozenCLIP
-from promptmlr.checkpoint import refuse_legacy_checkpoint
+from promptmlr.backbones import FrozenCLIP, list_backbones
+from promptmlr.backbones.factory import BACKBONE_SOURCES
+from promptmlr.checkpoint import CheckpointError
 from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import DataConfig, check_images_exist, load_split, load_splits
-from promptmlr.engine import Trainer, process_state
+from promptmlr.data.registry import DATASETS
+from promptmlr.engine import PhaseHook, Trainer, process_state
 from promptmlr.errors import UsageError, check_number
 from promptmlr.files import atomic_write, write_json_atomic
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
 from promptmlr.metrics import sigmoid
+from promptmlr.migrations import refuse_legacy_checkpoint
 from promptmlr.models import ModelConfig, MultiLabelMethod, build_method
-from promptmlr.models.factory import build_backbone, resolve_descriptions
+from promptmlr.models.factory import METHODS, build_backbone, method_class, resolve_descriptions
+from promptmlr.options import ConfigRow, describe
 from promptmlr.prompt_files import export_text_embeddings, read_header, save_prompts
 from promptmlr.prompt_files import load_prompts as load_prompts_file
 from promptmlr.runs import (
@@ -42,7 +47,6 @@ from promptmlr.runs import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     LAST_PROMPTS,
-    LEGACY_CHECKPOINT,
     METRICS_FILE,
     PREDICTIONS_STEM,
     default_run_dir,
@@ -160,7 +164,7 @@ def _resume(out: str | Path | None, given: list[str], log: Log) -> TuneResult:
     if given:
         raise UsageError(f"--resume continues {out} with the configuration it was started with; leave out "
                          f"{', '.join(given)} (or start a new run with another --out)")
-    refuse_legacy_checkpoint(Path(out) / CHECKPOINT_FILE, Path(out) / LEGACY_CHECKPOINT)  # before any work
+    refuse_legacy_checkpoint(Path(out) / CHECKPOINT_FILE, CheckpointError)  # before any work
     config = load_run_config(Path(out) / CONFIG_FILE)
     check_trackers(config.train.report_to)
     return run(config, Path(out), resume=True, log=log)
@@ -191,15 +195,18 @@ def _apply(config: RunConfig, overrides: list[dict]) -> RunConfig:
     return checked(config)
 
 
-def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log = print) -> TuneResult:
+def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log = print,
+        hooks: Sequence[PhaseHook] = ()) -> TuneResult:
     """Train ``config.model.method`` on ``config.data`` and fill ``run_dir``: the step below
     :func:`tune`, for a resolved config (benchmarks use it): it does not refuse a folder that holds a
-    run, but it locks the folder while it writes (:func:`promptmlr.runs.run_lock`)."""
+    run, but it locks the folder while it writes (:func:`promptmlr.runs.run_lock`). ``hooks`` go to
+    the :class:`~promptmlr.engine.Trainer`, entered around each phase of training (the speed
+    benchmark times them)."""
     started = time.time()
     run_dir = Path(run_dir)
     config = checked(config, trackers=False)  # a config changed in Python is checked like any other
     with _folder_lock(run_dir, log):
-        return _run_locked(config, run_dir, resume, log, started)
+        return _run_locked(config, run_dir, resume, log, started, hooks)
 
 
 @contextlib.contextmanager
@@ -224,7 +231,8 @@ def _folder_lock(run_dir: Path, log: Log) -> Iterator[None]:
         yield
 
 
-def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, started: float) -> TuneResult:
+def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, started: float,
+                hooks: Sequence[PhaseHook] = ()) -> TuneResult:
     splits, mask_hash = load_splits(config.data)
     check_images_exist(splits)
     backbone = build_backbone(config.model)
@@ -243,7 +251,8 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     main = process_state().is_main_process  # the other processes of a multi-GPU run write no files
     if main:
         write_config(run_dir, config.to_dict())
-    result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict()).fit(resume=resume)
+    result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict(),
+                     hooks=hooks).fit(resume=resume)
     method = result.method
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
     last = result.history[-1]
@@ -385,3 +394,29 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", w
     if format == "text-embeddings":
         return export_text_embeddings(load_prompts_file(source)[0], out)
     raise UsageError(f"format must be promptmlr or text-embeddings, got {format!r}")
+
+
+# ------------------------------------------------------------------------------ configuration, registries
+def describe_config(method: str | None = None, dataset: str | None = None, *, config: str | Path | None = None,
+                    overrides: Overrides = None) -> list[ConfigRow]:
+    """Every key of the configuration ``tune`` would run with, resolved as ``tune`` resolves it (the
+    defaults, the dataset's shipped config, the method's recipes, ``config``, ``overrides``): one row
+    per key with its value, its dataclass default, what it accepts and its help. ``model.options`` is
+    expanded into the method's own options (``model.options.n_ctx``), with the method's defaults."""
+    flags = {("--dataset", "data.dataset"): dataset, ("--method", "model.method"): method}
+    resolved = resolve_config(dataset, config, [*_flag_overrides(flags), *_overrides(overrides)])
+    options = method_class(resolved.model.method).Config(**resolved.model.options)
+    rows: list[ConfigRow] = []
+    for row in describe(resolved):
+        rows += describe(options, "model.options.") if row.key == "model.options" else [row]
+    return rows
+
+
+def list_registered() -> dict[str, Any]:
+    """What can be named: ``methods`` (in the results tables' order), ``datasets`` (name -> one-line
+    description), ``backbones`` (registered name -> the spec it stands for) and ``backbone_sources``
+    (prefix -> the spec it takes, e.g. ``openclip:<arch>[:<pretrained-tag-or-file>]``)."""
+    sources = {prefix: (inspect.getdoc(loader) or f"{prefix}:...").splitlines()[0].strip("`. ")
+               for prefix, loader in BACKBONE_SOURCES.items()}
+    return {"methods": METHODS.names(), "datasets": {name: spec.description for name, spec in DATASETS.items()},
+            "backbones": list_backbones(), "backbone_sources": sources}

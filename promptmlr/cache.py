@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.images import ImageLoadError
-from promptmlr.errors import PromptMLRError, check_choice, check_number
+from promptmlr.errors import PromptMLRError
 from promptmlr.files import DiskFullError, atomic_directory
+from promptmlr.migrations import header, upgrade
+from promptmlr.options import check_fields, option
 
 DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
 CACHE_MODES = ("auto", "on", "off")
@@ -50,20 +52,20 @@ class CacheConfig:
     run says so. ``auto`` turns the cache off only when the disk cannot hold it.
     """
 
-    enabled: str = "auto"  # auto: on unless the disk cannot hold it; on; off
-    views: int = 1  # 1: the eval view; more: augmented views, one drawn per epoch
-    budget_gb: float = 8.0
-    directory: str | None = None  # default: ~/.cache/promptmlr/features
-    dtype: str = "float16"  # float16 | float32 | int8 (dense features int8 with per-channel scales)
-    batch_size: int | None = None  # images per encoder call while building; None: see encode_batch_size
+    enabled: str = option("auto", "cache the frozen features: auto (on unless the disk cannot hold it), on "
+                                  "or off", choices=CACHE_MODES)
+    views: int = option(1, "image views cached: 1, the evaluation view; more: augmented views, one drawn "
+                           "per epoch", minimum=1)
+    budget_gb: float = option(8.0, "memory the cache is expected to fit in, in GB; a larger one is streamed "
+                                   "from disk", minimum=0)
+    directory: str | None = option(None, "where caches are kept; null: ~/.cache/promptmlr/features")
+    dtype: str = option("float16", "stored precision; int8 stores dense features with per-channel scales",
+                        choices=CACHE_DTYPES)
+    batch_size: int | None = option(None, "images per encoder call while building; null: the evaluation "
+                                          "batch on a GPU, 2 on a CPU", minimum=1)
 
     def __post_init__(self) -> None:
-        check_choice("train.cache.enabled", self.enabled, CACHE_MODES)
-        check_choice("train.cache.dtype", self.dtype, CACHE_DTYPES)
-        check_number("train.cache.views", self.views, minimum=1)
-        check_number("train.cache.budget_gb", self.budget_gb, minimum=0)
-        if self.batch_size is not None:
-            check_number("train.cache.batch_size", self.batch_size, minimum=1)
+        check_fields(self, "train.cache.")
 
     def encode_batch_size(self, eval_batch_size: int, device: torch.device) -> int:
         """Images per encoder call while building: ``batch_size`` if set; on a GPU the evaluation
@@ -83,7 +85,7 @@ def cache_key(backbone: FrozenCLIP, dataset: MultiLabelDataset, transforms: list
         "seed": seed,
         "dtype": dtype,
         "decode": "jpeg-draft",  # large JPEGs decoded at reduced size (data.images.load_image)
-        "augmentation": "seeded-per-image",  # each image's own seed (_SeededImages), since issue #15
+        "augmentation": "seeded-per-image",  # each image's own seed (_SeededImages)
         "images": image_list_digest(dataset),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -160,7 +162,7 @@ class FeatureCache:
         """The cache in ``directory``, checked to be the one asked for and whole (a damaged file, or
         one changed by hand, raises :class:`DamagedCacheError`)."""
         try:
-            meta = json.loads((directory / "meta.json").read_text())
+            meta = upgrade("feature-cache", json.loads((directory / "meta.json").read_text()), directory / "meta.json")
             scale = directory / SCALE_FILE
             cache = cls(directory, np.load(directory / "global.npy", mmap_mode="r"),
                         np.load(directory / "dense.npy", mmap_mode="r"), tuple(meta["grid"]),
@@ -279,7 +281,7 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
                 share.encode(folder)
                 group.barrier()  # every block written
                 (folder / "meta.json").write_text(json.dumps({
-                    "key": key, "grid": grid, "images": images, "views": views,
+                    **header("feature-cache"), "key": key, "grid": grid, "images": images, "views": views,
                     "backbone": backbone.describe(), "files": _file_stamps(folder)}))
 
             atomic_directory(target, build)
@@ -370,7 +372,7 @@ class _Share:
 
 class _SeededImages(Dataset):
     """Image ``i`` transformed under its own seed (``base + i``), the global RNG untouched: its
-    augmentation no longer depends on which process, worker or batch reads it."""
+    augmentation does not depend on which process, worker or batch reads it."""
 
     def __init__(self, dataset: MultiLabelDataset, base: int):
         self.dataset, self.base = dataset, base

@@ -11,6 +11,8 @@ are spelled out so that they come back as they went in: resuming stays bit-ident
 
 Frozen backbone weights are never included (a method's ``state_dict`` leaves them out), so a
 checkpoint of a prompt-tuning run is kilobytes to a few megabytes, not the size of CLIP.
+
+The header's format and version, and how older versions are read, are in :mod:`promptmlr.migrations`.
 """
 
 from __future__ import annotations
@@ -26,17 +28,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from promptmlr import migrations
 from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import atomic_write
 
-FORMAT = "promptmlr-checkpoint"
-VERSION = 1
 HEADER_KEY = "promptmlr-checkpoint"
 NUMPY_KINDS = "biuf"  # bool, int, uint, float: all NumPy state a run holds (the RNG's key is uint32)
 
 
 class CheckpointError(PromptMLRError, ValueError):
-    """A checkpoint that cannot be read: truncated, foreign, or in the old pickle format."""
+    """A checkpoint that cannot be read: truncated, foreign, newer than this promptmlr, or a pickle."""
 
 
 def rng_states() -> dict[str, Any]:
@@ -60,7 +61,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     that a checkpoint damaged in place is refused rather than resumed from wrong values."""
     tensors: dict[str, torch.Tensor] = {}
     tree = _pack({**state, "rng": rng_states()}, tensors)
-    header = json.dumps({"format": FORMAT, "version": VERSION, "state": tree, "sha256": _digest(tree, tensors)})
+    header = json.dumps({**migrations.header("checkpoint"), "state": tree, "sha256": _digest(tree, tensors)})
     return atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata={HEADER_KEY: header}))
 
 
@@ -84,8 +85,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                               f"Start the run again in a new --out") from None
     try:
         header = json.loads(metadata[HEADER_KEY])
-        if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
-            raise ValueError(f"format {header.get('format')} v{header.get('version')}")
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a mapping")
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} is not a promptmlr checkpoint this version reads ({error}); start the run "
+                              f"again in a new --out") from None
+    header = migrations.upgrade("checkpoint", header, path, CheckpointError)
+    try:
         if header.get("sha256") != _digest(header["state"], tensors):
             raise ValueError("its contents do not match their checksum: damaged")
         return _unpack(header["state"], tensors)
@@ -94,19 +100,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                               f"again in a new --out") from None
 
 
-def refuse_legacy_checkpoint(checkpoint: Path, legacy: Path) -> None:
-    """A run folder whose only checkpoint is the pickle older versions wrote is never resumed from
-    scratch silently, nor unpickled: it is refused, before any work is done."""
-    if legacy.is_file() and not checkpoint.is_file():
-        raise CheckpointError(f"{legacy} is a pickle, as promptmlr wrote before 0.2: pickles can run code, so it "
-                              f"is not loaded; start the run again in a new --out")
-
-
 def _reason(path: Path, error: Exception) -> str:
-    with open(path, "rb") as handle:
-        start = handle.read(2)
-    if start in (b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05"):
-        return "a pickle, as promptmlr wrote before 0.2: pickles can run code, so they are never read"
+    if migrations.looks_like_pickle(path):
+        return "a pickle: pickles can run code, so promptmlr never loads them"
     return f"{type(error).__name__}: {one_line(error)}"
 
 

@@ -18,7 +18,7 @@ a run can be read back and repeated exactly.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from promptmlr.data.protocol import DataConfig
 from promptmlr.engine import TrainConfig
 from promptmlr.errors import ConfigError
 from promptmlr.files import shipped_file
-from promptmlr.models.factory import ModelConfig, method_class, method_options, recorded_options
+from promptmlr.migrations import upgrade, upgrade_settings, without_header
+from promptmlr.models.factory import ModelConfig, method_class, method_options
+from promptmlr.options import option
 from promptmlr.recovery import check_recovery_weights
 from promptmlr.settings import load_yaml, merge, read_yaml
 from promptmlr.tracking import check_trackers
@@ -36,10 +38,11 @@ from promptmlr.tracking import check_trackers
 
 @dataclass
 class RunConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    recipes: list[str] = field(default_factory=list)  # shipped recipe files merged, in order (set by resolution)
+    data: DataConfig = option(help="the dataset and its partial-label protocol (data.*)", factory=DataConfig)
+    model: ModelConfig = option(help="the backbone and the method (model.*)", factory=ModelConfig)
+    train: TrainConfig = option(help="the engine: optimisation, evaluation, loss, recovery, cache (train.*)",
+                                factory=TrainConfig)
+    recipes: list[str] = option(help="the shipped recipe files merged, in order (set by resolution)", factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,7 +83,7 @@ def resolve_config(dataset: str | None = None, config_file: str | Path | None = 
     """Defaults <- shipped ``configs/<dataset>.yaml`` <- the method's recipes <- ``config_file`` <-
     ``overrides`` (in order). The method, and so its recipes, is the one the last layer names:
     the layers are applied once without recipes to find it, then again with them."""
-    user = read_yaml(config_file) if config_file else {}
+    user = upgrade_settings(read_yaml(config_file), config_file) if config_file else {}
     dataset = dataset or user.get("data", {}).get("dataset") or RunConfig().data.dataset
     shipped = [path for path in [shipped_config_path(dataset)] if path]
     method = _layered(shipped, user, config_file, dataset, overrides).model.method
@@ -152,11 +155,8 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> 
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Read back the ``config.yaml`` a run folder holds (trackers are checked only when the run is
-    resumed: evaluating a run logged to W&B elsewhere needs no wandb here). A folder written before a
-    method option existed resumes and evaluates as it was trained (:func:`recorded_options`)."""
-    values = read_yaml(path)
-    model = values.get("model") if isinstance(values, dict) else None
-    if isinstance(model, dict) and isinstance(model.get("options"), dict):
-        model["options"] = recorded_options(model.get("method", ModelConfig.method), model["options"])
+    """Read back the ``config.yaml`` a run folder holds, of any format version (read as it was
+    trained: :mod:`promptmlr.migrations`). Trackers are checked only when the run is resumed:
+    evaluating a run logged to W&B elsewhere needs no wandb here."""
+    values = without_header(upgrade("run-config", read_yaml(path), path, ConfigError))
     return checked(merge(RunConfig(), values, str(path)), trackers=False)

@@ -3,7 +3,12 @@ selection on the validation split, label recovery, EMA and resumable checkpoints
 
 Runs unchanged on CPU, one GPU or several (``accelerate launch -m promptmlr tune ...``), in fp32,
 bf16 or fp16. Only the method's learnable parameters are optimised; the frozen encoder's features
-come from the feature cache (:mod:`promptmlr.cache`) or are computed under ``no_grad`` per batch.
+come from a :class:`~promptmlr.features.FeatureSource`: the feature cache, or the encoder under
+``no_grad`` per batch.
+
+Hooks observe the loop without changing it (the speed benchmark times it with them):
+``Trainer(..., hooks=[hook])`` enters the context manager ``hook(phase)`` around every phase named
+in :data:`PHASES`. A Trainer has none by default.
 """
 
 from __future__ import annotations
@@ -14,44 +19,51 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from promptmlr.backbones.base import ImageFeatures
-from promptmlr.cache import (
-    ALONE,
-    CacheConfig,
-    CachedFeatureDataset,
-    ProcessGroup,
-    build_or_open_cache,
-    bytes_to_build,
-    cache_root,
-    encode,
-    estimated_bytes,
-    free_bytes,
-)
-from promptmlr.checkpoint import load_checkpoint, refuse_legacy_checkpoint, restore_rng_states, save_checkpoint
-from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.cache import CacheConfig
+from promptmlr.checkpoint import CheckpointError, load_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.data.protocol import Splits
-from promptmlr.errors import ConfigError, PromptMLRError, check_choice, check_number
+from promptmlr.errors import ConfigError, PromptMLRError
+from promptmlr.features import FeatureSource
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.metrics import evaluate
+from promptmlr.migrations import refuse_legacy_checkpoint
 from promptmlr.models.base import MultiLabelMethod
+from promptmlr.options import check_fields, option
 from promptmlr.recovery import RecoveryConfig, RecoveryStats, prototype_similarity, recover_labels
-from promptmlr.runs import CHECKPOINT_FILE, LEGACY_CHECKPOINT
-from promptmlr.scoring import FeatureBatch, score
-from promptmlr.tracking import PROJECT_NAME, TENSORBOARD_DIR, epoch_values, flat_hyperparameters, parse_trackers
+from promptmlr.runs import CHECKPOINT_FILE
+from promptmlr.scoring import score
+from promptmlr.tracking import (
+    PROJECT_NAME,
+    TENSORBOARD_DIR,
+    TRACKERS,
+    epoch_values,
+    flat_hyperparameters,
+    parse_trackers,
+)
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("no", "bf16", "fp16")
+# What a Trainer tells its hooks, in the order a run first reaches each; a phase spans all of its work.
+PHASES = (
+    "caching",             # once per fit: the loaders, building (or opening) the feature caches
+    "training",            # each training epoch
+    "evaluation",          # scoring val and test after each epoch (or once, untrained), and the final test logits
+    "evaluation prompts",  # within evaluation or recovery: the prompts encoded once for a scoring pass
+                           # (label recovery's prototype passes encode theirs within recovery)
+    "recovery",            # label recovery after an epoch
+    "checkpoint",          # writing the checkpoint after each epoch
+)
+PhaseHook = Callable[[str], ContextManager[None]]  # called with a phase's name; its context spans the phase
 
 
 class TrainingDivergedError(PromptMLRError, RuntimeError):
@@ -62,43 +74,39 @@ class TrainingDivergedError(PromptMLRError, RuntimeError):
 class TrainConfig:
     """The ``train:`` section of a run's configuration: optimisation, evaluation and its parts."""
 
-    epochs: int = 20
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    grad_accum: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    ema_decay: float = 0.0  # 0 disables the EMA of learnable parameters
-    seed: int = 0
-    num_workers: int = 2
-    randaugment: bool = False
-    cutout: bool = False
-    select_on: str = "val"  # val | test (the anchors' habit; flagged in the results)
-    threshold: float = 0.5
-    loss: LossConfig = field(default_factory=LossConfig)
-    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    report_to: str = "none"  # experiment trackers (promptmlr.tracking): none, tensorboard, wandb, mlflow
+    epochs: int = option(20, "training epochs", minimum=1)
+    batch_size: int = option(32, "training images per batch", minimum=1)
+    eval_batch_size: int = option(128, "images per batch when scoring (evaluation, recovery)", minimum=1)
+    optimizer: str = option("adamw", "optimiser of the method's learnable parameters", choices=OPTIMIZERS)
+    lr: float = option(2e-3, "peak learning rate (a method's parts may scale it, e.g. enhance_lr_scale)", above=0)
+    weight_decay: float = option(1e-4, "weight decay of the optimiser", minimum=0)
+    momentum: float = option(0.9, "SGD momentum (optimizer sgd only)", minimum=0, below=1)
+    lr_warmup_epochs: float = option(1.0, "linear learning-rate warm-up before the cosine decay, in epochs",
+                                     minimum=0)
+    grad_accum: int = option(1, "batches whose gradients are accumulated into one optimiser step", minimum=1)
+    mixed_precision: str = option("no", "autocast precision: no (fp32), bf16 or fp16 (fp16 needs a GPU)",
+                                  choices=PRECISIONS)
+    ema_decay: float = option(0.0, "decay of an exponential moving average of the learnable parameters, "
+                                   "evaluated in their place; 0: off", minimum=0, below=1)
+    seed: int = option(0, "seed of initialisation, batch order and augmentation", minimum=0,
+                       maximum=2**32 - 1)  # NumPy's seed range
+    num_workers: int = option(2, "data-loader worker processes decoding images", minimum=0)
+    randaugment: bool = option(False, "RandAugment on training images (DualCoOp's recipe)")
+    cutout: bool = option(False, "Cutout on training images (DualCoOp's recipe)")
+    select_on: str = option("val", "split whose mAP selects the best epoch; test is the anchors' habit, "
+                                   "flagged in the results", choices=("val", "test"))
+    threshold: float = option(0.5, "probability above which a label counts as predicted (the F1 metrics)",
+                              above=0, below=1, refusal="train.threshold is a probability in (0, 1), got {value}")
+    loss: LossConfig = option(help="the training loss (train.loss.*)", factory=LossConfig)
+    recovery: RecoveryConfig = option(help="label recovery: pseudo-labels for unknown labels (train.recovery.*)",
+                                      factory=RecoveryConfig)
+    cache: CacheConfig = option(help="the frozen-feature cache (train.cache.*)", factory=CacheConfig)
+    report_to: str = option("none", "experiment trackers that log each epoch, comma-separated (--report-to)",
+                            allowed=f"none, or any of {', '.join(TRACKERS)}")
 
     def __post_init__(self) -> None:
-        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("train.select_on", self.select_on, ("val", "test"))
-        check_choice("train.mixed_precision", self.mixed_precision, PRECISIONS)
+        check_fields(self, "train.")
         parse_trackers(self.report_to)
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"train.threshold is a probability in (0, 1), got {self.threshold}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
-            check_number(f"train.{name}", getattr(self, name), minimum=1)
-        for name in ("weight_decay", "warmup_epochs", "num_workers"):
-            check_number(f"train.{name}", getattr(self, name), minimum=0)
-        check_number("train.seed", self.seed, minimum=0, maximum=2**32 - 1)  # NumPy's seed range
-        check_number("train.lr", self.lr, above=0)
-        check_number("train.momentum", self.momentum, minimum=0, below=1)
-        check_number("train.ema_decay", self.ema_decay, minimum=0, below=1)
 
 
 @dataclass
@@ -152,15 +160,6 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def process_group(accelerator: Accelerator) -> ProcessGroup:
-    """accelerate's processes as the group that shares the cache's encoding pass."""
-    if accelerator.num_processes == 1:
-        return ALONE
-    return ProcessGroup(accelerator.process_index, accelerator.num_processes,
-                        lambda value: broadcast_object_list([value], from_process=0)[0],
-                        accelerator.wait_for_everyone)
-
-
 def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
     """The optimiser over a method's parameter groups (:meth:`MultiLabelMethod.parameter_groups`),
     each at its ``lr_scale`` times ``train.lr``; the cosine schedule then scales every group alike."""
@@ -172,110 +171,53 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
 
 class Trainer:
     """Fits a method on a run's splits. ``hyperparameters`` (the resolved run configuration) are
-    recorded by the experiment trackers named in ``config.report_to``."""
+    recorded by the experiment trackers named in ``config.report_to``; ``hooks`` are entered around
+    each phase of the run (:data:`PHASES`)."""
 
     def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
-                 hyperparameters: dict | None = None):
+                 hyperparameters: dict | None = None, hooks: Sequence[PhaseHook] = ()):
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
         self.hyperparameters = hyperparameters or {"train": dataclasses.asdict(config)}
+        self.hooks = tuple(hooks)
         self.loss_fn = build_loss(config.loss)
         self.trackers = parse_trackers(config.report_to)
         self.accelerator = _accelerator(config, self.run_dir, self.trackers)
         set_seed(config.seed)
         self.method = method.to(self.accelerator.device)
-        self.backbone = method.backbone  # frozen: never wrapped by accelerate, unlike the method
-        self.use_cache = self._decide_cache()
+        self.features = FeatureSource(method.backbone, splits, config, self.accelerator)
         # on the device, so a training step gathers its targets without a round trip through the host
         self.labels = torch.from_numpy(splits.train.labels.astype(np.int8)).to(self.accelerator.device)
         self.pseudo_labels = torch.zeros_like(self.labels)
 
-    # --------------------------------------------------------------------------------- data sources
-    def _decide_cache(self) -> bool:
-        """Whether to cache: ``auto`` says no only when the disk cannot hold what is still to build.
-        Decided on the main process and shared, so that every process takes the same path."""
-        cache = self.config.cache
-        if cache.enabled == "off":
-            return False
-        parts = [(self.splits.train, self._transforms(train=True, cached=True))]
-        parts += [(split, self._transforms(train=False, cached=True))
-                  for split in (self.splits.val, self.splits.test) if split is not None]
-        rows = sum(len(dataset) * len(transforms) for dataset, transforms in parts)
-        size = estimated_bytes(self.backbone, rows, cache.dtype)
-        smaller = "" if cache.dtype == "int8" else \
-            f" (train.cache.dtype=int8 takes ~{estimated_bytes(self.backbone, rows, 'int8') / 2**30:.1f} GiB)"
-        if cache.enabled == "auto":
-            group = process_group(self.accelerator)
-            root = cache_root(cache.directory)
-            needed, free = group.share(
-                (bytes_to_build(self.backbone, parts, root, self.config.seed, cache.dtype), free_bytes(root))
-                if group.is_main else None)
-            if needed > free:
-                self._print(f"feature cache off: it needs ~{needed / 2**30:.1f} GiB more and {root} has "
-                            f"{free / 2**30:.1f} GiB free; features are computed every step. Point "
-                            f"train.cache.directory at a larger disk{smaller}")
-                return False
-        if size > cache.budget_gb * 2**30:
-            self._print(f"feature cache ~{size / 2**30:.1f} GiB exceeds train.cache.budget_gb={cache.budget_gb}: it "
-                        f"is built on disk and streamed from there every epoch, so steps wait on the disk where "
-                        f"memory cannot hold it{smaller}")
-        return True
-
-    def _transforms(self, train: bool, cached: bool | None = None) -> list:
-        """The views a split is seen through: with the cache (``cached``, default: whether this run
-        caches) training takes ``cache.views`` augmented views, or only the eval view when it is 1."""
-        backbone = self.backbone
-        cached = self.use_cache if cached is None else cached
-        if not train or (cached and self.config.cache.views == 1):
-            return [backbone.transform(train=False)]
-        augment = backbone.transform(train=True, randaugment=self.config.randaugment, cutout=self.config.cutout)
-        return [augment] * (self.config.cache.views if cached else 1)
-
-    def _loader(self, dataset: MultiLabelDataset, train: bool, description: str) -> DataLoader:
-        config = self.config
-        batch_size = config.batch_size if train else config.eval_batch_size
-        transforms = self._transforms(train)
-        if self.use_cache:
-            cache = build_or_open_cache(
-                self.backbone, dataset, transforms, self.config.cache.directory, config.seed,
-                config.cache.encode_batch_size(config.eval_batch_size, self.accelerator.device), config.num_workers,
-                config.cache.dtype, self.accelerator.autocast,
-                description, process_group(self.accelerator))
-            source = CachedFeatureDataset(cache)
-            loader = DataLoader(source, batch_size=batch_size, shuffle=train, collate_fn=source.collate,
-                                pin_memory=torch.cuda.is_available())  # no workers: see CachedFeatureDataset
-        else:
-            loader = DataLoader(dataset.with_transform(transforms[0], draft_size=self.backbone.image_size),
-                                batch_size=batch_size, shuffle=train, num_workers=config.num_workers,
-                                pin_memory=torch.cuda.is_available())
-        return self.accelerator.prepare_data_loader(loader)
-
-    def _features(self, batch) -> tuple[ImageFeatures, torch.Tensor]:
-        if self.use_cache:
-            global_features, dense, indices = batch
-            return ImageFeatures(global_features.float(), dense.float(), self.backbone.dense_shape[1]), indices
-        images, _, indices = batch
-        return encode(self.backbone, images, self.accelerator.autocast), indices
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Every hook's context around phase ``name`` (one of :data:`PHASES`)."""
+        with contextlib.ExitStack() as stack:
+            for hook in self.hooks:
+                stack.enter_context(hook(name))
+            yield
 
     # ------------------------------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         started = time.time()
-        train_loader = self._loader(self.splits.train, train=True, description="train")
-        eval_loaders = {name: self._loader(dataset, train=False, description=name)
-                        for name, dataset in (("val", self.splits.val), ("test", self.splits.test))
-                        if dataset is not None}
-        if config.recovery.enabled:
-            eval_loaders["train-scoring"] = self._loader(self.splits.train, train=False,
-                                                         description="train (eval view)")
+        with self._phase("caching"):
+            train_loader = self.features.loader(self.splits.train, train=True, description="train")
+            eval_loaders = {name: self.features.loader(dataset, train=False, description=name)
+                            for name, dataset in (("val", self.splits.val), ("test", self.splits.test))
+                            if dataset is not None}
+            if config.recovery.enabled:
+                eval_loaders["train-scoring"] = self.features.loader(self.splits.train, train=False,
+                                                                     description="train (eval view)")
         groups = [group for group in self.method.parameter_groups() if group["params"]]
         parameters = [p for group in groups for p in group["params"]]
         optimizer = build_optimizer(config, groups) if parameters else None
         steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
         scheduler = None
         if optimizer is not None:
-            scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_epochs * steps_per_epoch),
+            scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.lr_warmup_epochs * steps_per_epoch),
                                                         max(1, config.epochs * steps_per_epoch))
             self.method, optimizer, scheduler = accelerator.prepare(self.method, optimizer, scheduler)
         ema = ParameterEMA(self._unwrapped, config.ema_decay) if config.ema_decay > 0 and parameters else None
@@ -285,7 +227,7 @@ class Trainer:
         start_epoch = 0
         checkpoint_path = self.run_dir / CHECKPOINT_FILE
         if resume:
-            refuse_legacy_checkpoint(checkpoint_path, self.run_dir / LEGACY_CHECKPOINT)
+            refuse_legacy_checkpoint(checkpoint_path, CheckpointError)
         if resume and checkpoint_path.is_file():
             state = load_checkpoint(checkpoint_path)
             start_epoch, best_score = self._restore(state, optimizer, scheduler, ema, result)
@@ -293,12 +235,16 @@ class Trainer:
         epochs = config.epochs if parameters else 0
         for epoch in range(start_epoch, epochs):
             epoch_started = time.time()
-            train_loss = self._train_epoch(epoch, train_loader, optimizer, scheduler, ema, checkpoint_path)
+            with self._phase("training"):
+                train_loss = self._train_epoch(epoch, train_loader, optimizer, scheduler, ema, checkpoint_path)
             record = {"epoch": epoch + 1, "train_loss": train_loss, **_learning_rates(scheduler)}
             with _averaged(ema):
-                record.update(self._evaluate_splits(eval_loaders))
-                if config.recovery.enabled and epoch + 1 >= config.recovery.warmup_epochs:
-                    record["recovery"] = self._recover(eval_loaders["train-scoring"], eval_loaders.get("val")).as_dict()
+                with self._phase("evaluation"):
+                    record.update(self._evaluate_splits(eval_loaders))
+                if config.recovery.enabled and epoch + 1 >= config.recovery.known_only_epochs:
+                    with self._phase("recovery"):
+                        recovery = self._recover(eval_loaders["train-scoring"], eval_loaders.get("val"))
+                    record["recovery"] = recovery.as_dict()
             selection = record.get(f"{config.select_on}_mAP", -math.inf)
             if selection > best_score or result.best_state is None:
                 best_score, result.best_epoch = selection, epoch + 1
@@ -309,11 +255,13 @@ class Trainer:
             self._print(_epoch_line(record))
             if self.trackers:
                 self.accelerator.log(epoch_values(record), step=epoch + 1)
-            if accelerator.is_main_process:
-                save_checkpoint(checkpoint_path, self._checkpoint(epoch + 1, optimizer, scheduler, ema, result,
-                                                                  best_score))
+            with self._phase("checkpoint"):
+                if accelerator.is_main_process:
+                    save_checkpoint(checkpoint_path, self._checkpoint(epoch + 1, optimizer, scheduler, ema, result,
+                                                                      best_score))
         if not result.history:  # nothing to train (zero-shot): evaluate once
-            record = {"epoch": 0, **self._evaluate_splits(eval_loaders)}
+            with self._phase("evaluation"):
+                record = {"epoch": 0, **self._evaluate_splits(eval_loaders)}
             result.history.append(record)
             result.best_epoch = 0
             result.best_state = learnable_state(self._unwrapped)
@@ -321,7 +269,8 @@ class Trainer:
             result.last_state = learnable_state(self._unwrapped)
         result.method = self._unwrapped
         result.method.load_state_dict(result.best_state)
-        result.test_logits = self._test_logits(eval_loaders)
+        with self._phase("evaluation"):
+            result.test_logits = self._test_logits(eval_loaders)
         if self.trackers:
             self.accelerator.end_training()
         result.seconds = time.time() - started
@@ -351,14 +300,12 @@ class Trainer:
         accelerator = self.accelerator
         self.method.train()
         self._unwrapped.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        if isinstance(loader.dataset, CachedFeatureDataset):
-            loader.dataset.draw_views(self.config.seed, epoch)
+        self.features.start_epoch(loader, epoch)
         total, batches = 0.0, 0
         progress = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
                         disable=not accelerator.is_local_main_process)
         for step, batch in enumerate(progress):
-            features, indices = self._features(batch)
+            features, indices = self.features.from_batch(batch)
             targets, weights = self._targets(indices)
             with accelerator.accumulate(self.method), accelerator.autocast():
                 output = self.method(features)
@@ -386,15 +333,24 @@ class Trainer:
                 f"stopped and {kept}. Lower train.lr, or use mixed_precision bf16 instead of fp16.")
 
     # ---------------------------------------------------------------------------------- evaluation
-    def _batches(self, loader) -> Iterator[FeatureBatch]:
-        return (self._features(batch) for batch in loader)
-
     def _score(self, loader, logits: bool = True) -> np.ndarray:
         """Logits (or probabilities) ``[N, C]`` in dataset order, gathered from every process (the one
         scoring path)."""
-        return score(self._unwrapped, self._batches(loader), self.accelerator.autocast,
-                     self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
-                     logits=logits, total=len(loader))
+        with self._prompts_encoded():
+            return score(self._unwrapped, self.features.batches(loader), self.accelerator.autocast,
+                         self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
+                         logits=logits, total=len(loader))
+
+    @contextlib.contextmanager
+    def _prompts_encoded(self) -> Iterator[None]:
+        """The prompts encoded once for a scoring pass, as a phase of its own ("evaluation prompts"):
+        the pass's own ``fixed_prompts``, entered within this one, reuses that encoding."""
+        method = self._unwrapped
+        method.eval()  # as the scoring pass encodes them
+        with contextlib.ExitStack() as stack:
+            with self._phase("evaluation prompts"):
+                stack.enter_context(method.fixed_prompts(self.accelerator.autocast))
+            yield
 
     def _evaluate_splits(self, loaders: dict) -> dict:
         record = {}
@@ -420,7 +376,7 @@ class Trainer:
             probabilities, similarity = self._score(loader, logits=False), None
         else:
             probabilities, similarity = prototype_similarity(
-                self._unwrapped, lambda: self._batches(loader), self.labels, self.accelerator.autocast,
+                self._unwrapped, lambda: self.features.batches(loader), self.labels, self.accelerator.autocast,
                 lambda tensor: self.accelerator.reduce(tensor, "sum"), self.accelerator.gather_for_metrics)
         labels = self.labels.cpu().numpy()
         pseudo, stats = recover_labels(probabilities, labels, self.config.recovery, similarity,
@@ -492,7 +448,7 @@ def _averaged(ema: ParameterEMA | None) -> Iterator[None]:
 
 def _learning_rates(scheduler) -> dict[str, float]:
     """``lr``: the first parameter group's (the prompts'); ``lr_1``, ...: each later group that trains
-    at a rate of its own (promptmlr's enhancement at 4x, issue #12), so that none goes unlogged."""
+    at a rate of its own (promptmlr's enhancement at 4x), so that none goes unlogged."""
     if scheduler is None:
         return {"lr": 0.0}
     first, *others = scheduler.get_last_lr()

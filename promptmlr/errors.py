@@ -2,10 +2,11 @@
 
 Every user-facing error derives from :class:`PromptMLRError`, so a caller (the CLI, a benchmark, a
 notebook) catches them all with one ``except`` and lets anything else, a bug, raise with its
-traceback. Each also keeps the builtin it derived from before (``ValueError``, ``RuntimeError``,
-``OSError``), so existing ``except ValueError`` code keeps working. The specific ones live beside
-the code that raises them (``DatasetError``, ``ImageLoadError``, ``DescriptionsError``,
-``PromptsFileError``, ``BackboneLoadError``, ``TrainingDivergedError``); the general ones are here.
+traceback. Each also derives from the matching builtin (``ValueError``, ``RuntimeError``,
+``OSError``), so ``except ValueError`` code written for the standard library catches it too. The
+specific ones live beside the code that raises them (``DatasetError``, ``ImageLoadError``,
+``DescriptionsError``, ``PromptsFileError``, ``BackboneLoadError``, ``TrainingDivergedError``); the
+general ones are here.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def _disk_full_as_one_line(path: Path) -> Iterator[None]:
         if not _out_of_space(error):
             raise
         raise DiskFullError(f"no space left on {path.parent} while writing {path.name}; free some space there and "
-                            f"run again (an earlier {path.name}, if any, is kept)") from None
+                            f"run again (the {path.name} already there, if any, is kept)") from None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -6,8 +6,8 @@ Normalising by the summed weight of known entries keeps the loss scale independe
 proportion; DualCoOp instead sums and multiplies by an unpublished weight per proportion.
 
 DualCoOp's ASL is written on the softmax over {negative, positive} scores; since
-softmax([s-, s+])[1] = sigmoid(s+ - s-), it is this sigmoid form applied to the margin logit every
-method emits (:func:`two_way_to_margin` converts ``[B, 2, C]`` scores).
+softmax([s-, s+])[1] = sigmoid(s+ - s-), it is this sigmoid form applied to the margin logit
+``s+ - s-`` every method emits.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from promptmlr.errors import ConfigError, check_choice, check_number
+from promptmlr.errors import ConfigError
+from promptmlr.options import check_fields, option
 
 EPS = 1e-8
 LOSSES = ("asl", "partial-bce", "bce")
@@ -26,21 +27,15 @@ LOSSES = ("asl", "partial-bce", "bce")
 
 @dataclass
 class LossConfig:
-    name: str = "asl"  # asl | partial-bce | bce
-    gamma_neg: float = 2.0  # ASL focusing on negatives (Ridnik et al., ICCV 2021; DualCoOp's setting)
-    gamma_pos: float = 1.0
-    clip: float = 0.05  # ASL probability margin on negatives
+    name: str = option("asl", "asl (asymmetric loss), partial-bce (Durand et al.'s normalised BCE over known "
+                              "labels) or bce (every unknown label taken as negative)", choices=LOSSES)
+    gamma_neg: float = option(2.0, "ASL focusing exponent on negatives (Ridnik et al., ICCV 2021; DualCoOp's "
+                                   "setting)", minimum=0)
+    gamma_pos: float = option(1.0, "ASL focusing exponent on positives", minimum=0)
+    clip: float = option(0.05, "ASL probability margin on negatives (probability shift)", minimum=0, below=1)
 
     def __post_init__(self) -> None:
-        check_choice("loss.name", self.name, LOSSES)
-        check_number("loss.gamma_neg", self.gamma_neg, minimum=0)
-        check_number("loss.gamma_pos", self.gamma_pos, minimum=0)
-        check_number("loss.clip", self.clip, minimum=0, below=1)
-
-
-def two_way_to_margin(scores: torch.Tensor) -> torch.Tensor:
-    """``[B, 2, C]`` (negative, positive) scores -> the equivalent margin logit ``[B, C]``."""
-    return scores[:, 1] - scores[:, 0]
+        check_fields(self, "loss.")
 
 
 def _known_weights(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

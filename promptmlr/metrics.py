@@ -1,4 +1,5 @@
-"""Multi-label metrics: mean average precision and the CP/CR/CF1/OP/OR/OF1 family.
+"""Multi-label metrics: mean average precision, precision-recall curves and the CP/CR/CF1/OP/OR/OF1
+family.
 
 Targets use the label convention of the whole toolkit: 1 positive, -1 negative, 0 unknown. Only 1
 counts as positive; 0 entries are skipped (left out of that class's ranking), so metrics can be
@@ -37,6 +38,30 @@ def average_precision(scores: np.ndarray, positives: np.ndarray, kind: str = "no
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     recall_steps = np.diff(np.concatenate([[0.0], recall]))
     return float((envelope * recall_steps).sum())
+
+
+def precision_recall_curve(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision of one class at each distinct score threshold, highest score first, up to
+    the threshold that reaches full recall (lower thresholds add false positives only); otherwise the
+    points of scikit-learn's ``precision_recall_curve``. The area under it, ``sum((r[i] - r[i-1]) * p[i])``,
+    is the class's non-interpolated AP (exactly, without tied scores).
+
+    ``targets`` are 1/-1/0 as in :func:`per_class_average_precision`: 0 (unknown) entries are left
+    out, only 1 counts as positive. Empty arrays when the class has no positive.
+    """
+    known = targets != 0
+    scores, positives = np.asarray(scores, np.float64)[known], targets[known] == 1
+    if not positives.any():
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], positives[order].astype(np.float64)
+    true_positives = np.cumsum(hits)
+    precision = true_positives / np.arange(1, len(hits) + 1)
+    recall = true_positives / hits.sum()
+    last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]  # one point per threshold
+    recall, precision = recall[last_of_tie], precision[last_of_tie]
+    stop = int(np.argmax(recall >= 1.0)) + 1
+    return recall[:stop], precision[:stop]
 
 
 def per_class_average_precision(scores: np.ndarray, targets: np.ndarray, kind: str = "non-interpolated") -> np.ndarray:

@@ -5,6 +5,8 @@ method and its config, backbone spec and weight fingerprint, input resolution, c
 descriptions, context length, decision thresholds, training metrics and the partial-label mask's
 hash. Loading rebuilds the method on the named backbone and refuses a file that does not fit.
 
+Its format and version, and how older versions are read, are in :mod:`promptmlr.migrations`.
+
 A second format, ``text-embeddings``, is a plain ``[C, D]`` classifier (each class's positive prompt
 feature) in ``.safetensors`` or ``.npy``, usable with open_clip or transformers alone:
 ``scores = normalize(clip.encode_image(x)) @ embeddings.T``.
@@ -21,14 +23,12 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from promptmlr import migrations
 from promptmlr.backbones import FrozenCLIP, create_backbone
 from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod, build_method
-from promptmlr.models.factory import recorded_options
 
-FORMAT_NAME = "promptmlr-prompts"
-FORMAT_VERSION = 1
 HEADER_KEY = "promptmlr"
 
 
@@ -40,8 +40,7 @@ def save_prompts(method: MultiLabelMethod, path: str | Path, thresholds: Sequenc
                  metrics: dict | None = None, mask_sha256: str | None = None, extra: dict | None = None) -> Path:
     """Write ``method``'s learned tensors and a header describing them (atomically)."""
     header = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        **migrations.header("prompts"),
         **method.describe(),
         "backbone": method.backbone.describe(),
         "class_names": method.class_names,
@@ -57,7 +56,7 @@ def save_prompts(method: MultiLabelMethod, path: str | Path, thresholds: Sequenc
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a prompts file, checked to be one."""
+    """The JSON header of a prompts file, checked to be one, at the current format version."""
     path = Path(path)
     if not path.is_file():
         raise PromptsFileError(f"prompts file {path} does not exist")
@@ -74,10 +73,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
             raise ValueError("the header is not a mapping")
     except ValueError as error:
         raise PromptsFileError(f"{path}: its promptmlr header is damaged ({one_line(error)})") from None
-    if header.get("format") != FORMAT_NAME or header.get("format_version", 0) > FORMAT_VERSION:
-        raise PromptsFileError(f"{path}: format {header.get('format')} v{header.get('format_version')} is not "
-                               f"readable by this promptmlr (reads {FORMAT_NAME} up to v{FORMAT_VERSION})")
-    return header
+    return migrations.upgrade("prompts", header, path, PromptsFileError)
 
 
 def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
@@ -95,24 +91,25 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
         raise PromptsFileError(_weights_mismatch(path, stored, backbone))
     if class_names is not None and list(class_names) != header["class_names"]:
         raise PromptsFileError(_class_mismatch(path, header["class_names"], list(class_names)))
-    _warn_if_features_changed(path, stored, backbone)
+    _warn_if_pool_resized_otherwise(path, stored, backbone)
     method = build_method(header["method"], backbone, header["class_names"], header.get("descriptions"),
-                          **recorded_options(header["method"], header.get("method_config", {})))
+                          **header.get("method_config", {}))
     with safe_open(str(path), framework="pt") as handle:
         state = {name: handle.get_tensor(name) for name in handle.keys()}
     method.load_state_dict(state, strict=True)
     return method, header
 
 
-def _warn_if_features_changed(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> None:
-    """The same weights can give other features when the way a resolution change is made changed
-    (a ResNet's attention pool off its native size, issue #15): said once, not refused."""
-    then, now = stored.get("attnpool_resize"), backbone.describe().get("attnpool_resize")
+def _warn_if_pool_resized_otherwise(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> None:
+    """Off its native input size, a ResNet's features depend on how its attention pool's position
+    embedding is resized: prompts learned on one resize score a little differently on another.
+    They are loaded, with a warning."""
+    now = backbone.describe().get("attnpool_resize")
+    then = migrations.pool_resize_learned_on(stored, resized_here=now is not None)
     if then != now:
-        warnings.warn(f"{path} was learned on features with the attention pool resized "
-                      f"{then or 'antialiased (before issue #15)'}; this backbone resizes it {now or 'not at all'}, "
-                      f"so its scores can differ a little from the run's: learn the prompts again to match",
-                      stacklevel=3)
+        warnings.warn(f"{path} was learned on features with the attention pool resized {then or 'not at all'}; "
+                      f"this backbone resizes it {now or 'not at all'}, so its scores can differ a little from "
+                      f"the run's: learn the prompts again to match", stacklevel=3)
 
 
 def _weights_mismatch(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> str:
@@ -143,7 +140,8 @@ def export_text_embeddings(method: MultiLabelMethod, path: str | Path) -> Path:
         return atomic_write(path, lambda temp: _save_npy(temp, embeddings.numpy()))
     if path.suffix != ".safetensors":
         raise PromptsFileError(f"text embeddings are written as .safetensors or .npy, not {path.suffix!r}")
-    metadata = {"class_names": json.dumps(method.class_names), "backbone": json.dumps(method.backbone.describe()),
+    metadata = {**{key: str(value) for key, value in migrations.header("text-embeddings").items()},
+                "class_names": json.dumps(method.class_names), "backbone": json.dumps(method.backbone.describe()),
                 "method": method.name}
     return atomic_write(path, lambda temp: save_file({"text_embeddings": embeddings}, str(temp), metadata=metadata))
 

@@ -31,9 +31,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from promptmlr.errors import ConfigError, check_choice, check_number
+from promptmlr.errors import ConfigError
 from promptmlr.metrics import sigmoid
 from promptmlr.models.base import MultiLabelMethod
+from promptmlr.options import check_fields, option
 from promptmlr.scoring import Autocast, FeatureBatch, Gather, collect, method_outputs
 
 THRESHOLD_RULES = ("fixed", "prior", "calibrated")
@@ -44,24 +45,27 @@ MIN_CALIBRATION_SUPPORT = 5  # a calibrated threshold must keep at least this ma
 class RecoveryConfig:
     """The ``train.recovery`` section: when and how unknown labels are recovered (see above)."""
 
-    enabled: bool = False
-    warmup_epochs: int = 2
-    thresholds: str = "fixed"  # fixed | prior | calibrated
-    positive_threshold: float = 0.9
-    negative_threshold: float = 0.05
-    prior_fraction: float = 0.5  # with thresholds=prior: share of the expected positives recovered
-    target_precision: float = 0.95  # with thresholds=calibrated: validation precision each threshold keeps
-    prototype_weight: float = 0.0  # SST cross-image transfer (0 disables)
-    cooccurrence_weight: float = 0.0  # SST intra-image transfer (0 disables)
-    pseudo_weight: float = 0.5  # loss weight of a recovered label (true labels weigh 1)
+    enabled: bool = option(False, "recover pseudo-labels for unknown labels from the model's predictions each epoch")
+    known_only_epochs: int = option(2, "epochs on known labels only before recovered labels join (0 acts as 1)",
+                                    minimum=0)
+    thresholds: str = option("fixed", "how scores become labels: fixed thresholds, per class from the label "
+                                      "prior, or calibrated on the validation split", choices=THRESHOLD_RULES)
+    positive_threshold: float = option(0.9, "with thresholds fixed: score at or above which an unknown label "
+                                            "becomes positive", minimum=0, maximum=1)
+    negative_threshold: float = option(0.05, "with thresholds fixed: score at or below which an unknown label "
+                                             "becomes negative", minimum=0, maximum=1)
+    prior_fraction: float = option(0.5, "with thresholds prior: share of the expected positives (and negatives) "
+                                        "recovered", minimum=0, maximum=1)
+    target_precision: float = option(0.95, "with thresholds calibrated: validation precision each threshold keeps",
+                                     minimum=0, maximum=1)
+    prototype_weight: float = option(0.0, "weight of SST's cross-image evidence (similarity to the class "
+                                          "prototype) in the score; 0: off", minimum=0, maximum=1)
+    cooccurrence_weight: float = option(0.0, "weight of SST's intra-image evidence (label co-occurrence) in "
+                                             "the score; 0: off", minimum=0, maximum=1)
+    pseudo_weight: float = option(0.5, "loss weight of a recovered label (true labels weigh 1)", minimum=0)
 
     def __post_init__(self) -> None:
-        check_choice("recovery.thresholds", self.thresholds, THRESHOLD_RULES)
-        check_number("recovery.warmup_epochs", self.warmup_epochs, minimum=0)
-        for name in ("positive_threshold", "negative_threshold", "prior_fraction", "target_precision",
-                     "prototype_weight", "cooccurrence_weight"):
-            check_number(f"recovery.{name}", getattr(self, name), minimum=0, maximum=1)
-        check_number("recovery.pseudo_weight", self.pseudo_weight, minimum=0)
+        check_fields(self, "recovery.")
 
 
 def check_recovery_weights(config: RecoveryConfig) -> None:

@@ -11,12 +11,16 @@
       predictions_test.npz      the same as arrays: scores (float64 probabilities), logits, labels, classes, images
       summary.md                the closing table
       checkpoint.safetensors    resumable training state (learnable parameters only; data, no code)
+
+``config.yaml``, ``metrics.json``, the prompts files, the checkpoint and ``predictions_test.npz``
+name their format and version (:mod:`promptmlr.migrations`, which reads older versions).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import socket
 import time
@@ -26,7 +30,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import yaml
 
-from promptmlr.errors import UsageError
+from promptmlr import migrations
+from promptmlr.errors import ReportError, UsageError, one_line
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
 from promptmlr.metrics import sigmoid
 
@@ -36,7 +41,6 @@ BEST_PROMPTS = "best.safetensors"
 LAST_PROMPTS = "last.safetensors"
 SUMMARY_FILE = "summary.md"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-LEGACY_CHECKPOINT = "checkpoint.pt"  # the pickle promptmlr wrote before 0.2: recognised, never loaded
 PREDICTIONS_STEM = "predictions_test"  # .csv and .npz
 REPORTED = ("mAP", "mAP_voc2012", "CF1", "OF1", "CF1_top3", "OF1_top3")
 RUNS_ROOT = Path("runs")
@@ -102,8 +106,8 @@ def default_run_dir(dataset: str, method: str, known: float, seed: int) -> Path:
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` already holds (part of) a run: its config or a checkpoint."""
-    return any((run_dir / name).is_file() for name in (CONFIG_FILE, CHECKPOINT_FILE, LEGACY_CHECKPOINT))
+    """Whether ``run_dir`` already holds (part of) a run: its config or a checkpoint (of any format)."""
+    return any((run_dir / name).is_file() for name in (CONFIG_FILE, CHECKPOINT_FILE, migrations.LEGACY_CHECKPOINT))
 
 
 def prompts_path(source: str | Path, which: str = "best") -> Path:
@@ -126,11 +130,26 @@ def prompts_path(source: str | Path, which: str = "best") -> Path:
 
 
 def write_config(run_dir: Path, config: dict) -> Path:
-    return write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+    """``RUN_DIR/config.yaml``: the resolved configuration under its format header (read back with
+    :func:`promptmlr.config.load_run_config`)."""
+    record = {**migrations.header("run-config"), **config}
+    return write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> Path:
-    return write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return write_json_atomic(run_dir / METRICS_FILE, {**migrations.header("metrics"), **metrics})
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """``RUN_DIR/metrics.json`` at the current format version, without its header."""
+    path = run_dir / METRICS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path} is not readable JSON: {one_line(error)}") from None
+    if not isinstance(record, dict):
+        raise ReportError(f"{path} is not a promptmlr run's metrics file (not a mapping)")
+    return migrations.without_header(migrations.upgrade("metrics", record, path, ReportError))
 
 
 def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequence[str], logits: np.ndarray,
@@ -149,8 +168,8 @@ def write_predictions(stem: Path, image_paths: Sequence[Path], class_names: Sequ
 
     def write_npz(temp: Path) -> None:
         with open(temp, "wb") as handle:  # a file object, so numpy does not append '.npz' to the name
-            np.savez_compressed(handle, scores=scores, logits=logits.astype(np.float32),
-                                labels=labels.astype(np.int8),
+            np.savez_compressed(handle, **migrations.header("predictions"), scores=scores,
+                                logits=logits.astype(np.float32), labels=labels.astype(np.int8),
                                 class_names=np.array(class_names), images=np.array([str(p) for p in image_paths]))
 
     atomic_write(stem.with_suffix(".csv"), write_csv)

@@ -1,9 +1,9 @@
 """Typed settings: nested dicts (YAML files, ``--set`` values) applied onto dataclasses.
 
 Every section of a run's configuration, and every method's ``Config``, is a dataclass with
-defaults; :func:`merge` applies a mapping to one, refusing unknown keys and values of the wrong
-type with a message that names the key. YAML is read with YAML 1.2 booleans (see
-:class:`_ConfigLoader`).
+defaults (its fields declared with :func:`promptmlr.options.option`); :func:`merge` applies a
+mapping to one, refusing unknown keys and values of the wrong type with a message that names the
+key. YAML is read with YAML 1.2 booleans (see :class:`_ConfigLoader`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from promptmlr.errors import ConfigError, one_line
+from promptmlr.migrations import new_name
 
 
 def merge(config: Any, values: dict[str, Any], where: str) -> Any:
@@ -30,8 +31,9 @@ def merge(config: Any, values: dict[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(config)}
     unknown = [key for key in values if key not in fields]
     if unknown:
-        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(map(repr, unknown))}; valid keys: {', '.join(fields)}")
+        renamed = [f"{key!r} is now named {new!r}" for key in unknown if (new := new_name(key, fields))]
+        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+                          f"{' (' + '; '.join(renamed) + ')' if renamed else ''}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(type(config))
     changes = {}
     for key, value in values.items():

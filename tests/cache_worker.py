@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from promptmlr.backbones import create_backbone
 from promptmlr.cache import build_or_open_cache
 from promptmlr.data import build_dataset
-from promptmlr.engine import process_group
+from promptmlr.features import process_group
 
 
 def build(data: str, cache_dir: str, group=None) -> None:

@@ -34,8 +34,8 @@ def score_and_recover(data: str, out: str) -> None:
     config = TrainConfig(batch_size=4, eval_batch_size=4, num_workers=0, recovery=recovery,
                          cache=CacheConfig(directory=str(Path(out).parent / "cache")))
     trainer = Trainer(method, Splits(train=train, val=None, test=test), config, Path(out).parent / "run")
-    logits = trainer._score(trainer._loader(test, train=False, description="test"))
-    trainer._recover(trainer._loader(train, train=False, description="train (eval view)"))
+    logits = trainer._score(trainer.features.loader(test, train=False, description="test"))
+    trainer._recover(trainer.features.loader(train, train=False, description="train (eval view)"))
     if trainer.accelerator.is_main_process:
         np.savez(out, logits=logits, pseudo=trainer.pseudo_labels.cpu().numpy())
 

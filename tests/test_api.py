@@ -242,8 +242,8 @@ def test_every_section_checks_its_choices_when_resolved(override, message):
 
 
 def test_a_run_folder_from_before_an_option_existed_resumes_as_it_was_trained(tmp_path):
-    """A dualcoop folder written before the mean token existed holds every option but that one: read
-    back, it must keep the method it trained (no mean token), not take today's default; a folder that
+    """A dualcoop folder whose config lacks the mean_token option (an older folder) was trained without
+    the mean token: read back, it keeps the method it trained, not the current default; a folder that
     has the option keeps its value."""
     import yaml
 

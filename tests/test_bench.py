@@ -1,28 +1,26 @@
 """tools/bench: the accuracy benchmark (runs, results files, resuming) and the speed benchmark
-(micro-benchmarks and a scaled-down recipe), on the tiny backbone and tiny data."""
+(micro-benchmarks, the data pipeline and a scaled-down recipe, timed through the Trainer's phase
+hooks), on the tiny backbone and tiny data."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import write_colour_csv
 from tests.test_report import TINY
 
-BENCH = Path(__file__).resolve().parents[1] / "tools" / "bench"
-
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark module, as ``python -m tools.bench.<name>`` runs it."""
+    return importlib.import_module(f"tools.bench.{name}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,6 +164,34 @@ def test_speed_recipe_scaled_down_splits_the_wall_time(speed, tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="--recipe-images"):  # the full recipe needs trainval and test
         speed.main(["--recipe", "voc2007", "--data-root", str(voc), "--out", str(out)])
+
+
+def test_recipe_clock_fails_loudly_rather_than_drop_a_phase():
+    """The recipe splits the wall time by the Trainer's phase hooks: a phase the clock and the
+    Trainer do not both name, or one a run went through but never reported, is an error, not time
+    quietly counted as 'other'."""
+    recipe = _load("recipe")
+    cpu = torch.device("cpu")
+    with pytest.raises(recipe.PhaseError, match="the Trainer reports no 'data loading'"):
+        recipe.PhaseClock(cpu, phases=(*recipe.PHASES, "data loading"))
+    with pytest.raises(recipe.PhaseError, match="'checkpoint' is neither a row nor part of 'other'"):
+        recipe.PhaseClock(cpu, in_other=())
+    clock = recipe.PhaseClock(cpu)
+    with pytest.raises(recipe.PhaseError, match="'prefetch', which promptmlr.engine.PHASES does not name"):
+        with clock.phase("prefetch"):
+            pass
+    with clock.phase("evaluation"), clock.phase("evaluation prompts"):
+        pass
+    trained = [{"epoch": 1, "train_loss": 0.5}]
+    with pytest.raises(recipe.PhaseError, match="went through 'caching', 'training', 'checkpoint' but the Trainer"):
+        clock.check(recipe.reached_phases(trained))
+    for name in ("caching", "training", "checkpoint"):
+        with clock.phase(name):
+            pass
+    clock.check(recipe.reached_phases(trained))
+    with pytest.raises(recipe.PhaseError, match="went through 'recovery'"):
+        clock.check(recipe.reached_phases([*trained, {"epoch": 2, "train_loss": 0.4, "recovery": {}}]))
+    assert set(clock.seconds) == {"caching", "training", "evaluation", "evaluation prompts", "checkpoint"}
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from promptmlr.data import (
     make_partial_labels,
     register_dataset,
 )
-from promptmlr.data.registry import _REGISTRY
+from promptmlr.data.registry import DATASETS
 
 
 def test_every_issue_dataset_is_registered():
@@ -24,7 +24,7 @@ def test_every_issue_dataset_is_registered():
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     known = "coco2014, csv, custom, jsonl, nuswide, synthetic, vg200, voc2007, yolo"
-    with pytest.raises(DatasetError, match=rf"unknown dataset 'voc2012'; known datasets: {known}"):
+    with pytest.raises(DatasetError, match=rf"unknown dataset 'voc2012'; available: {known}"):
         build_dataset("voc2012", tmp_path, "train")
 
 
@@ -57,7 +57,7 @@ def test_registering_a_dataset_is_one_decorator(tmp_path, make_image):
         with pytest.raises(ValueError, match="already registered"):
             register_dataset("toy-test", splits=("only",))(build_toy)
     finally:
-        del _REGISTRY["toy-test"]
+        DATASETS.unregister("toy-test")
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_verify_passes_dataset_options_and_rejects_foreign_ones(small_voc, capsy
 
 def test_verify_unknown_dataset_and_split_are_one_line_errors(small_voc, capsys):
     assert main(["data", "verify", "--dataset", "voc", "--data-root", str(small_voc)]) == 1
-    assert "known datasets: coco2014" in capsys.readouterr().err
+    assert "available: coco2014" in capsys.readouterr().err
     assert main(["data", "verify", "--dataset", "voc2007", "--data-root", str(small_voc), "--split", "val"]) == 1
     assert "this copy has splits: train" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -21,7 +22,7 @@ from promptmlr.cli import main
 from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
 from promptmlr.data.protocol import load_splits
-from promptmlr.engine import Trainer, TrainingDivergedError
+from promptmlr.engine import PHASES, Trainer, TrainingDivergedError
 from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
 CLASSES = COLOUR_CLASSES
@@ -49,23 +50,24 @@ def _quiet(*_args, **_kwargs) -> None:
 # epoch: both must come back from the checkpoint (their transfer terms start at epoch 2, before the crash)
 @pytest.mark.slow
 @pytest.mark.parametrize("cache, method", [("on", "promptmlr"), ("off", "promptmlr"), ("on", "sst"), ("on", "dsrb")])
-def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, monkeypatch, cache, method):
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, cache, method):
     train = {"cache": {"enabled": cache, "directory": str(tmp_path / "cache")}, "ema_decay": 0.5,
-             "recovery": {"enabled": True, "warmup_epochs": 1}}
-    options = {} if method == "promptmlr" else {"warmup_epochs": 1}
+             "recovery": {"enabled": True, "known_only_epochs": 1}}
+    options = {} if method == "promptmlr" else {"known_only_epochs": 1}
     uninterrupted = run(_config(colour_data, tmp_path, method, options, **train), tmp_path / "full", log=_quiet)
 
-    original = Trainer._train_epoch
+    epochs = []
 
-    def crash_in_third_epoch(self, epoch, *args):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, *args)
+    def crash_in_third_epoch(phase: str):
+        if phase == "training":
+            epochs.append(phase)
+            if len(epochs) == 3:
+                raise KeyboardInterrupt
+        return contextlib.nullcontext()
 
-    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run(_config(colour_data, tmp_path, method, options, **train), tmp_path / "resumed", log=_quiet)
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
+        run(_config(colour_data, tmp_path, method, options, **train), tmp_path / "resumed", log=_quiet,
+            hooks=[crash_in_third_epoch])
     resumed = run(_config(colour_data, tmp_path, method, options, **train), tmp_path / "resumed", resume=True,
                   log=_quiet)
 
@@ -75,6 +77,32 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp
         full, again = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == again.keys()
         assert all(torch.equal(full[key], again[key]) for key in full)
+
+
+@pytest.mark.slow
+def test_hooks_see_every_phase_in_order_and_leave_the_numbers_alone(colour_data, tmp_path):
+    """Each hook's context spans its phase: the caches once, then per epoch training, evaluation
+    (val and test, each encoding the prompts once), recovery (scoring the training set) and the
+    checkpoint; then the final test scores. The numbers are those of a run without hooks."""
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def outline(phase: str):
+        events.append(f"{phase}(")
+        yield
+        events.append(")")
+
+    def config():
+        return _config(colour_data, tmp_path, epochs=2, recovery={"enabled": True, "known_only_epochs": 1})
+
+    hooked = run(config(), tmp_path / "hooked", log=_quiet, hooks=[outline])
+    epoch = ("training()evaluation(evaluation prompts()evaluation prompts())"
+             "recovery(evaluation prompts())checkpoint()")
+    assert "".join(events) == "caching()" + 2 * epoch + "evaluation(evaluation prompts())"
+    assert {event.rstrip("(") for event in events if event != ")"} == set(PHASES)
+    plain = run(config(), tmp_path / "plain", log=_quiet)
+    assert [{key: value for key, value in record.items() if key != "seconds"} for record in hooked.metrics["history"]] \
+        == [{key: value for key, value in record.items() if key != "seconds"} for record in plain.metrics["history"]]
 
 
 @pytest.mark.slow
@@ -140,8 +168,9 @@ def _launch_two(*command: str):
 
 @pytest.mark.slow
 def test_a_run_on_two_processes_shares_the_cache_and_finishes(colour_data, tmp_path):
-    """Each process was once its own one-process run (a bare PartialState on a GPU-less machine),
-    the second refused by the run lock; now they train together and split the encoding."""
+    """Two processes train one run together and split the cache's encoding (rather than each being
+    a one-process run of its own, the second refused by the run lock, as a bare PartialState on a
+    GPU-less machine would make them)."""
     launched = _launch_two("-m", "promptmlr", "tune", "--dataset", "csv", "--data-root", str(colour_data),
                            "--backbone", "openclip:promptmlr-tiny-vit", "--known", "0.5", "--epochs", "1",
                            "--out", str(tmp_path / "run"), "--set", "train.batch_size=8",
@@ -249,7 +278,7 @@ def test_auto_cache_streams_past_its_budget_and_is_off_only_without_the_disk(col
     disk every epoch) and the run says so; `auto` turns it off only when the disk cannot hold it."""
     import dataclasses
 
-    from promptmlr import engine
+    from promptmlr import features
     from promptmlr.backbones import create_backbone
     from promptmlr.models import build_method
 
@@ -265,17 +294,17 @@ def test_auto_cache_streams_past_its_budget_and_is_off_only_without_the_disk(col
         return Trainer(method, splits, dataclasses.replace(config.train, cache=cache), tmp_path / "unused")
 
     capsys.readouterr()
-    assert trainer(held * 1.01).use_cache and "streamed" not in capsys.readouterr().out
-    assert trainer(held * 0.99).use_cache and "exceeds train.cache.budget_gb" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "free_bytes", lambda root: 1000)
-    assert trainer(held * 1.01).use_cache  # built already: it needs no room
+    assert trainer(held * 1.01).features.use_cache and "streamed" not in capsys.readouterr().out
+    assert trainer(held * 0.99).features.use_cache and "exceeds train.cache.budget_gb" in capsys.readouterr().out
+    monkeypatch.setattr(features, "free_bytes", lambda root: 1000)
+    assert trainer(held * 1.01).features.use_cache  # built already: it needs no room
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, cache=dataclasses.replace(
         config.train.cache, directory=str(tmp_path / "elsewhere"))))
-    assert not trainer(held * 1.01).use_cache
+    assert not trainer(held * 1.01).features.use_cache
     out = capsys.readouterr().out
     assert f"{tmp_path / 'elsewhere'} has 0.0 GiB free; features are computed every step" in out
     assert "train.cache.dtype=int8 takes ~0.0 GiB" in out
-    assert trainer(held * 1.01, enabled="on").use_cache  # on: the build itself refuses a full disk, with its fix
+    assert trainer(held * 1.01, enabled="on").features.use_cache  # on: the build refuses a full disk, with its fix
 
 
 @pytest.mark.slow
@@ -393,15 +422,12 @@ def test_atomic_directory_is_whole_or_absent(tmp_path):
     assert atomic_directory(target, half_then_fail) == target  # done already: not rebuilt
 
 
-# [val mAP, test mAP, training loss] per epoch on this exact configuration, as the code before the
-# Python-API refactor (commit 4b86da6) measured them; the refactor reproduced them bit for bit. One
-# change since, on purpose: mAP ranks logits, not float32 probabilities, which rounded DualCoOp's
-# large logits (5 x 20 x cosine margins) to exactly 1.0 and tied them; its training losses are the
-# same, its mAPs were 76.16/72.77 and 75.36/75.63. Any other change that moves these numbers changes
-# what a configuration means and must say so. Issue #12 changed promptmlr's defaults (the CLSL
-# enhancement on, guided by class text at 4x the rate; no global branch; logit scale 5): "promptmlr"
-# keeps the issue-11 configuration and its numbers through explicit options, and "promptmlr-defaults"
-# pins today's defaults as first measured.
+# [val mAP, test mAP, training loss] per epoch on this exact configuration. A change that moves these
+# numbers changes what a configuration means and must say so. mAP ranks logits, not float32
+# probabilities, which would round DualCoOp's large logits (5 x 20 x cosine margins) to exactly 1.0 and
+# tie them. "promptmlr" pins the configuration without the CLSL enhancement (global branch on, logit
+# scale 20) through explicit options; "promptmlr-defaults" pins the defaults (the enhancement on,
+# guided by class text at 4x the rate; no global branch; logit scale 5).
 PINNED_OPTIONS = {"promptmlr": {"enhance": False, "global_weight": 1.0, "logit_scale": 20.0}}
 PINNED_HISTORY = {
     "promptmlr-defaults": [[98.33333333333334, 97.26231452475798, 0.3039370566606522],

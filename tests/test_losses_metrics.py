@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
+from sklearn.metrics import precision_recall_curve as sklearn_precision_recall_curve
 
 from promptmlr.errors import ConfigError
-from promptmlr.losses import LossConfig, asymmetric_loss, build_loss, naive_bce, partial_bce, two_way_to_margin
+from promptmlr.losses import LossConfig, asymmetric_loss, build_loss, naive_bce, partial_bce
 from promptmlr.metrics import (
     average_precision,
     evaluate,
     mean_average_precision,
     per_class_average_precision,
+    precision_recall_curve,
     threshold_metrics,
 )
 from promptmlr.recovery import RecoveryConfig, calibrated_thresholds, cooccurrence_evidence, recover_labels
@@ -45,14 +47,15 @@ def test_asl_clip_zeroes_easy_negatives():
 
 def test_dualcoop_softmax_form_equals_the_margin_sigmoid_form():
     """DualCoOp's ASL on softmax([s-, s+]) is the sigmoid form on s+ - s-."""
-    scores = torch.randn(4, 2, 5)
+    scores = torch.randn(4, 2, 5)  # (negative, positive) scores
+    margin = scores[:, 1] - scores[:, 0]
     targets = torch.randint(-1, 2, (4, 5)).float()
     probabilities = torch.softmax(scores, dim=1)[:, 1]
-    torch.testing.assert_close(torch.sigmoid(two_way_to_margin(scores)), probabilities)
+    torch.testing.assert_close(torch.sigmoid(margin), probabilities)
     # gamma 0, clip 0 ASL is BCE over known entries: compare with the softmax probabilities directly
     known = targets != 0
     bce = -torch.where(targets > 0, probabilities.log(), (1 - probabilities).log())[known].mean()
-    margin_loss = asymmetric_loss(two_way_to_margin(scores), targets, gamma_neg=0, gamma_pos=0, clip=0)
+    margin_loss = asymmetric_loss(margin, targets, gamma_neg=0, gamma_pos=0, clip=0)
     torch.testing.assert_close(margin_loss, bce)
 
 
@@ -120,6 +123,37 @@ def test_voc2012_ap_is_the_area_under_the_precision_envelope():
     ap = average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), kind="voc2012")
     assert ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True])) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_precision_recall_curve_integrates_to_ap_and_skips_unknown_labels():
+    rng = np.random.default_rng(3)
+    scores = rng.random(40)
+    targets = rng.choice([1, -1, 0], size=40)
+    recall, precision = precision_recall_curve(scores, targets)
+    known = targets != 0
+    expected = average_precision(scores[known], targets[known] == 1)
+    assert np.sum(np.diff(np.r_[0.0, recall]) * precision) == pytest.approx(expected)
+    assert recall[-1] == 1.0 and np.all(np.diff(recall) >= 0)
+    moved = scores.copy()
+    moved[~known] = rng.random((~known).sum())  # scores of unknown entries do not matter
+    np.testing.assert_array_equal(precision_recall_curve(moved, targets)[1], precision)
+    assert precision_recall_curve(scores, np.where(targets == 1, 0, targets))[0].size == 0  # no positive
+
+
+def test_precision_recall_curve_matches_scikit_learn_with_ties():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        scores = np.round(rng.random(60), 1)  # ten distinct values: many ties
+        targets = rng.choice([1, -1], size=60)
+        targets[0] = 1
+        recall, precision = precision_recall_curve(scores, targets)
+        expected_precision, expected_recall, _ = sklearn_precision_recall_curve(targets == 1, scores)
+        # scikit-learn lists the lowest threshold first and closes with a (recall 0, precision 1) point;
+        # ours ends at the first threshold that reaches full recall
+        expected_recall, expected_precision = expected_recall[:-1][::-1], expected_precision[:-1][::-1]
+        stop = int(np.argmax(expected_recall >= 1.0)) + 1
+        np.testing.assert_allclose(recall, expected_recall[:stop])
+        np.testing.assert_allclose(precision, expected_precision[:stop])
 
 
 def test_threshold_and_top_k_metrics_against_scikit_learn():

@@ -158,12 +158,12 @@ def backbone():
 
 
 BLENDING_PROMPTMLR = {"instance_blend": True, "prototype_blend": True, "contrastive_weight": 0.05,
-                      "blend_warmup_epochs": 1}
+                      "known_only_epochs": 1}
 
 
 @pytest.mark.parametrize("name, options, late_terms", [
-    ("sst", {"warmup_epochs": 1}, {"intra", "inter"}),
-    ("dsrb", {"warmup_epochs": 1}, {"instance_blend", "prototype_blend"}),
+    ("sst", {"known_only_epochs": 1}, {"intra", "inter"}),
+    ("dsrb", {"known_only_epochs": 1}, {"instance_blend", "prototype_blend"}),
     ("promptmlr", BLENDING_PROMPTMLR, {"instance_blend", "prototype_blend"})])
 def test_transfer_terms_join_after_the_warm_up(backbone, name, options, late_terms):
     method = build_method(name, backbone, CLASSES, **options).train()

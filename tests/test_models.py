@@ -287,8 +287,8 @@ def test_promptmlr_enhancement_has_its_own_attention_scale_defaulting_to_the_hea
 
 
 def test_a_file_written_before_an_option_existed_loads_as_it_was_trained(tmp_path, vit):
-    """A promptmlr file from before the enhancement existed has no 'enhance' in its header; it was
-    trained without one, whatever today's default says."""
+    """A promptmlr file whose header lacks the 'enhance' option (an older file) was trained without
+    the enhancement: it loads that way, whatever the current default says."""
     import json
 
     from safetensors import safe_open
@@ -302,6 +302,7 @@ def test_a_file_written_before_an_option_existed_loads_as_it_was_trained(tmp_pat
         header = json.loads(handle.metadata()[HEADER_KEY])
     header["method_config"] = {key: value for key, value in header["method_config"].items()
                                if not key.startswith("enhance")}
+    header["format_version"] = 1  # as such a file was written
     save_file(load_file(path), str(path), metadata={HEADER_KEY: json.dumps(header)})
     loaded, _ = load_prompts(path)
     assert loaded.enhancement is None
@@ -313,7 +314,7 @@ def test_a_file_written_before_an_option_existed_loads_as_it_was_trained(tmp_pat
 def test_region_methods_keep_the_mean_token_as_the_anchors_location_0(name):
     """On a ResNet the softmax runs over the mean token and the grid (DualCoOp's code): the logits are
     the region aggregation over both; heatmaps keep the grid's own weights."""
-    from promptmlr.models.coop import region_aggregation
+    from promptmlr.models.dualcoop import region_aggregation
 
     rn = create_backbone("openclip:promptmlr-tiny-rn")
     features, _ = _separable_batch(rn)
@@ -345,6 +346,7 @@ def test_a_dualcoop_file_from_before_the_mean_token_loads_without_it(tmp_path):
     with safe_open(str(path), framework="pt") as handle:
         header = json.loads(handle.metadata()[HEADER_KEY])
     del header["method_config"]["mean_token"]
+    header["format_version"] = 1  # as such a file was written
     save_file(load_file(path), str(path), metadata={HEADER_KEY: json.dumps(header)})
     loaded, _ = load_prompts(path)
     assert loaded.mean_token_offset is None and loaded.config.mean_token is False
@@ -363,8 +365,10 @@ def test_a_resnet_file_learned_on_the_earlier_pool_resize_warns_when_loaded(tmp_
     with safe_open(str(path), framework="pt") as handle:
         header = json.loads(handle.metadata()[HEADER_KEY])
     assert header["backbone"].pop("attnpool_resize") == "bicubic"
+    header["format_version"] = 1  # as such a file was written
     save_file(load_file(path), str(path), metadata={HEADER_KEY: json.dumps(header)})
-    with pytest.warns(UserWarning, match="antialiased .*learn the prompts again"):
+    with pytest.warns(UserWarning, match="resized bicubic-antialiased; this backbone resizes it bicubic.*learn the "
+                                         "prompts again"):
         load_prompts(path, backbone=rn)
     assert create_backbone("openclip:promptmlr-tiny-rn").describe().get("attnpool_resize") is None
 

@@ -288,7 +288,7 @@ def test_a_huge_jpeg_is_decoded_at_reduced_size_and_said_once(tmp_path, capsys):
     assert small.size == again.size == (1200, 1200)  # 1/8 scale: still at least twice the 224 px asked
     ordinary = tmp_path / "ordinary.jpg"
     Image.new("RGB", (640, 480), (200, 20, 20)).save(ordinary)
-    assert load_image(ordinary, draft_size=224).size == (640, 480)  # under 4x: decoded exactly as before
+    assert load_image(ordinary, draft_size=224).size == (640, 480)  # under 4x: decoded in full
     assert capsys.readouterr().err.count("decoding large JPEGs at reduced size") == 1
     assert load_image(tmp_path / "huge.jpg").size == (9600, 9600)  # no size asked for: decoded in full
 

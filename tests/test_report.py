@@ -1,5 +1,5 @@
 """promptmlr report: plots and report.md from real (tiny) runs, aggregation on hand-made records,
-precision-recall curves against the AP definition, and clear errors for incomplete run folders."""
+methods in registry order, and clear errors for incomplete run folders."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from promptmlr.api import run
 from promptmlr.cli import main
 from promptmlr.config import resolve_config
-from promptmlr.metrics import average_precision, per_class_average_precision
+from promptmlr.metrics import per_class_average_precision
 from promptmlr.report import (
     ReportError,
     RunRecord,
@@ -22,7 +22,7 @@ from promptmlr.report import (
     aggregate_table,
     known_table,
     load_run,
-    precision_recall_curve,
+    method_order,
     write_report,
 )
 from tests.conftest import COLOUR_CLASSES, write_colour_csv
@@ -48,7 +48,7 @@ def two_runs(tmp_path_factory) -> list[Path]:
             "model": {"backbone": TINY, "method": "promptmlr"},
             "train": {"epochs": 1, "batch_size": 8, "num_workers": 0, "lr": 0.01, "seed": seed,
                       "cache": {"directory": str(base / "cache")},
-                      "recovery": {"enabled": True, "warmup_epochs": 1}}}])
+                      "recovery": {"enabled": True, "known_only_epochs": 1}}}])
         runs.append(run(config, base / f"run-seed{seed}", log=lambda *_: None).run_dir)
     return runs
 
@@ -135,19 +135,24 @@ def test_groups_differing_in_dataset_are_kept_apart_and_labelled():
     assert "| linear · coco2014 | 60.00 |" in table and "| linear · voc2007 | 80.00 |" in table
 
 
-def test_precision_recall_curve_integrates_to_ap_and_skips_unknown_labels():
-    rng = np.random.default_rng(3)
-    scores = rng.random(40)
-    targets = rng.choice([1, -1, 0], size=40)
-    recall, precision = precision_recall_curve(scores, targets)
-    known = targets != 0
-    expected = average_precision(scores[known], targets[known] == 1)
-    assert np.sum(np.diff(np.r_[0.0, recall]) * precision) == pytest.approx(expected)
-    assert recall[-1] == 1.0 and np.all(np.diff(recall) >= 0)
-    moved = scores.copy()
-    moved[~known] = rng.random((~known).sum())  # scores of unknown entries do not matter
-    np.testing.assert_array_equal(precision_recall_curve(moved, targets)[1], precision)
-    assert precision_recall_curve(scores, np.where(targets == 1, 0, targets))[0].size == 0  # no positive
+def test_a_plugin_method_sorts_after_the_builtins_in_registry_order():
+    from promptmlr.models import METHODS, register_method
+    from promptmlr.models.linear import LinearProbe
+
+    records = [{"dataset": "d", "backbone": "b", "method": name, "known": 0.5, "seed": 0, "test_mAP": 50.0}
+               for name in ("zz-unregistered", "aaa-plugin", "promptmlr", "linear", "zeroshot")]
+
+    @register_method
+    class Plugin(LinearProbe):
+        name = "aaa-plugin"
+
+    try:
+        assert method_order().index("aaa-plugin") > method_order().index("promptmlr")
+        assert [g.method for g in aggregate(records, ("test_mAP",))] == [
+            "zeroshot", "linear", "promptmlr", "aaa-plugin", "zz-unregistered"]
+    finally:
+        METHODS.unregister("aaa-plugin")
+    assert "aaa-plugin" not in method_order()
 
 
 @pytest.mark.slow

@@ -1,10 +1,10 @@
 """Pretrain the sandbox CLIP contrastively on the synthetic world, and ship it.
 
-The sandbox backbone is an open_clip CLIP (``promptmlr-sandbox-rn``, issue #11: a scaled-down
-ModifiedResNet image tower with CLIP's attention pool, as RN50/RN101; or the older
-``promptmlr-sandbox-vit``, issue #6; both with a text transformer and the standard CLIP BPE
-tokenizer) trained from scratch on (scene, caption) pairs from :mod:`promptmlr.data.synthetic`, so
-that prompt tuning has a frozen, pretrained encoder to work with offline. Three modes:
+The sandbox backbone is an open_clip CLIP (``promptmlr-sandbox-rn``, the default: a scaled-down
+ModifiedResNet image tower with CLIP's attention pool, as RN50/RN101; or ``promptmlr-sandbox-vit``,
+a small ViT; both with a text transformer and the standard CLIP BPE tokenizer) trained from scratch
+on (scene, caption) pairs from :mod:`promptmlr.data.world`, so that prompt tuning has a frozen,
+pretrained encoder to work with offline. Three modes:
 
 train (default)
     Render a pool of scenes once (``--pool-size``, in ``--workers`` processes, cached to
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
 from promptmlr.checkpoint import load_checkpoint, save_checkpoint
-from promptmlr.data.synthetic import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
+from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
 from promptmlr.files import atomic_write, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,7 +356,7 @@ def finalize(args) -> None:
     standardized = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,),
                                    standardize=True)
     results["zeroshot_map_standardized"] = round(mean_ap(standardized, labels), 2)
-    small_world = SyntheticWorld(0, 64)  # the fixed set tests/test_synthetic.py asserts on
+    small_world = SyntheticWorld(0, 64)  # the fixed set tests/test_world.py asserts on
     small = [small_world.scene(TEST_INDEX_OFFSET + i) for i in range(256)]
     small_labels = np.stack([small_world.labels(s) for s in small])
     small_scores = zeroshot_scores(backbone, [small_world.render(s) for s in small], SYNTHETIC_CLASS_NAMES,
@@ -398,7 +398,7 @@ def finalize(args) -> None:
         "weights": {"file": target.name, "dtype": "float16", "bytes": target.stat().st_size},
         "pretraining": {
             "command": state.get("command"),
-            "data": {"generator": "promptmlr.data.synthetic.SyntheticWorld", "seed": train_args["data_seed"],
+            "data": {"generator": "promptmlr.data.world.SyntheticWorld", "seed": train_args["data_seed"],
                      "pool_size": train_args["pool_size"], "image_size": train_args["image_size"],
                      "max_objects": train_args["max_objects"],
                      "augmentation": "left-right flip with the caption written for the flipped scene"},

@@ -1,7 +1,12 @@
 """Frozen CLIP image and text encoders from open_clip or transformers, behind one interface."""
 
 from promptmlr.backbones.base import BackboneLoadError, FrozenCLIP, ImageFeatures
-from promptmlr.backbones.factory import create_backbone, list_backbones, register_backbone_alias
+from promptmlr.backbones.factory import (
+    create_backbone,
+    list_backbones,
+    register_backbone_alias,
+    register_backbone_source,
+)
 from promptmlr.backbones.preprocess import PreprocessConfig, build_transform
 
 __all__ = [
@@ -13,4 +18,5 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "register_backbone_alias",
+    "register_backbone_source",
 ]

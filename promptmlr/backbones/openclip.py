@@ -175,15 +175,15 @@ class OpenCLIPBackbone(FrozenCLIP):
 
     @property
     def _pool_resized(self) -> bool:
-        """A ResNet whose attention pool was resized for another input size: its features follow the
-        resize, which changed in issue #15 (antialiased before, plain bicubic since)."""
+        """A ResNet whose attention pool was resized for another input size: its features depend on
+        how the position embedding was resized (:data:`POOL_RESIZE`), so the cache key records it."""
         visual = self.model.visual
         return isinstance(visual, ModifiedResNet) and self.image_size != self._native_size
 
     def feature_identity(self) -> dict:
         identity = super().feature_identity()
         if isinstance(self.model.visual, ModifiedResNet):
-            identity["memory_format"] = "channels_last"  # since issue #15: features equal to float rounding only
+            identity["memory_format"] = "channels_last"  # features equal to another layout's to float rounding only
         if self._pool_resized:
             identity["attnpool_resize"] = POOL_RESIZE
         return identity

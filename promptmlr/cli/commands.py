@@ -1,5 +1,6 @@
 """Handlers of the top-level commands (``tune``, ``eval``, ``predict``, ``export``, ``zeroshot``,
-``report``): parsed arguments in, one call of the Python API (:mod:`promptmlr.api`), results printed."""
+``report``, ``config``): parsed arguments in, one call of the Python API (:mod:`promptmlr.api`),
+results printed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 
 from promptmlr import api
 from promptmlr.cli.arguments import dataset_options
+from promptmlr.options import as_text
+
+CELL_WIDTH = 26  # the widest value, default or allowed column; a longer cell pushes the rest of its row on
 
 
 def tune_command(args: argparse.Namespace) -> int:
@@ -66,3 +70,36 @@ def report_command(args: argparse.Namespace) -> int:
     result = write_report(args.run_dirs, args.out, pr_classes=classes)
     print(f"\n{known_table(result.groups)}\n\n{len(result.files)} files written; the report: {result.markdown}")
     return 0
+
+
+def config_command(args: argparse.Namespace) -> int:
+    if args.list:
+        registered = api.list_registered()
+        if args.json:
+            print(json.dumps(registered, indent=2))
+            return 0
+        sources = ", ".join(registered["backbone_sources"].values())
+        print("\n".join([f"methods:   {', '.join(registered['methods'])}",
+                         *_listing("datasets:  ", registered["datasets"]),
+                         *_listing("backbones: ", registered["backbones"]),
+                         f"           or a spec: {sources}"]))
+        return 0
+    rows = api.describe_config(args.method, args.dataset, config=args.config, overrides=args.set or None)
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2, default=str))
+        return 0
+    table = [("KEY", "VALUE", "DEFAULT", "ALLOWED", "HELP")]
+    table += [(row.key, as_text(row.value), as_text(row.default), row.allowed, row.help) for row in rows]
+    widths = [max(len(line[0]) for line in table)] + [
+        max(len(line[column]) for line in table if len(line[column]) <= CELL_WIDTH) for column in (1, 2, 3)]
+    for line in table:
+        cells = "".join(f"{cell:<{width}}  " for cell, width in zip(line, widths))
+        print(f"{cells}{line[4]}".rstrip())
+    return 0
+
+
+def _listing(title: str, entries: dict[str, str]) -> list[str]:
+    """``title`` then one ``name  description`` line per entry, aligned under it."""
+    width = max(map(len, entries), default=0)
+    return [f"{title if i == 0 else ' ' * len(title)}{name:<{width}}  {text}".rstrip()
+            for i, (name, text) in enumerate(entries.items())]

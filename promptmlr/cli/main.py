@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "run folder with the config, metrics, learned prompts and predictions.")
     add_dataset_arguments(tune, required=False)
     tune.add_argument("--known", type=float, help="proportion of training labels kept, in (0, 1] (default 1)")
-    tune.add_argument("--method", help="zeroshot, linear, dualcoop, positivecoop, sst, dsrb, clsl, sarl or "
-                                       "promptmlr (default)")
+    tune.add_argument("--method", help="a registered method (default promptmlr; promptmlr config --list shows "
+                                       "them all)")
     tune.add_argument("--backbone", metavar="SPEC", help="e.g. sandbox, openclip:RN101:openai, hf:DIR")
     tune.add_argument("--image-size", type=int, metavar="PX", help="input resolution (default: the backbone's)")
     tune.add_argument("--descriptions", metavar="FILE", help="class descriptions (YAML or 'class: a; b' text); "
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--report-to", metavar="TRACKER", help="log each epoch to tensorboard, wandb or mlflow "
                                                               "(comma-separated; default none)")
     tune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                      help="override any config value, e.g. --set train.lr=0.01 (repeatable)")
+                      help="override any config value, e.g. --set train.lr=0.01 (repeatable; promptmlr config "
+                           "lists every key)")
     tune.set_defaults(handler=_lazy("tune_command"))
 
     evaluate = commands.add_parser("eval", help="evaluate a run or a prompts file on a dataset split")
@@ -92,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="classes to draw PR curves for (default: all up to 20 classes, else the 6 best "
                              "and the 6 worst by AP)")
     report.set_defaults(handler=_lazy("report_command"))
+
+    config = commands.add_parser("config", help="show every config key: value, default, allowed values, help",
+                                 description="Print the configuration tune would run with (the defaults, the "
+                                             "dataset's shipped config, the method's recipes, --config, --set): "
+                                             "each key's value, its default, what it accepts and one line of help.")
+    config.add_argument("method", nargs="?", metavar="METHOD", help="the method whose options to show (default: "
+                                                                     "the config's, promptmlr)")
+    config.add_argument("--dataset", metavar="NAME", help="resolve with this dataset's shipped config and recipes "
+                                                          "(default synthetic)")
+    config.add_argument("--config", type=Path, metavar="FILE", help="a YAML config merged as tune merges it")
+    config.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an override, as tune takes it (repeatable)")
+    config.add_argument("--list", action="store_true", help="list the registered methods, datasets and backbones")
+    config.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    config.set_defaults(handler=_lazy("config_command"))
 
     add_data_commands(commands.add_parser("data", help="prepare, mask and verify datasets"))
     return parser

@@ -28,6 +28,7 @@ _EXPORTS = {
     "write_label_matrix": "labels",
     "build_dataset": "registry",
     "get_dataset_spec": "registry",
+    "DATASETS": "registry",
     "list_datasets": "registry",
     "register_dataset": "registry",
     "split_validation": "split",

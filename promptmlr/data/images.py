@@ -82,7 +82,7 @@ def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "
     ``draft_size``: the side the caller resizes to. A JPEG whose short side is at least 4 times that
     is decoded at a reduced scale (libjpeg's DCT scaling, 1/2 to 1/8) that keeps at least twice
     ``draft_size``, so that random crops down to a quarter of the area are never upsampled and
-    ordinary photos (COCO's 640 x 480 at 224 px) decode exactly as before; a 12000 x 12000 photo
+    ordinary photos (COCO's 640 x 480 at 224 px) decode in full; a 12000 x 12000 photo
     costs megabytes instead of 430 MB. Pillow's DecompressionBombWarning for
     large images is replaced by one line per process; its error for absurd sizes still applies.
     ``damaged``: what a JPEG with damaged scan data does: ``skip`` the check, ``warn`` (once per file)

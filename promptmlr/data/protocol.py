@@ -8,7 +8,7 @@ next to every result) -> validation split carved from the masked training data -
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +17,39 @@ import numpy as np
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import MASK_SCHEMES, check_known, make_partial_labels, mask_sha256
 from promptmlr.data.registry import build_dataset
-from promptmlr.data.sandbox import default_synthetic_root
 from promptmlr.data.split import split_validation
+from promptmlr.data.synthetic import default_synthetic_root
 from promptmlr.data.textfiles import DatasetError
-from promptmlr.errors import ConfigError, check_choice, check_number
+from promptmlr.errors import ConfigError
+from promptmlr.options import check_fields, option
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"
-    root: str | None = None
-    train_split: str = "train"
-    test_split: str | None = "test"  # None: no test split
-    options: dict[str, Any] = field(default_factory=dict)  # loader options, e.g. {difficult: ignore}
-    known: float = 1.0  # proportion of training labels kept (the rest set to unknown)
-    mask_seed: int = 0
-    mask_scheme: str = "hcp"  # hcp (SST/SARB/HCP-MLR-PL files) or dualcoop (torch.rand)
-    val_fraction: float = 0.1  # carved from the training split for model selection
-    val_seed: int = 0
+    dataset: str = option("synthetic", "registered dataset name (promptmlr config --list shows them all)")
+    root: str | None = option(None, "folder holding the dataset's files (--data-root); null: the synthetic "
+                                    "world's own folder")
+    train_split: str = option("train", "split to train on (the validation split is carved from it)")
+    test_split: str | None = option("test", "split to test on; null: no test split")
+    options: dict[str, Any] = option(help="the dataset loader's options, e.g. {difficult: ignore} (see "
+                                          "promptmlr tune --help, dataset options)", factory=dict)
+    known: float = option(1.0, "proportion of training labels kept; the rest are set to unknown",
+                          allowed="(0, 1]")
+    mask_seed: int = option(0, "seed of the partial-label mask (which labels stay known)",
+                            minimum=0, maximum=2**32 - 1)
+    mask_scheme: str = option("hcp", "how the mask is drawn: hcp (the SST/SARB/HCP-MLR-PL files) or dualcoop "
+                                     "(torch.rand)", choices=MASK_SCHEMES)
+    val_fraction: float = option(0.1, "share of the training split held out for model selection; 0: no "
+                                      "validation split", minimum=0, below=1,
+                                 refusal="val_fraction must be in [0, 1) (0: no validation split), got {value}")
+    val_seed: int = option(0, "seed of the validation split's draw", minimum=0, maximum=2**32 - 1)
 
     def __post_init__(self) -> None:
         try:
             check_known(self.known)
         except DatasetError as error:
             raise ConfigError(f"known: {error}") from None
-        check_choice("mask_scheme", self.mask_scheme, MASK_SCHEMES)
-        check_number("mask_seed", self.mask_seed, minimum=0, maximum=2**32 - 1)
-        check_number("val_seed", self.val_seed, minimum=0, maximum=2**32 - 1)
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1) (0: no validation split), got {self.val_fraction}")
+        check_fields(self)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Dataset names -> loaders: ``build_dataset("voc2007", root, "trainval")`` is the single entry point.
 
-As in timm's model registry, each loader registers itself with a decorator in its own module, so
-adding a dataset is adding one file (and naming its module in :data:`BUILTIN_MODULES`)::
+Each loader registers itself in :data:`DATASETS` (a :class:`~promptmlr.registry.Registry`, as methods
+and backbones) with a decorator in its own module, so adding a dataset is adding one file (and,
+for a built-in, naming its module in :data:`BUILTIN_DATASET_MODULES`)::
 
     @register_dataset("voc2007", splits=("train", "val", "trainval", "test"))
     def build_voc2007(root: Path, split: str, difficult: str = "negative") -> MultiLabelDataset: ...
@@ -14,7 +15,6 @@ JSONL, CSV), a function of the root that lists the splits present.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,10 @@ from typing import Any, Callable, Union
 
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.textfiles import DatasetError
+from promptmlr.registry import Registry
 
 Builder = Callable[..., MultiLabelDataset]
-Splits = Union[tuple[str, ...], Callable[[Path], tuple[str, ...]]]
+SplitNames = Union[tuple[str, ...], Callable[[Path], tuple[str, ...]]]  # fixed, or listed from the root
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class DatasetSpec:
 
     name: str
     builder: Builder
-    splits: Splits
+    splits: SplitNames
     description: str
 
     def options(self) -> dict[str, Any]:
@@ -55,24 +56,19 @@ class DatasetSpec:
         return self.splits(root) if callable(self.splits) else self.splits
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
 # modules of promptmlr.data whose import registers datasets; imported when the registry is first asked
-BUILTIN_MODULES = ("voc", "coco", "nuswide", "vg", "yolo", "custom", "sandbox")
+BUILTIN_DATASET_MODULES = ("voc", "coco", "nuswide", "vg", "yolo", "custom", "synthetic")
+DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset", tuple(f"promptmlr.data.{module}" for module in BUILTIN_DATASET_MODULES), error=DatasetError)
 
 
-def _import_builtin_loaders() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"promptmlr.data.{module}")
-
-
-def register_dataset(name: str, splits: Splits, description: str = "") -> Callable[[Builder], Builder]:
-    """Decorator: make ``build_dataset(name, ...)`` call the decorated loader."""
+def register_dataset(name: str, splits: SplitNames, description: str = "") -> Callable[[Builder], Builder]:
+    """Decorator: make ``build_dataset(name, ...)`` call the decorated loader; a name already taken
+    is refused."""
 
     def register(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered by {_REGISTRY[name].builder.__module__}")
         summary = description or (inspect.getdoc(builder) or "").split("\n", 1)[0]
-        _REGISTRY[name] = DatasetSpec(name, builder, splits, summary)
+        DATASETS.register(name, DatasetSpec(name, builder, splits, summary), owner=builder.__module__)
         return builder
 
     return register
@@ -80,16 +76,12 @@ def register_dataset(name: str, splits: Splits, description: str = "") -> Callab
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`build_dataset`, sorted."""
-    _import_builtin_loaders()
-    return sorted(_REGISTRY)
+    return DATASETS.names(sort=True)
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
     """The registered spec for ``name``; an unknown name lists the known ones."""
-    _import_builtin_loaders()
-    if name not in _REGISTRY:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
-    return _REGISTRY[name]
+    return DATASETS.get(name)
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,

@@ -51,9 +51,10 @@ class MethodOutput:
 
 
 class MultiLabelMethod(nn.Module):
-    """Base class: subclasses set ``name`` and ``Config`` (a dataclass whose ``__post_init__`` checks its
-    values, so that config resolution refuses a bad option before any data or weights are touched)
-    and implement ``forward``."""
+    """Base class: subclasses set ``name`` and ``Config`` (a dataclass whose fields are declared with
+    :func:`promptmlr.options.option`, their help and allowed values, and whose ``__post_init__`` checks
+    them, so that config resolution refuses a bad option before any data or weights are touched) and
+    implement ``forward``."""
 
     name: ClassVar[str]
     Config: ClassVar[type]

@@ -16,13 +16,15 @@ to train them with: 1 on blended entries, 0 (unknown, ignored by the partial-lab
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import MISSING
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.models.base import LossFn, MethodOutput
+from promptmlr.options import option
 
 
 def instance_blend(category: torch.Tensor, targets: torch.Tensor, alpha: float
@@ -95,6 +97,26 @@ def prototype_blend(category: torch.Tensor, region: torch.Tensor, targets: torch
     blended[images, classes] = F.normalize(beta * category[images, classes] + (1 - beta) * prototype, dim=-1)
     labels[images, classes] = 1.0
     return blended, labels
+
+
+# the blending settings of every method that blends (DSRB, promptmlr): name -> (default, help, bounds)
+BLEND_SETTINGS: dict[str, tuple[Any, str, dict[str, float]]] = {
+    "instance_blend": (True, "DSRB's instance-level blending: an unknown class's feature blended with a known "
+                             "positive's from another image", {}),
+    "prototype_blend": (True, "DSRB's location-aware prototype blending: an unknown class's feature blended "
+                              "with the class's prototype for its region", {}),
+    "instance_alpha": (0.5, "weight of the recipient's own feature in an instance blend", {"minimum": 0, "below": 1}),
+    "prototype_beta": (0.5, "weight of the recipient's own feature in a prototype blend", {"minimum": 0, "below": 1}),
+    "regions": (2, "prototypes per class: regions x regions cells of the grid", {"minimum": 1}),
+    "prototype_momentum": (0.9, "momentum of the prototypes' moving average", {"minimum": 0, "below": 1}),
+}
+
+
+def blend_option(name: str, default: Any = MISSING) -> Any:
+    """The ``Config`` field of blending setting ``name`` (:data:`BLEND_SETTINGS`): its help and range,
+    with a method's own ``default`` where given."""
+    shared, help_text, bounds = BLEND_SETTINGS[name]
+    return option(shared if default is MISSING else default, help_text, **bounds)
 
 
 class Blender(nn.Module):

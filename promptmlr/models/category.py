@@ -22,24 +22,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import check_number
 from promptmlr.models.base import LossFn, MethodOutput, MultiLabelMethod
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.text import class_text_features
+from promptmlr.options import check_fields, option
 
 
 @dataclass
 class CategoryConfig:
-    attention_temperature: float = 10.0  # initial tau of the decoupling head's spatial softmax (learned)
-    init_scale: float = 10.0  # each class's classifier starts as this times its text feature
-    contrastive_weight: float = 0.05  # HCP-MLR-PL's weight of the category contrastive loss
-    warmup_epochs: int = 2  # epochs on known labels only before transfer terms join (SST: 5 of 20)
+    attention_temperature: float = option(10.0, "initial temperature of the decoupling head's spatial softmax "
+                                                "(learned)", above=0)
+    init_scale: float = option(10.0, "each class's classifier starts as this times its text feature", above=0)
+    contrastive_weight: float = option(0.05, "weight of HCP-MLR-PL's category contrastive loss; 0: off", minimum=0)
+    known_only_epochs: int = option(2, "epochs on known labels only before the terms that fill unknown labels join",
+                                    minimum=0)
 
     def __post_init__(self) -> None:
-        check_number("attention_temperature", self.attention_temperature, above=0)
-        check_number("init_scale", self.init_scale, above=0)
-        check_number("contrastive_weight", self.contrastive_weight, minimum=0)
-        check_number("warmup_epochs", self.warmup_epochs, minimum=0)
+        check_fields(self)
 
 
 class CategoryClassifier(nn.Module):
@@ -88,7 +87,7 @@ class CategoryMethod(MultiLabelMethod):
 
     @property
     def warmed_up(self) -> bool:
-        return self.epoch >= self.config.warmup_epochs
+        return self.epoch >= self.config.known_only_epochs
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         category, attention = self.head(features.dense_features)

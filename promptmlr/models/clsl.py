@@ -15,7 +15,7 @@ Three parts in one loop, after the authors' code (``models/sarlp.py``):
 What differs: CLIP's dense map is frozen, so the shared, trainable part is the projection ``V``
 (:meth:`~promptmlr.models.enhancement.SemanticEnhancement.locations`) instead of the backbone; the
 text features are fixed hand-written prompts (or the class descriptions) rather than learned ones;
-recovery starts after ``warmup_epochs``.
+recovery starts after ``known_only_epochs``.
 """
 
 from __future__ import annotations
@@ -27,25 +27,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import ConfigError, check_number
+from promptmlr.errors import ConfigError
 from promptmlr.models.base import BYTES_PER_FLOAT, LossFn, MethodOutput, MultiLabelMethod
 from promptmlr.models.enhancement import SemanticEnhancement
 from promptmlr.models.factory import register_method
 from promptmlr.models.text import class_text_features
+from promptmlr.options import check_fields, option
 
 
 @dataclass
 class CLSLConfig:
-    hidden: int = 256  # width of both MLPs
-    attention_scale: float = 10.0  # s: sharpness of each location's attention over classes
-    recovery_weight: float = 0.8  # CLSL's weight of the recovery head's loss
-    warmup_epochs: int = 1  # epochs on known labels only before recovered labels fill the unknown ones
+    hidden: int = option(256, "width of both MLPs", minimum=1)
+    attention_scale: float = option(10.0, "s: sharpness of each location's attention over classes", above=0)
+    recovery_weight: float = option(0.8, "weight of CLSL's recovery-head loss", minimum=0)
+    known_only_epochs: int = option(1, "epochs on known labels only before recovered labels fill the unknown ones",
+                                    minimum=0)
 
     def __post_init__(self) -> None:
-        check_number("hidden", self.hidden, minimum=1)
-        check_number("attention_scale", self.attention_scale, above=0)
-        check_number("recovery_weight", self.recovery_weight, minimum=0)
-        check_number("warmup_epochs", self.warmup_epochs, minimum=0)
+        check_fields(self)
 
 
 def recovered_targets(targets: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ class CLSL(MultiLabelMethod):
     def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor, loss_fn: LossFn
                          ) -> dict[str, torch.Tensor]:
         recovery_logits = output.extras["recovery_logits"]
-        if self.epoch < self.config.warmup_epochs:
+        if self.epoch < self.config.known_only_epochs:
             loss = loss_fn(recovery_logits, targets)
         else:
             soft = recovered_targets(targets, torch.sigmoid(output.logits.detach().float()))

@@ -21,29 +21,22 @@ from dataclasses import dataclass
 
 import torch
 
-from promptmlr.errors import check_number
 from promptmlr.models.base import LossFn, MethodOutput
-from promptmlr.models.blending import Blender
+from promptmlr.models.blending import Blender, blend_option
 from promptmlr.models.category import CategoryConfig, CategoryMethod
 from promptmlr.models.factory import register_method
+from promptmlr.options import option
 
 
 @dataclass
 class DSRBConfig(CategoryConfig):
-    instance_blend: bool = True
-    prototype_blend: bool = True
-    instance_alpha: float = 0.5  # weight of the recipient's own feature in an instance blend
-    prototype_beta: float = 0.5  # weight of the recipient's own feature in a prototype blend
-    regions: int = 2  # prototypes per class: regions x regions cells of the grid
-    prototype_momentum: float = 0.9
-    blend_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("instance_alpha", "prototype_beta", "prototype_momentum"):
-            check_number(name, getattr(self, name), minimum=0, below=1)
-        check_number("regions", self.regions, minimum=1)
-        check_number("blend_weight", self.blend_weight, minimum=0)
+    instance_blend: bool = blend_option("instance_blend")
+    prototype_blend: bool = blend_option("prototype_blend")
+    instance_alpha: float = blend_option("instance_alpha")
+    prototype_beta: float = blend_option("prototype_beta")
+    regions: int = blend_option("regions")
+    prototype_momentum: float = blend_option("prototype_momentum")
+    blend_weight: float = option(1.0, "weight of both blending terms", minimum=0)
 
 
 @register_method

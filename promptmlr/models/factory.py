@@ -9,47 +9,56 @@ every field filled in, so ``config.yaml`` records the method's whole configurati
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
+from promptmlr.backbones.base import DENSE_MODES
 from promptmlr.descriptions import Descriptions, check_classes, load_descriptions, shipped_descriptions_path
-from promptmlr.errors import ConfigError, check_number
+from promptmlr.errors import ConfigError
 from promptmlr.models.base import MultiLabelMethod
+from promptmlr.options import check_fields, option
+from promptmlr.registry import Registry
 from promptmlr.settings import merge
 
-_METHODS: dict[str, type[MultiLabelMethod]] = {}
+# one module per method; this order is the order of every results table (baselines first)
+BUILTIN_METHODS = ("zeroshot", "linear", "dualcoop", "positivecoop", "sst", "dsrb", "clsl", "sarl", "promptmlr")
+METHODS: Registry[type[MultiLabelMethod]] = Registry(
+    "method", tuple(f"promptmlr.models.{name}" for name in BUILTIN_METHODS))
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "sandbox"
-    image_size: int | None = None  # None: the backbone's own resolution
-    dense_mode: str = "value"
-    method: str = "promptmlr"
-    options: dict[str, Any] = field(default_factory=dict)  # the method's Config fields (all, once resolved)
-    descriptions: str | None = "auto"  # auto: prompts/<dataset>.yaml if shipped; none; or a file
+    backbone: str = option("sandbox", "frozen CLIP: a registered name, openclip:<arch>[:<tag-or-file>] or "
+                                      "hf:<hub-id-or-dir> (promptmlr config --list)")
+    image_size: int | None = option(None, "input resolution in pixels; null: the backbone's own", minimum=16,
+                                    flag="--image-size")
+    dense_mode: str = option("value", "a ViT's dense features: its last block's value path, or its output "
+                                      "tokens (ResNets always take the value path)", choices=DENSE_MODES)
+    method: str = option("promptmlr", "registered method name (promptmlr config --list shows them all)")
+    options: dict[str, Any] = option(help="the method's own options (model.options.*: every field of its "
+                                          "Config once resolved)", factory=dict)
+    descriptions: str | None = option("auto", "class descriptions: auto (prompts/<dataset>.yaml if shipped), "
+                                              "none, or a file")
 
     def __post_init__(self) -> None:
-        if self.image_size is not None:
-            check_number("model.image_size (--image-size)", self.image_size, minimum=16)
+        check_fields(self, "model.")
 
 
 def register_method(cls: type[MultiLabelMethod]) -> type[MultiLabelMethod]:
-    """Class decorator: make a method available to ``build_method`` and ``--method`` by its name."""
-    _METHODS[cls.name] = cls
-    return cls
+    """Class decorator: make a method available to ``build_method`` and ``--method`` by its
+    ``name``; a name already taken is refused."""
+    return METHODS.register(cls.name, cls)
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    """Every method's name, alphabetically (:data:`METHODS` ``.names()`` gives the table order)."""
+    return METHODS.names(sort=True)
 
 
 def method_class(name: str) -> type[MultiLabelMethod]:
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def method_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,21 +70,6 @@ def method_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """
     config_class = method_class(name).Config
     return dataclasses.asdict(merge(config_class(), dict(options), f"model.options (method {name})"))
-
-
-def recorded_options(name: str, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The options a method ran with, read from a record that holds every option it had then (a
-    prompts file's header, a run folder's ``config.yaml``). An option the record lacks did not exist
-    when it was written, and its default may have changed since (promptmlr's enhancement came on in
-    issue #12, DualCoOp's mean token in #15): it takes the value the method had before it
-    (``Config.PREDATING``), not today's default. An empty record, or one for a method not
-    registered (refused later, with the usual message), is returned as it is."""
-    stored = dict(stored)
-    try:
-        predating = getattr(method_class(name).Config, "PREDATING", {}) if stored else {}
-    except ConfigError:
-        predating = {}
-    return {**{key: value for key, value in predating.items() if key not in stored}, **stored}
 
 
 def build_method(name: str, backbone: FrozenCLIP, class_names: Sequence[str],

@@ -9,21 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import check_choice
 from promptmlr.models.base import MethodOutput, MultiLabelMethod
 from promptmlr.models.factory import register_method
 from promptmlr.models.text import class_text_features
+from promptmlr.options import check_fields, option
 
 POOLINGS = ("global", "dense")
 
 
 @dataclass
 class LinearConfig:
-    features: str = "global"  # CLIP's global embedding, or the mean of the dense features
-    init_scale: float = 10.0  # weights start as this times the zero-shot class features
+    features: str = option("global", "what is probed: CLIP's global embedding, or the mean of the dense features",
+                           choices=POOLINGS)
+    init_scale: float = option(10.0, "the weights start as this times the zero-shot class features", above=0)
 
     def __post_init__(self) -> None:
-        check_choice("features", self.features, POOLINGS)
+        check_fields(self)
 
 
 @register_method

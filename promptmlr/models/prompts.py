@@ -19,6 +19,7 @@ from torch import nn
 from promptmlr.backbones.base import FrozenCLIP
 from promptmlr.errors import ConfigError, check_choice
 from promptmlr.models.text import class_text_features
+from promptmlr.options import check_fields, option
 
 CONTEXT_INIT_STD = 0.02  # CoOp's random context initialisation
 PLACEHOLDER = "X"
@@ -36,15 +37,15 @@ class PromptConfig:
     prompt feature equal the class's description-ensemble feature).
     """
 
-    n_ctx: int = 16
-    class_specific: bool = True
-    init: str = "phrase"
-    init_phrase: str = "a photo of a"
+    n_ctx: int = option(16, "learnable context tokens in front of each class name", minimum=1,
+                        refusal="n_ctx must be at least 1, got {value}")
+    class_specific: bool = option(True, "one context per class (CoOp's CSC, DualCoOp's) rather than one shared")
+    init: str = option("phrase", "how the context starts: init_phrase, random, a class's first description's "
+                                 "tokens, or phrase plus its description features", choices=PROMPT_INITS)
+    init_phrase: str = option("a photo of a", "the words the context starts as (init phrase or descriptions-features)")
 
     def __post_init__(self) -> None:
-        check_choice("init", self.init, PROMPT_INITS)
-        if self.n_ctx < 1:
-            raise ConfigError(f"n_ctx must be at least 1, got {self.n_ctx}")
+        check_fields(self)
 
 
 class PromptLearner(nn.Module):

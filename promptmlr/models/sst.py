@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import check_number
 from promptmlr.models.base import BYTES_PER_FLOAT, LossFn, MethodOutput
 from promptmlr.models.category import CategoryConfig, CategoryMethod
 from promptmlr.models.factory import register_method
@@ -34,27 +33,20 @@ from promptmlr.models.transfer import (
     intra_image_pseudo_labels,
     transfer_threshold,
 )
+from promptmlr.options import option
 
 
 @dataclass
 class SSTConfig(CategoryConfig):
-    cooccurrence_hidden: int = 128  # width of the pair MLP
-    cooccurrence_weight: float = 10.0  # SST's weight of the co-occurrence loss
-    intra_weight: float = 1.0  # loss weight of intra-image pseudo-labels (0 disables)
-    inter_weight: float = 1.0  # loss weight of cross-image pseudo-labels (0 disables)
-    memory_size: int = 100  # positives kept per class for the cross-image module
-    threshold_start: float = 0.95
-    threshold_step: float = 0.025
-    threshold_floor: float = 0.75
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("cooccurrence_hidden", self.cooccurrence_hidden, minimum=1)
-        check_number("memory_size", self.memory_size, minimum=1)
-        for name in ("cooccurrence_weight", "intra_weight", "inter_weight", "threshold_step"):
-            check_number(name, getattr(self, name), minimum=0)
-        for name in ("threshold_start", "threshold_floor"):
-            check_number(name, getattr(self, name), minimum=-1, maximum=1)
+    cooccurrence_hidden: int = option(128, "width of the co-occurrence pair MLP", minimum=1)
+    cooccurrence_weight: float = option(10.0, "weight of SST's co-occurrence loss", minimum=0)
+    intra_weight: float = option(1.0, "loss weight of intra-image pseudo-labels; 0: off", minimum=0)
+    inter_weight: float = option(1.0, "loss weight of cross-image pseudo-labels; 0: off", minimum=0)
+    memory_size: int = option(100, "known positives kept per class for the cross-image module", minimum=1)
+    threshold_start: float = option(0.95, "threshold of both pseudo-labels (co-occurrence probability, cross-image "
+                                          "similarity) when the known-only epochs end", minimum=-1, maximum=1)
+    threshold_step: float = option(0.025, "how much the threshold falls each epoch after that", minimum=0)
+    threshold_floor: float = option(0.75, "the threshold never falls below this", minimum=-1, maximum=1)
 
 
 @register_method
@@ -75,7 +67,7 @@ class SST(CategoryMethod):
 
     def threshold(self) -> float:
         config = self.config
-        return transfer_threshold(self.epoch, config.warmup_epochs, config.threshold_start,
+        return transfer_threshold(self.epoch, config.known_only_epochs, config.threshold_start,
                                   config.threshold_step, config.threshold_floor)
 
     def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor, loss_fn: LossFn

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def transfer_threshold(epoch: int, warmup_epochs: int, start: float, step: float, floor: float) -> float:
+def transfer_threshold(epoch: int, known_only_epochs: int, start: float, step: float, floor: float) -> float:
     """``start`` at the end of the warm-up, ``step`` lower each epoch after it, never below ``floor``."""
-    return max(floor, start - step * max(0, epoch - warmup_epochs))
+    return max(floor, start - step * max(0, epoch - known_only_epochs))
 
 
 class CooccurrenceHead(nn.Module):

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
+from promptmlr.errors import ConfigError
 from promptmlr.models.base import MethodOutput, MultiLabelMethod
 from promptmlr.models.factory import register_method
 from promptmlr.models.text import DEFAULT_TEMPLATES, class_text_features, standardize_scores
+from promptmlr.options import option
 
 
 @dataclass
 class ZeroShotConfig:
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    use_descriptions: bool = True  # a description ensemble when descriptions are given
-    standardize: bool = False  # per-image z-scores across classes (SPARC, 2025)
+    templates: list[str] = option(help="prompt templates averaged per class, {} standing for the class name",
+                                  factory=lambda: list(DEFAULT_TEMPLATES), allowed="one or more, each with {}")
+    use_descriptions: bool = option(True, "score with the class descriptions' ensemble when there are descriptions")
+    standardize: bool = option(False, "per-image z-scores of the scores across classes (SPARC, 2025)")
+
+    def __post_init__(self) -> None:
+        if not self.templates:
+            raise ConfigError("templates must hold at least one template, e.g. 'a photo of a {}.'")
+        for template in self.templates:
+            try:
+                names_the_class = template.format("\0") != template.format("\1")
+            except (AttributeError, IndexError, KeyError, ValueError):  # not a string; {name}; {1}; '{'
+                names_the_class = False
+            if not names_the_class:
+                raise ConfigError(f"templates: {template!r} must hold {{}} where the class name goes, "
+                                  f"e.g. 'a photo of a {{}}.'")
 
 
 @register_method

@@ -1,11 +1,10 @@
-#!/usr/bin/env python3
 """The promptmlr ablation of docs/ablation.md: each component on and off, chosen on validation.
 
-    python tools/bench/ablation.py --out bench/ablation
+    python -m tools.bench.ablation --out bench/ablation
 
 One promptmlr run per row at 10 % known, seed 0, on the synthetic world and the sandbox CLIP (run
 folders ``<out>/runs/<row>/``, read back when finished, as the accuracy benchmark does). Step 1
-starts from the issue-11 defaults (lr 0.005, logit scale 20, global branch on, no enhancement) and
+starts from a base without the enhancement (lr 0.005, logit scale 20, global branch on) and
 changes one thing per row; step 2 combines what helped with one learning rate for every part;
 step 3 gives the prompts and the enhancement each its own rate (today's defaults) and varies the
 rest once more. Two CLSL rows put promptmlr's best beside that method's. Writes
@@ -25,14 +24,12 @@ from typing import Sequence
 from promptmlr.config import parse_assignment, resolve_config
 from promptmlr.errors import PromptMLRError
 from promptmlr.files import write_json_atomic, write_text_atomic
+from tools.bench.accuracy import BenchError, run_benchmark  # the same run folders, read back or resumed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import BenchError, run_benchmark  # noqa: E402  (the sibling benchmark: same run folders, resume)
-
-# the issue-11 promptmlr: what step 1 varies one component of
-# (its enhancement rows guided by the prompts, the only guidance then)
+# the base promptmlr that step 1 varies one component of: no enhancement, global branch on, logit
+# scale 20, one learning rate (its enhancement rows guided by the prompts)
 PROMPT_GUIDED = ("model.options.enhance_text=prompts",)
-ISSUE11 = ("model.options.enhance=false", "model.options.global_weight=1", "model.options.logit_scale=20",
+BASE = ("model.options.enhance=false", "model.options.global_weight=1", "model.options.logit_scale=20",
            "train.lr=0.005", "model.options.enhance_lr_scale=1", *PROMPT_GUIDED)
 # step 2's choice: enhancement on, global branch off, logit scale 5, one rate (0.02) for every part
 ONE_RATE = ("train.lr=0.02", "model.options.enhance_lr_scale=1", *PROMPT_GUIDED)
@@ -40,20 +37,20 @@ RECOVERY = ("train.recovery.enabled=true", "train.recovery.thresholds=calibrated
 
 # (row name, step, method, what it changes, --set assignments on top of the method's recipe)
 ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
-    ("base", 1, "promptmlr", "the issue-11 defaults", ISSUE11),
-    ("align-off", 1, "promptmlr", "prompt alignment off", (*ISSUE11, "model.options.align_weight=0")),
-    ("global-off", 1, "promptmlr", "global branch off", (*ISSUE11, "model.options.global_weight=0")),
+    ("base", 1, "promptmlr", "the issue-11 defaults", BASE),
+    ("align-off", 1, "promptmlr", "prompt alignment off", (*BASE, "model.options.align_weight=0")),
+    ("global-off", 1, "promptmlr", "global branch off", (*BASE, "model.options.global_weight=0")),
     ("contrastive", 1, "promptmlr", "HCP category contrastive 0.05",
-     (*ISSUE11, "model.options.contrastive_weight=0.05")),
-    ("instance-blend", 1, "promptmlr", "DSRB instance blending", (*ISSUE11, "model.options.instance_blend=true")),
+     (*BASE, "model.options.contrastive_weight=0.05")),
+    ("instance-blend", 1, "promptmlr", "DSRB instance blending", (*BASE, "model.options.instance_blend=true")),
     ("prototype-blend", 1, "promptmlr", "DSRB prototype blending",
-     (*ISSUE11, "model.options.prototype_blend=true")),
+     (*BASE, "model.options.prototype_blend=true")),
     ("descriptions", 1, "promptmlr", "prompts initialised from prompts/synthetic.yaml",
-     (*ISSUE11, "model.descriptions=auto", "model.options.init=descriptions-features")),
-    ("recovery", 1, "promptmlr", "label recovery, thresholds calibrated on val", (*ISSUE11, *RECOVERY)),
-    ("enhance", 1, "promptmlr", "CLSL enhancement", (*ISSUE11, "model.options.enhance=true")),
+     (*BASE, "model.descriptions=auto", "model.options.init=descriptions-features")),
+    ("recovery", 1, "promptmlr", "label recovery, thresholds calibrated on val", (*BASE, *RECOVERY)),
+    ("enhance", 1, "promptmlr", "CLSL enhancement", (*BASE, "model.options.enhance=true")),
     ("enhance-lr0.02", 1, "promptmlr", "CLSL enhancement, lr 0.02",
-     (*ISSUE11, "model.options.enhance=true", "train.lr=0.02")),
+     (*BASE, "model.options.enhance=true", "train.lr=0.02")),
     ("enhance-noglobal", 2, "promptmlr", "enhancement, global off (scale 20, lr 0.005)",
      ("model.options.logit_scale=20", "train.lr=0.005", "model.options.enhance_lr_scale=1", *PROMPT_GUIDED)),
     ("enhance-noglobal-lr0.02", 2, "promptmlr", "the same, lr 0.02", ("model.options.logit_scale=20", *ONE_RATE)),

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Accuracy benchmark: every method at every known proportion and seed, on one dataset and backbone.
 
-    python tools/bench/accuracy.py --dataset synthetic --out bench/accuracy-synthetic
-    python tools/bench/accuracy.py --dataset voc2007 --data-root /data/voc --backbone openclip:RN101:openai \\
+    python -m tools.bench.accuracy --dataset synthetic --out bench/accuracy-synthetic
+    python -m tools.bench.accuracy --dataset voc2007 --data-root /data/voc --backbone openclip:RN101:openai \\
         --methods zeroshot dualcoop promptmlr --known 0.1 0.5 0.9 --seeds 0 1 2 --out bench/voc
 
 Each (method, known, seed) is one ``promptmlr.api.run`` run in
@@ -36,7 +35,7 @@ from promptmlr.config import RunConfig, load_run_config, parse_assignment, resol
 from promptmlr.engine import TrainingDivergedError
 from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
-from promptmlr.models.factory import method_class
+from promptmlr.models.factory import METHODS, method_class
 from promptmlr.report import (
     AGGREGATED_METRICS,
     MAP_VS_KNOWN_FILE,
@@ -49,7 +48,6 @@ from promptmlr.report import (
 )
 from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
 
-METHODS = ("zeroshot", "linear", "dualcoop", "positivecoop", "sst", "dsrb", "clsl", "sarl", "promptmlr")
 KNOWN = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SEEDS = (0, 1, 2)
 # set by the benchmark's own loop: --set may not change them
@@ -234,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, metavar="DIR",
                         help="where the dataset's files are (the synthetic world has a default)")
     parser.add_argument("--backbone", metavar="SPEC", help="default: the dataset config's (sandbox for synthetic)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="NAME",
-                        help=f"default: {' '.join(METHODS)}")
+    methods = METHODS.names()  # every registered method, in the order of the results tables
+    parser.add_argument("--methods", nargs="+", default=methods, metavar="NAME",
+                        help=f"default: {' '.join(methods)}")
     parser.add_argument("--known", nargs="+", type=float, default=list(KNOWN), metavar="P",
                         help="known label proportions (default 0.1 ... 0.9)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), metavar="S",
@@ -261,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     first = runs[0][1]
     settings = {
-        "command": " ".join(["python tools/bench/accuracy.py", *argv]),
+        "command": " ".join(["python -m tools.bench.accuracy", *argv]),
         "dataset": first.data.dataset, "data_root": first.data.root, "backbone": first.model.backbone,
         "methods": args.methods, "known": args.known, "seeds": args.seeds, "epochs": first.train.epochs,
         "config": str(args.config) if args.config else None, "overrides": args.set,

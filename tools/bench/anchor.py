@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
 """DualCoOp's own training step beside promptmlr's ``dualcoop``: same weights, same input, one process.
 
 The speed claim (README, Speed) is a ratio against the anchor's code, so the anchor's code runs
 here, from a checkout the user points at; nothing of it is copied into this repository::
 
     git clone https://github.com/sunxm2357/DualCoOp ../DualCoOp
-    python tools/bench/anchor.py --anchor-dir ../DualCoOp --out bench/anchor            # 448 px, batch 32
-    python tools/bench/anchor.py --anchor-dir ../DualCoOp --out bench/anchor-224 --image-size 224
+    python -m tools.bench.anchor --anchor-dir ../DualCoOp --out bench/anchor            # 448 px, batch 32
+    python -m tools.bench.anchor --anchor-dir ../DualCoOp --out bench/anchor-224 --image-size 224
 
 What it does:
 
@@ -47,17 +46,25 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import MethodSteps, autocast, class_names, device_info, interleaved_seconds, pick_device  # noqa: E402
-
-from promptmlr.backbones import ImageFeatures  # noqa: E402
-from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model  # noqa: E402
-from promptmlr.cache import CacheConfig  # noqa: E402
-from promptmlr.engine import TrainConfig  # noqa: E402
-from promptmlr.files import write_json_atomic, write_text_atomic  # noqa: E402
+from promptmlr.backbones import ImageFeatures
+from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model
+from promptmlr.cache import CacheConfig
+from promptmlr.engine import TrainConfig
+from promptmlr.files import write_json_atomic, write_text_atomic
+from tools.bench.common import (
+    RECIPE_BATCH,
+    RECIPE_EPOCHS,
+    VOC_TEST_IMAGES,
+    VOC_TRAIN_IMAGES,
+    MethodSteps,
+    autocast,
+    class_names,
+    device_info,
+    interleaved_seconds,
+    pick_device,
+)
 
 ARCH = "RN101-quickgelu"
-VOC_TRAIN_IMAGES, VOC_TEST_IMAGES, RECIPE_EPOCHS, RECIPE_BATCH = 5011, 4952, 50, 32
 TARGET_SPEEDUP = 50
 ANCHOR_FILES = ("clip/model.py", "models/dualcoop.py", "utils/asymmetric_loss.py")
 ANCHOR_EVAL_BATCH = 100  # DualCoOp's DATALOADER.TEST.BATCH_SIZE
@@ -315,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "parity": parity, "seconds": seconds, "seconds_per_step": per_step,
               "images_per_second": {name: args.batch_size / value for name, value in per_step.items()},
               "recipe_seconds": recipe_seconds(per_step, args.batch_size),
-              "command": "python tools/bench/anchor.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": "python -m tools.bench.anchor " + " ".join(sys.argv[1:] if argv is None else argv)}
     report["settings"]["class_specific"] = report["settings"].pop("csc")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "anchor.json", report)

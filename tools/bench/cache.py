@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
-"""What the feature cache costs on disk and how fast it is written and read, per stored dtype (issue #15).
+"""What the feature cache costs on disk and how fast it is written and read, per stored dtype.
 
-    python tools/bench/cache.py --out bench/cache                 # RN101 at 448 px: 196 locations x 512
-    python tools/bench/cache.py --out bench/cache --images 5000   # a larger sample
+    python -m tools.bench.cache --out bench/cache                 # RN101 at 448 px: 196 locations x 512
+    python -m tools.bench.cache --out bench/cache --images 5000   # a larger sample
 
 For ``float16`` and ``int8`` (dense values as int8 with per-image, per-channel float16 scales):
 
@@ -32,10 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import device_info  # noqa: E402
-
-from promptmlr.cache import (  # noqa: E402
+from promptmlr.cache import (
     SCALE_FILE,
     CacheConfig,
     CachedFeatureDataset,
@@ -43,7 +39,8 @@ from promptmlr.cache import (  # noqa: E402
     bytes_per_row,
     quantize,
 )
-from promptmlr.files import write_json_atomic, write_text_atomic  # noqa: E402
+from promptmlr.files import write_json_atomic, write_text_atomic
+from tools.bench.common import device_info
 
 DTYPES = ("float16", "int8")
 DATASETS = {"MS-COCO 2014 (train + val)": 82_783 + 40_504, "OpenImages V6 (train)": 9_011_219}
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"device": device_info(torch.device("cpu")),
               "settings": {"images": args.images, "grid": list(args.grid), "dims": args.dims, "batch": args.batch},
               "rows": rows,
-              "command": "python tools/bench/cache.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": "python -m tools.bench.cache " + " ".join(sys.argv[1:] if argv is None else argv)}
     write_json_atomic(args.out / "cache.json", report)
     text = markdown(report)
     write_text_atomic(args.out / "cache.md", text)

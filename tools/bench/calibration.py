@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Calibration of the sandbox against real CLIP RN101: the anchors' published ordering, pass or fail.
 
-    python tools/bench/calibration.py --out bench/calibration
-    python tools/bench/calibration.py --out bench/calibration --known 0.1 0.9 --seeds 0   # a quick look
+    python -m tools.bench.calibration --out bench/calibration
+    python -m tools.bench.calibration --out bench/calibration --known 0.1 0.9 --seeds 0   # a quick look
 
 A proxy is worth what it reproduces of the real thing. The anchors (DualCoOp, Sun et al. 2022;
 PositiveCoOp, Rawlekar et al. 2024) report, for CLIP RN101 on COCO and VOC, an ordering that no
@@ -15,7 +14,7 @@ c. linear on the mean of the dense features >= 0.9 x linear on the global featur
 d. abs(dualcoop - linear) <= 2 mAP at 10 % and at 90 % known;
 e. positivecoop >= dualcoop at 10 % known.
 
-Each row is one :mod:`accuracy` benchmark in ``<out>/<row>/`` (so an interrupted calibration
+Each row is one :mod:`tools.bench.accuracy` benchmark in ``<out>/<row>/`` (so an interrupted calibration
 continues where it stopped); every method runs its own recipe (``configs/methods/<dataset>/``), is
 selected on the validation split, and is scored on the test split. ``promptmlr`` is measured and
 shown, but no property involves it. Writes ``<out>/calibration.md`` and ``calibration.json``.
@@ -31,13 +30,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import accuracy  # noqa: E402  (the sibling benchmark script)
-
-from promptmlr.config import resolve_config  # noqa: E402
-from promptmlr.data.protocol import load_split  # noqa: E402
-from promptmlr.files import write_json_atomic, write_text_atomic  # noqa: E402
-from promptmlr.report import aggregate  # noqa: E402
+from promptmlr.config import resolve_config
+from promptmlr.data.protocol import load_split
+from promptmlr.files import write_json_atomic, write_text_atomic
+from promptmlr.report import aggregate
+from tools.bench import accuracy
 
 # row name -> (methods, --set overrides): one accuracy benchmark each
 ROWS: dict[str, tuple[list[str], list[str]]] = {
@@ -149,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     means = measure(args)
     chance = chance_map(args.dataset)
     verdicts = properties(means, chance)
-    text = render(means, verdicts, chance, " ".join(["python tools/bench/calibration.py", *argv]))
+    text = render(means, verdicts, chance, " ".join(["python -m tools.bench.calibration", *argv]))
     write_json_atomic(args.out / "calibration.json", {"means": {row: {str(k): v for k, v in values.items()}
                                                                 for row, values in means.items()},
                                                       "chance_map": chance, "properties": verdicts})

@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
-"""What a cached training step costs: the prompts' pass through the frozen text encoder (issue #15).
+"""What a cached training step costs: the prompts' pass through the frozen text encoder.
 
 With the feature cache, a step of a prompt method is one forward and backward of its prompt set
 (C sequences; DualCoOp has two sets) through the frozen text encoder, whatever the batch. This
 profiles that pass, forward and backward to the contexts, for C = 20, 80 and 200 (VOC, COCO,
 VG-200) on RN101's text tower (random weights), in the ways the code has computed it::
 
-    python tools/bench/text_encoder.py --out bench/text-encoder
-    python tools/bench/text_encoder.py --out bench/text-encoder-gpu --device cuda --precisions fp32 bf16 fp16
+    python -m tools.bench.text_encoder --out bench/text-encoder
+    python -m tools.bench.text_encoder --out bench/text-encoder-gpu --device cuda --precisions fp32 bf16 fp16
 
 ``77 positions``   every prompt padded to CLIP's full context (before the padding was trimmed)
 ``trimmed``        padded only to the longest prompt (``FrozenCLIP.text_length``)
@@ -30,13 +29,11 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import autocast, class_names, device_info, interleaved_seconds, pick_device  # noqa: E402
-
-from promptmlr.backbones import create_backbone  # noqa: E402
-from promptmlr.backbones.base import FrozenCLIP  # noqa: E402
-from promptmlr.files import write_json_atomic, write_text_atomic  # noqa: E402
-from promptmlr.models.prompts import PromptLearner  # noqa: E402
+from promptmlr.backbones import create_backbone
+from promptmlr.backbones.base import FrozenCLIP
+from promptmlr.files import write_json_atomic, write_text_atomic
+from promptmlr.models.prompts import PromptLearner
+from tools.bench.common import autocast, class_names, device_info, interleaved_seconds, pick_device
 
 CLASS_COUNTS = (20, 80, 200)
 VARIANTS = ("77 positions", "trimmed", "shared prefix")
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     backbone = create_backbone(args.backbone).to(device)
     rows = profile(backbone, args.classes, args.n_ctx, args.precisions, device, args.warmup, args.rounds)
     report = {"device": device_info(device), "settings": {**vars(args), "out": str(args.out)}, "rows": rows,
-              "command": "python tools/bench/text_encoder.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": "python -m tools.bench.text_encoder " + " ".join(sys.argv[1:] if argv is None else argv)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "text_encoder.json", report)
     text = markdown(report)

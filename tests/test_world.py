@@ -1,4 +1,4 @@
-"""The synthetic world and the sandbox CLIP pretrained on it (issue #6): determinism, labels that
+"""The synthetic world and the sandbox CLIP pretrained on it: determinism, labels that
 agree with pixels and captions, the written dataset layout, the shipped checkpoint's zero-shot mAP,
 and a pretraining loop that lowers the loss."""
 
@@ -13,18 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from promptmlr.data.synthetic import (
+from promptmlr.data.synthetic import write_synthetic_dataset
+from promptmlr.data.world import (
+    COLOUR_WORDS,
     COLOURS,
     MIN_VISIBLE,
     NUM_CLASSES,
+    SHAPE_WORDS,
     SHAPES,
     SYNTHETIC_CLASS_NAMES,
     TEST_INDEX_OFFSET,
     THEMES,
     SyntheticWorld,
-    caption_class_names,
     visible_fractions,
-    write_synthetic_dataset,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +86,15 @@ def test_themes_make_classes_co_occur():
     expected = np.outer(labels.sum(0), labels.sum(0)) / len(labels)
     theme = [SYNTHETIC_CLASS_NAMES.index(name) for name in THEMES[0].classes[:2]]
     assert together[theme[0], theme[1]] > 2 * expected[theme[0], theme[1]]
+
+
+def caption_class_names(caption: str) -> set[str]:
+    """The classes a caption names (the caption vocabulary read backwards)."""
+    words = caption.lower().replace(",", " ").replace(".", " ").replace(":", " ").split()
+    text = " " + " ".join(words) + " "
+    return {f"{colour} {shape}" for colour in COLOURS for shape in SHAPES for colour_word in COLOUR_WORDS[colour]
+            for singular, plural in SHAPE_WORDS[shape] for noun in (singular, plural)
+            if f" {colour_word} {noun} " in text}
 
 
 def test_captions_name_exactly_the_labelled_classes():

@@ -1,4 +1,4 @@
-"""DualCoOp (Sun et al., NeurIPS 2022) and PositiveCoOp (Rawlekar et al., 2024).
+"""DualCoOp (Sun et al., NeurIPS 2022), and the region aggregation PositiveCoOp shares with it.
 
 Both compare every location's dense feature with each class's positive and negative feature and
 aggregate with DualCoOp's class-specific region aggregation: a spatial softmax of the positive
@@ -17,29 +17,23 @@ is built on DualCoOp's code and keeps the token too. Heatmaps show the grid's we
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import check_number
 from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod
 from promptmlr.models.factory import register_method
 from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
+from promptmlr.options import option
 
 
 @dataclass
 class CoOpConfig(PromptConfig):
-    map_scale: float = 20.0  # similarity maps are map_scale * cosine (DualCoOp)
-    output_scale: float = 5.0  # logits are output_scale * aggregated map scores (DualCoOp)
-    mean_token: bool = True  # the attention pool's mean token as location 0, as DualCoOp's code (ResNets)
-    PREDATING: ClassVar[dict] = {"mean_token": False}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("map_scale", self.map_scale, above=0)
-        check_number("output_scale", self.output_scale, above=0)
+    map_scale: float = option(20.0, "similarity maps are map_scale times the cosine (DualCoOp's 20)", above=0)
+    output_scale: float = option(5.0, "logits are output_scale times the aggregated region scores (DualCoOp's 5)",
+                                 above=0)
+    mean_token: bool = option(True, "a ResNet's attention-pool mean token as dense location 0, as DualCoOp's code")
 
 
 def region_aggregation(dense: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, map_scale: float
@@ -56,7 +50,9 @@ def region_aggregation(dense: torch.Tensor, positive: torch.Tensor, negative: to
     return (weights * positive_map).sum(-1), (weights * negative_map).sum(-1), weights
 
 
-class _RegionPromptMethod(MultiLabelMethod):
+class RegionPromptMethod(MultiLabelMethod):
+    """DualCoOp's scoring, shared with PositiveCoOp; a subclass names its negative branch."""
+
     Config = CoOpConfig
     negative_kind: str  # see prompts.negative_branch
 
@@ -87,12 +83,6 @@ class _RegionPromptMethod(MultiLabelMethod):
 
 
 @register_method
-class DualCoOp(_RegionPromptMethod):
+class DualCoOp(RegionPromptMethod):
     name = "dualcoop"
     negative_kind = "text"
-
-
-@register_method
-class PositiveCoOp(_RegionPromptMethod):
-    name = "positivecoop"
-    negative_kind = "embedding"

@@ -7,7 +7,7 @@
    category from the dense map, attending with the class's query.
 3. Logits ``s * (cos(f_c, t+_c) - cos(f_c, t-_c))`` compare each category feature with its own
    class's prompts only; an optional global branch adds the same margin computed on CLIP's global
-   image embedding (``global_weight``, on until the enhancement below joined; off since, by val).
+   image embedding (``global_weight``; off by default, see below).
 4. Category-specific prompt alignment: a cross-entropy over classes that makes the feature pooled
    for class c (where c is a known positive) closer to c's prompt than to any other class's, against
    semantic confusion between co-occurring classes (in the spirit of SARL's category-specific
@@ -30,22 +30,21 @@ Which parts are on by default was decided by the ablation on the sandbox's valid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
-from promptmlr.errors import check_choice, check_number
 from promptmlr.models.base import BYTES_PER_FLOAT, LossFn, MethodOutput, MultiLabelMethod
-from promptmlr.models.blending import Blender
+from promptmlr.models.blending import Blender, blend_option
 from promptmlr.models.category import category_contrastive_loss
 from promptmlr.models.enhancement import SemanticEnhancement
 from promptmlr.models.factory import register_method
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.prompts import NEGATIVE_BRANCHES, PromptConfig, negative_branch, positive_prompts
 from promptmlr.models.text import class_text_features
+from promptmlr.options import option
 
 QUERIES = ("learnable", "prompt")
 ENHANCE_TEXTS = ("prompts", "class")
@@ -53,45 +52,42 @@ ENHANCE_TEXTS = ("prompts", "class")
 
 @dataclass
 class PromptMLRConfig(PromptConfig):
-    # what a prompts file or run folder from before an option existed was trained with (recorded_options)
-    PREDATING: ClassVar[dict] = {"enhance": False}
-
-    negative: str = "embedding"
-    query: str = "learnable"  # learnable queries initialised from the prompts, or the prompts themselves
-    attention_temperature: float = 10.0  # initial tau of the head's spatial softmax (learned)
-    logit_scale: float = 5.0  # 20 until the enhancement joined; 5 chosen with it on val (docs/ablation.md)
-    align_weight: float = 0.1  # weight of the alignment term; 0 disables it
-    global_weight: float = 0.0  # weight of the global-feature score added to the category-specific one
-    contrastive_weight: float = 0.0  # HCP's category contrastive term (0 disables)
-    instance_blend: bool = False  # DSRB's instance-level blending
-    prototype_blend: bool = False  # DSRB's location-aware prototype blending
-    blend_warmup_epochs: int = 2  # epochs before the blending terms join
-    enhance: bool = True  # CLSL's semantic-guided enhancement, its logits added to the margins
-    enhance_hidden: int = 256  # width of the enhancement's MLPs
-    enhance_text: str = "class"  # what guides it: fixed class text (CLSL's), or the learned positive prompts (detached)
-    enhance_lr_scale: float = 4.0  # the enhancement trains at this times train.lr (CLSL's rate vs SARL's)
-    enhance_temperature: float | None = None  # the enhancement's attention scale; None: attention_temperature
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("negative", self.negative, NEGATIVE_BRANCHES)
-        check_choice("query", self.query, QUERIES)
-        check_number("attention_temperature", self.attention_temperature, above=0)
-        check_number("logit_scale", self.logit_scale, above=0)
-        check_number("align_weight", self.align_weight, minimum=0)
-        check_number("global_weight", self.global_weight, minimum=0)
-        check_number("contrastive_weight", self.contrastive_weight, minimum=0)
-        check_number("blend_warmup_epochs", self.blend_warmup_epochs, minimum=0)
-        check_number("enhance_hidden", self.enhance_hidden, minimum=1)
-        check_choice("enhance_text", self.enhance_text, ENHANCE_TEXTS)
-        check_number("enhance_lr_scale", self.enhance_lr_scale, above=0)
-        if self.enhance_temperature is not None:
-            check_number("enhance_temperature", self.enhance_temperature, above=0)
+    negative: str = option("embedding", "the negative branch: a text prompt (DualCoOp's), a learned joint-space "
+                                        "embedding (PositiveCoOp's) or none (a learned threshold per class)",
+                           choices=NEGATIVE_BRANCHES)
+    query: str = option("learnable", "the decoupling head's queries: learnable ones initialised from the prompts, "
+                                     "or the prompts themselves", choices=QUERIES)
+    attention_temperature: float = option(10.0, "initial temperature of the head's spatial softmax (learned)",
+                                          above=0)
+    logit_scale: float = option(5.0, "s: logits are s times the cosine margin (chosen on the sandbox's validation "
+                                     "split, docs/ablation.md)", above=0)
+    align_weight: float = option(0.1, "weight of the category-specific prompt-alignment term; 0: off", minimum=0)
+    global_weight: float = option(0.0, "weight of the global-feature margin added to the category-specific one; "
+                                       "0: off", minimum=0)
+    contrastive_weight: float = option(0.0, "weight of HCP's category contrastive loss; 0: off", minimum=0)
+    instance_blend: bool = blend_option("instance_blend", False)
+    prototype_blend: bool = blend_option("prototype_blend", False)
+    instance_alpha: float = blend_option("instance_alpha")
+    prototype_beta: float = blend_option("prototype_beta")
+    regions: int = blend_option("regions")
+    prototype_momentum: float = blend_option("prototype_momentum")
+    known_only_epochs: int = option(2, "epochs on known labels only before the blending terms join", minimum=0)
+    enhance: bool = option(True, "CLSL's semantic-guided enhancement, its logits added to the prompt margins")
+    enhance_hidden: int = option(256, "width of the enhancement's MLPs", minimum=1)
+    enhance_text: str = option("class", "what guides the enhancement: fixed class text (CLSL's), or the learned "
+                                        "positive prompts, detached", choices=ENHANCE_TEXTS)
+    enhance_lr_scale: float = option(4.0, "the enhancement trains at this times train.lr (chosen on the sandbox's "
+                                          "validation split, docs/ablation.md)", above=0)
+    enhance_temperature: float | None = option(None, "the enhancement's attention scale; null: "
+                                                     "attention_temperature", above=0)
 
     def inert_options(self) -> set[str]:
-        """Options this configuration ignores: the enhancement's, when it is off. Two configs that differ
-        only in them train the same model (the accuracy benchmark's run comparison skips them)."""
-        return set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature"}
+        """Options this configuration ignores: the enhancement's when it is off, and a blending
+        perspective's when it is off. Two configs that differ only in them train the same model (the
+        accuracy benchmark's run comparison skips them)."""
+        inert = set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature"}
+        inert |= set() if self.instance_blend else {"instance_alpha"}
+        return inert | (set() if self.prototype_blend else {"prototype_beta", "regions", "prototype_momentum"})
 
 
 @register_method
@@ -113,7 +109,8 @@ class PromptMLR(MultiLabelMethod):
         self.blender = None
         if config.instance_blend or config.prototype_blend:
             self.blender = Blender(self.num_classes, backbone.embed_dim, config.instance_blend, config.prototype_blend,
-                                   alpha=0.5, beta=0.5, regions=2, momentum=0.9)
+                                   config.instance_alpha, config.prototype_beta, config.regions,
+                                   config.prototype_momentum)
         self.enhancement = None
         if config.enhance:
             temperature = config.enhance_temperature or config.attention_temperature  # one scale for both, by default
@@ -171,7 +168,7 @@ class PromptMLR(MultiLabelMethod):
                 return self._margin(category, output.class_features, output.extras.get("negative_features"))
 
             losses.update(self.blender.losses(output, targets, classify, loss_fn,
-                                              self.epoch >= config.blend_warmup_epochs))
+                                              self.epoch >= config.known_only_epochs))
         return losses
 
     def _alignment(self, output: MethodOutput, targets: torch.Tensor) -> torch.Tensor:
@@ -193,27 +190,3 @@ class PromptMLR(MultiLabelMethod):
             total += BYTES_PER_FLOAT * SemanticEnhancement.activation_floats(
                 batch_size, locations, self.backbone.embed_dim, self.config.enhance_hidden, self.num_classes)
         return total
-
-
-@dataclass
-class SARLConfig(PromptMLRConfig):
-    """promptmlr's core as of issue #11, without the global branch; what promptmlr adds later stays off."""
-
-    logit_scale: float = 20.0
-    global_weight: float = 0.0
-    contrastive_weight: float = 0.0
-    instance_blend: bool = False
-    prototype_blend: bool = False
-    enhance: bool = False
-
-
-@register_method
-class SARL(PromptMLR):
-    """SARL (Ruan, Xu et al., arXiv:2412.10843, 2024): semantic decoupling on CLIP's dense map plus
-    category-specific prompt optimisation, scored on the category features alone: promptmlr's core
-    without its global branch (``global_weight`` 0), kept under the paper's name so it can be run and
-    compared. The parts not taken from the paper (the negative branch, the alignment term's form)
-    are promptmlr's."""
-
-    name = "sarl"
-    Config = SARLConfig

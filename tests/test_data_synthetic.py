@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from promptmlr.cli import main
-from promptmlr.data import DatasetError, build_dataset, sandbox
-from promptmlr.data.synthetic import SYNTHETIC_CLASS_NAMES, SyntheticWorld
+from promptmlr.data import DatasetError, build_dataset, synthetic
+from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, SyntheticWorld
 
 
 def test_data_synth_writes_a_dataset_that_reads_back_with_full_labels(tmp_path):
@@ -29,9 +29,9 @@ def test_a_folder_without_a_synthetic_dataset_says_how_to_make_one(tmp_path):
 
 
 def test_the_standard_benchmark_is_generated_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(sandbox, "CACHE_ROOT", tmp_path)
-    monkeypatch.setattr(sandbox, "STANDARD", {"seed": 0, "n_train": 6, "n_test": 4, "image_size": 48})
-    root = sandbox.default_synthetic_root()
+    monkeypatch.setattr(synthetic, "CACHE_ROOT", tmp_path)
+    monkeypatch.setattr(synthetic, "STANDARD", {"seed": 0, "n_train": 6, "n_test": 4, "image_size": 48})
+    root = synthetic.default_synthetic_root()
     stamp = (root / "meta.json").stat().st_mtime_ns
-    assert sandbox.default_synthetic_root() == root and (root / "meta.json").stat().st_mtime_ns == stamp
+    assert synthetic.default_synthetic_root() == root and (root / "meta.json").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # no temporary folder left behind
