@@ -13,6 +13,7 @@ folder (:mod:`promptmlr.runs`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import shutil
 import time
@@ -23,8 +24,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from accelerate.utils import broadcast_object_list, set_seed
 
+from promptmlr import migrations
 from promptmlr.backbones import FrozenCLIP, list_backbones
-from promptmlr.backbones.factory import BACKBONE_SOURCES
+from promptmlr.backbones.factory import BACKBONE_ALIASES, BACKBONE_SOURCES
 from promptmlr.checkpoint import CheckpointError
 from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
 from promptmlr.data.dataset import MultiLabelDataset
@@ -320,7 +322,8 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
     result = evaluate_method(loaded[0], labelled, batch_size, num_workers, threshold,
                              name=f"{path.name} on {labelled.name}/{split}")
     if run_dir is not None:
-        write_json_atomic(run_dir / f"eval_{labelled.name}_{split}.json", result.metrics)
+        write_json_atomic(run_dir / f"eval_{labelled.name}_{split}.json",
+                          {**migrations.header("evaluation"), **result.metrics})
     return result
 
 
@@ -406,8 +409,12 @@ def describe_config(method: str | None = None, dataset: str | None = None, *, co
     flags = {("--dataset", "data.dataset"): dataset, ("--method", "model.method"): method}
     resolved = resolve_config(dataset, config, [*_flag_overrides(flags), *_overrides(overrides)])
     options = method_class(resolved.model.method).Config(**resolved.model.options)
+    backbones = [*BACKBONE_ALIASES.names(), *(f"{prefix}:..." for prefix in BACKBONE_SOURCES.names())]
+    registered = {"data.dataset": DATASETS.names(), "model.method": METHODS.names(), "model.backbone": backbones}
     rows: list[ConfigRow] = []
     for row in describe(resolved):
+        if row.key in registered:  # what a registry holds is listed from it, never by hand
+            row = dataclasses.replace(row, allowed=" | ".join(registered[row.key]))
         rows += describe(options, "model.options.") if row.key == "model.options" else [row]
     return rows
 

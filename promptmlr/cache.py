@@ -3,7 +3,7 @@
 The image encoder never changes during prompt tuning, so recomputing its features each epoch (as
 DualCoOp does: its 50-epoch VOC 2007 run decodes, augments and encodes 250,000 training images)
 wastes nearly all the compute; on one CPU machine the cache made that recipe 30x faster
-(README, Speed). The cache stores the global and dense features of each image, for one
+(docs/results.md, Speed). The cache stores the global and dense features of each image, for one
 evaluation view and optionally a few augmented views (one drawn per epoch), as memory-mapped
 ``.npy`` arrays on disk. A cache is keyed by everything that determines its contents (the
 resolved backbone spec and weight fingerprint, resolution, dense mode, transforms, views, seed and
@@ -56,7 +56,7 @@ class CacheConfig:
                                   "or off", choices=CACHE_MODES)
     views: int = option(1, "image views cached: 1, the evaluation view; more: augmented views, one drawn "
                            "per epoch", minimum=1)
-    budget_gb: float = option(8.0, "memory the cache is expected to fit in, in GB; a larger one is streamed "
+    budget_gb: float = option(8.0, "memory the cache is expected to fit in, in GiB; a larger one is streamed "
                                    "from disk", minimum=0)
     directory: str | None = option(None, "where caches are kept; null: ~/.cache/promptmlr/features")
     dtype: str = option("float16", "stored precision; int8 stores dense features with per-channel scales",

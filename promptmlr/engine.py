@@ -55,7 +55,8 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("no", "bf16", "fp16")
 # What a Trainer tells its hooks, in the order a run first reaches each; a phase spans all of its work.
 PHASES = (
-    "caching",             # once per fit: the loaders, building (or opening) the feature caches
+    "caching",             # once per fit: the loaders, building (or opening) the feature caches (whether
+                           # to cache is decided before, when the Trainer is made)
     "training",            # each training epoch
     "evaluation",          # scoring val and test after each epoch (or once, untrained), and the final test logits
     "evaluation prompts",  # within evaluation or recovery: the prompts encoded once for a scoring pass
@@ -336,21 +337,9 @@ class Trainer:
     def _score(self, loader, logits: bool = True) -> np.ndarray:
         """Logits (or probabilities) ``[N, C]`` in dataset order, gathered from every process (the one
         scoring path)."""
-        with self._prompts_encoded():
-            return score(self._unwrapped, self.features.batches(loader), self.accelerator.autocast,
-                         self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
-                         logits=logits, total=len(loader))
-
-    @contextlib.contextmanager
-    def _prompts_encoded(self) -> Iterator[None]:
-        """The prompts encoded once for a scoring pass, as a phase of its own ("evaluation prompts"):
-        the pass's own ``fixed_prompts``, entered within this one, reuses that encoding."""
-        method = self._unwrapped
-        method.eval()  # as the scoring pass encodes them
-        with contextlib.ExitStack() as stack:
-            with self._phase("evaluation prompts"):
-                stack.enter_context(method.fixed_prompts(self.accelerator.autocast))
-            yield
+        return score(self._unwrapped, self.features.batches(loader), self.accelerator.autocast,
+                     self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
+                     logits=logits, total=len(loader), encoding=lambda: self._phase("evaluation prompts"))
 
     def _evaluate_splits(self, loaders: dict) -> dict:
         record = {}

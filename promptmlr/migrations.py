@@ -10,6 +10,7 @@ checkpoint          promptmlr-checkpoint         2        ``checkpoint.safetenso
                                                           metadata key ``promptmlr-checkpoint``)
 run-config          promptmlr-run-config         2        a run folder's ``config.yaml`` (top-level keys)
 metrics             promptmlr-metrics            1        a run folder's ``metrics.json`` (top-level keys)
+evaluation          promptmlr-evaluation         1        ``eval_<dataset>_<split>.json`` (top-level keys)
 predictions         promptmlr-predictions        1        ``predictions_test.npz`` (two 0-d arrays)
 text-embeddings     promptmlr-text-embeddings    1        ``export --format text-embeddings``
                                                           ``.safetensors`` (metadata strings)
@@ -18,7 +19,7 @@ synthetic-dataset   promptmlr-synthetic-dataset  1        a synthetic dataset's 
 ==================  ===========================  =======  ============================================
 
 **Rule: whenever what a file holds, or what its keys mean, changes, bump its version here and add
-the step from the previous version to** :data:`STEPS`. A record is read through :func:`upgrade`,
+the step from the previous version to its entry in** :data:`FORMATS`. A record is read through :func:`upgrade`,
 which applies the steps in order, so the code after it sees the current version only. A record
 newer than this promptmlr reads is refused, naming the file and the fix (upgrade promptmlr). A
 feature cache's version must also go into its key (:func:`promptmlr.cache.cache_key`) when bumped,
@@ -26,9 +27,11 @@ so that caches of two versions never share a folder (a cache that cannot be read
 
 Each format is read in one place: prompts in :func:`promptmlr.prompt_files.read_header`, checkpoints
 in :func:`promptmlr.checkpoint.load_checkpoint`, run configs in
-:func:`promptmlr.config.load_run_config`, metrics in :func:`promptmlr.runs.read_metrics`, caches in
-:meth:`promptmlr.cache.FeatureCache.open`, synthetic datasets by their loader
-(:mod:`promptmlr.data.synthetic`). Predictions and text embeddings are read by other tools.
+:func:`promptmlr.config.load_run_config` (the report reads a few keys through :func:`upgrade` too),
+metrics in :func:`promptmlr.runs.read_metrics`, predictions in
+:func:`promptmlr.report.loading.load_predictions`, caches in :meth:`promptmlr.cache.FeatureCache.open`,
+synthetic datasets by their loader (:mod:`promptmlr.data.synthetic`). Text embeddings and evaluation
+results are read by other tools.
 
 A record without ``format_version`` is version 1 (run configs, metrics, cache and dataset metadata
 were written without a header at first; a version-1 checkpoint names it ``version``). Prompts files
@@ -39,7 +42,7 @@ tables or arrays for other tools carry no header and have no version: ``predicti
 Version 2 of prompts and run configs:
 
 * Options a version-1 record lacks did not exist when it was written, and it ran without them:
-  such an option takes the value the method had before it (:data:`OPTIONS_ADDED_IN_V1`), not
+  such an option takes the value the method had before it (:data:`V1_OPTION_VALUES`), not
   today's default. A record that holds no options at all is left as it is.
 * Renamed keys (:data:`RENAMED_IN_V2`, :data:`RENAMED_OPTIONS_IN_V2`): the learning-rate warm-up is
   ``train.lr_warmup_epochs``; the epochs trained on known labels only, before the terms that fill
@@ -80,11 +83,14 @@ class FormatError(PromptMLRError, ValueError):
 # ------------------------------------------------------------------------------- version 1 -> 2
 V1_DEFAULT_METHOD = "promptmlr"  # model.method of a version-1 run config that names none
 # an option a version-1 record lacks takes the value the method had before the option existed
-OPTIONS_ADDED_IN_V1: dict[str, dict[str, Any]] = {
+V1_OPTION_VALUES: dict[str, dict[str, Any]] = {
     "dualcoop": {"mean_token": False},
     "positivecoop": {"mean_token": False},
-    "promptmlr": {"enhance": False},
-    "sarl": {"enhance": False},
+    # the blender's settings were fixed at these values in version 1
+    "promptmlr": {"enhance": False, "instance_alpha": 0.5, "prototype_beta": 0.5, "regions": 2,
+                  "prototype_momentum": 0.9},
+    "sarl": {"enhance": False, "instance_alpha": 0.5, "prototype_beta": 0.5, "regions": 2,
+             "prototype_momentum": 0.9},
 }
 # run-config section (dotted path) -> {old key: new key}
 RENAMED_IN_V2: dict[str, dict[str, str]] = {
@@ -111,12 +117,12 @@ def _rename(section: Any, renamed: dict[str, str]) -> None:
                 section[new] = section.pop(old)
 
 
-def _with_options_added_in_v1(method: Any, options: Any) -> Any:
-    """``options`` with the value each option of :data:`OPTIONS_ADDED_IN_V1` had before it existed,
+def _with_v1_option_values(method: Any, options: Any) -> Any:
+    """``options`` with the value each option of :data:`V1_OPTION_VALUES` had before it existed,
     where they lack it; options that are empty (a record that holds none) are left as they are."""
     if not isinstance(options, dict) or not options or not isinstance(method, str):
         return options
-    added = OPTIONS_ADDED_IN_V1.get(method, {})
+    added = V1_OPTION_VALUES.get(method, {})
     return {**{key: value for key, value in added.items() if key not in options}, **options}
 
 
@@ -138,14 +144,14 @@ def _rename_settings_v1_to_v2(values: dict) -> dict:
 def _run_config_v1_to_v2(config: dict) -> dict:
     model = config.get("model")
     if isinstance(model, dict) and "options" in model:
-        model["options"] = _with_options_added_in_v1(model.get("method", V1_DEFAULT_METHOD), model["options"])
+        model["options"] = _with_v1_option_values(model.get("method", V1_DEFAULT_METHOD), model["options"])
     return _rename_settings_v1_to_v2(config)
 
 
 def _prompts_v1_to_v2(header: dict) -> dict:
     method = header.get("method")
     if "method_config" in header:
-        header["method_config"] = _with_options_added_in_v1(method, header["method_config"])
+        header["method_config"] = _with_v1_option_values(method, header["method_config"])
         if isinstance(method, str):
             _rename(header["method_config"], RENAMED_OPTIONS_IN_V2.get(method, {}))
     backbone = header.get("backbone")
@@ -182,13 +188,12 @@ FORMATS: dict[str, Format] = {
     "checkpoint": Format("promptmlr-checkpoint", 2, {1: _checkpoint_v1_to_v2}, named=True, old_version_key="version"),
     "run-config": Format("promptmlr-run-config", 2, {1: _run_config_v1_to_v2}),
     "metrics": Format("promptmlr-metrics", 1),
+    "evaluation": Format("promptmlr-evaluation", 1),
     "predictions": Format("promptmlr-predictions", 1),
     "text-embeddings": Format("promptmlr-text-embeddings", 1),
     "feature-cache": Format("promptmlr-feature-cache", 1),
     "synthetic-dataset": Format("promptmlr-synthetic-dataset", 1),
 }
-STEPS = {kind: spec.steps for kind, spec in FORMATS.items()}
-VERSIONS = {kind: spec.version for kind, spec in FORMATS.items()}
 
 
 def header(kind: str) -> dict[str, Any]:

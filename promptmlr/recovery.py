@@ -1,8 +1,8 @@
 """Label recovery: turn confident predictions on unknown entries into weighted pseudo-labels.
 
-After a warm-up, each epoch re-scores the training images and, for every *unknown* entry, decides
-positive, negative or still unknown (CLSL, Xing et al. 2024, and SST's pseudo-labels, Chen et al.
-AAAI 2022). The score used may be refined by two pieces of evidence from SST:
+After ``known_only_epochs`` epochs on known labels only, each epoch re-scores the training images
+and, for every *unknown* entry, decides positive, negative or still unknown (CLSL, Xing et al. 2024,
+and SST's pseudo-labels, Chen et al. AAAI 2022). The score used may be refined by two pieces of evidence from SST:
 
 * cross-image transfer: the similarity of the image's category-specific feature to the class
   prototype (mean feature of known positives), mapped to [0, 1] per class by a logistic curve

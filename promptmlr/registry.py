@@ -60,8 +60,12 @@ class Registry(Generic[T]):
     def _load_builtins(self) -> None:
         if not self._loaded:
             self._loaded = True  # first: a built-in module may look itself up while it is imported
-            for module in self.builtin_modules:
-                importlib.import_module(module)
+            try:
+                for module in self.builtin_modules:
+                    importlib.import_module(module)
+            except BaseException:
+                self._loaded = False  # the next lookup tries again and shows the same import error
+                raise
 
     def names(self, sort: bool = False) -> list[str]:
         """Every registered name: built-ins in the order of their modules, then the others in

@@ -32,10 +32,14 @@ Gather = Callable[[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def method_outputs(method: MultiLabelMethod, batches: Iterable[FeatureBatch],
-                   autocast: Autocast = contextlib.nullcontext) -> Iterator[tuple[MethodOutput, torch.Tensor]]:
-    """``(output, rows)`` for each batch, scored as described in the module docstring."""
+                   autocast: Autocast = contextlib.nullcontext, encoding: Autocast = contextlib.nullcontext
+                   ) -> Iterator[tuple[MethodOutput, torch.Tensor]]:
+    """``(output, rows)`` for each batch, scored as described in the module docstring. The prompts
+    are encoded once, within ``encoding()`` (the engine times that as a phase of its own)."""
     method.eval()
-    with method.fixed_prompts(autocast):
+    with contextlib.ExitStack() as prompts:
+        with encoding():
+            prompts.enter_context(method.fixed_prompts(autocast))
         for features, rows in batches:
             with autocast():
                 output = method(features)
@@ -64,11 +68,12 @@ def collect(outputs: Iterable[tuple[MethodOutput, torch.Tensor]], extract: Calla
 
 def score(method: MultiLabelMethod, batches: Iterable[FeatureBatch], autocast: Autocast = contextlib.nullcontext,
           gather: Gather | None = None, progress: bool = True, logits: bool = False,
-          total: int | None = None) -> np.ndarray:
+          total: int | None = None, encoding: Autocast = contextlib.nullcontext) -> np.ndarray:
     """Probabilities ``[N, C]`` (float64, computed from the logits) or, with ``logits``, the float32
-    logits, in row order for every image in ``batches`` (``total`` batches, for the progress bar)."""
+    logits, in row order for every image in ``batches`` (``total`` batches, for the progress bar;
+    ``encoding``: see :func:`method_outputs`)."""
     batches = tqdm(batches, desc="scoring", total=total, leave=False, disable=not progress)
-    values, _ = collect(method_outputs(method, batches, autocast), lambda output: output.logits, gather)
+    values, _ = collect(method_outputs(method, batches, autocast, encoding), lambda output: output.logits, gather)
     return values if logits else sigmoid(values)
 
 

@@ -51,6 +51,10 @@ def test_import_is_lazy_and_lists_the_api():
             "assert {'tune', 'evaluate', 'predict', 'zeroshot', 'load_prompts', 'create_backbone', 'list_methods', "
             "'list_datasets', 'list_backbones'} <= set(dir(promptmlr))")
     subprocess.run([sys.executable, "-c", code], check=True)
+    help_code = ("import sys, contextlib, io; from promptmlr.cli.main import main\n"
+                 "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
+                 "assert 'torch' not in sys.modules, 'promptmlr --help loaded torch'")
+    subprocess.run([sys.executable, "-c", help_code], check=True)
     assert "promptmlr" in promptmlr.list_methods() and "voc2007" in promptmlr.list_datasets()
     assert "sandbox" in promptmlr.list_backbones()
     importlib.import_module("promptmlr.api")  # a submodule named like an API function would now shadow it

@@ -257,7 +257,7 @@ def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
                            {**record("align-off", 1.0), "val_mAP": None}])
     step1, step2 = text.split("## Step 2")
     assert "| align-off |" in step1 and "| – | -4.00 |" in step1  # no validation split: a dash
-    assert "| base | the issue-11 defaults" in step1 and "| 72.60 | 67.60 | 3 | 94.7 / 20.0 |" in step1
+    assert "| base | the base configuration" in step1 and "| 72.60 | 67.60 | 3 | 94.7 / 20.0 |" in step1
     assert "| defaults |" in step2.split("## Step 3")[1] and "| base |" not in step2
     assert "| clsl" not in text  # rows without a run are left out
 

@@ -1,5 +1,5 @@
 """The seed papers' mechanisms on hand-made cases: SST's transfer, DSRB's blending, CLSL's recovery,
-HCP's contrastive term, and the warm-ups that switch them on."""
+HCP's contrastive term, and the known-only epochs before they switch on."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_enhancement_pooling_follows_the_confident_location():
     assert logits[0, 1] == pytest.approx(1.0) and weights[0, 0].argmax() == 2
 
 
-# --------------------------------------------------------------------------------------- warm-ups
+# ----------------------------------------------------------------------------------- known-only epochs
 @pytest.fixture(scope="module")
 def backbone():
     return create_backbone(TINY_SPECS[0])

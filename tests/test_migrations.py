@@ -55,8 +55,9 @@ def test_upgrade_leaves_the_record_it_is_given_unchanged():
     before = json.loads(json.dumps(record))
     upgraded = migrations.upgrade("run-config", record, "config.yaml")
     assert record == before
+    blender = {"instance_alpha": 0.5, "prototype_beta": 0.5, "regions": 2, "prototype_momentum": 0.9}
     assert upgraded == {"model": {"method": "promptmlr", "options": {"known_only_epochs": 3, "n_ctx": 4,
-                                                                     "enhance": False}},
+                                                                     "enhance": False, **blender}},
                         "train": {"lr_warmup_epochs": 2.0, "recovery": {"known_only_epochs": 1}},
                         "format": "promptmlr-run-config", "format_version": 2}
 
@@ -71,7 +72,7 @@ def _as_written_by_version_1(values: dict) -> dict:
     model = values["model"]
     for old, new in migrations.RENAMED_OPTIONS_IN_V2.get(model["method"], {}).items():
         model["options"][old] = model["options"].pop(new)
-    for key in migrations.OPTIONS_ADDED_IN_V1.get(model["method"], {}):
+    for key in migrations.V1_OPTION_VALUES.get(model["method"], {}):
         del model["options"][key]
     return values
 
@@ -85,7 +86,7 @@ def test_an_old_run_folders_config_loads_with_todays_keys_and_its_values(tmp_pat
     today = resolve_config("synthetic", overrides=overrides)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_as_written_by_version_1(today.to_dict()), sort_keys=False))
-    added = migrations.OPTIONS_ADDED_IN_V1.get(method, {})  # trained without them: their value from before
+    added = migrations.V1_OPTION_VALUES.get(method, {})  # trained without them: their value from before
     expected = dataclasses.replace(today, model=dataclasses.replace(today.model, options={**today.model.options,
                                                                                           **added}))
     assert load_run_config(path) == expected
@@ -144,7 +145,7 @@ def _rewrite_header(path: Path, header: dict) -> None:
 @pytest.mark.parametrize("method", ["promptmlr", "sarl", "sst", "clsl", "dualcoop"])
 def test_an_old_prompts_file_loads_into_the_same_method(tmp_path, vit, method):
     options = {"known_only_epochs": 5} if method in migrations.RENAMED_OPTIONS_IN_V2 else {}
-    options.update(migrations.OPTIONS_ADDED_IN_V1.get(method, {}))  # what such a file was trained with
+    options.update(migrations.V1_OPTION_VALUES.get(method, {}))  # what such a file was trained with
     torch.manual_seed(0)
     original = build_method(method, vit, CLASSES, **options)
     path = save_prompts(original, tmp_path / "old.safetensors", thresholds=[0.4] * len(CLASSES))
@@ -153,7 +154,7 @@ def test_an_old_prompts_file_loads_into_the_same_method(tmp_path, vit, method):
     stored = header["method_config"]
     for old, new in migrations.RENAMED_OPTIONS_IN_V2.get(method, {}).items():
         stored[old] = stored.pop(new)
-    for added in migrations.OPTIONS_ADDED_IN_V1.get(method, {}):
+    for added in migrations.V1_OPTION_VALUES.get(method, {}):
         for key in [key for key in stored if key.startswith(added)]:  # the option and those that came with it
             del stored[key]
     _rewrite_header(path, header)

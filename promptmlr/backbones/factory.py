@@ -15,6 +15,7 @@ a source, such as a ``timm:`` one, without touching this function.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +45,7 @@ def register_backbone_source(prefix: str) -> Callable[[SourceLoader], SourceLoad
 def register_backbone_alias(name: str, spec: str) -> None:
     """Let ``name`` stand for ``spec`` wherever a backbone spec is accepted; a name already taken is
     refused."""
-    BACKBONE_ALIASES.register(name, spec, owner="register_backbone_alias")
+    BACKBONE_ALIASES.register(name, spec, owner=sys._getframe(1).f_globals.get("__name__", "?"))
 
 
 # The sandbox CLIPs shipped with promptmlr (tools/pretrain_sandbox_clip.py), loaded through the very

@@ -92,8 +92,11 @@ def config_command(args: argparse.Namespace) -> int:
     table += [(row.key, as_text(row.value), as_text(row.default), row.allowed, row.help) for row in rows]
     widths = [max(len(line[0]) for line in table)] + [
         max(len(line[column]) for line in table if len(line[column]) <= CELL_WIDTH) for column in (1, 2, 3)]
+    help_column = sum(widths) + 2 * len(widths)
     for line in table:
         cells = "".join(f"{cell:<{width}}  " for cell, width in zip(line, widths))
+        if len(cells) > help_column:  # a long cell: its help goes on the next line, in the help column
+            cells = f"{cells.rstrip()}\n{'':<{help_column}}"
         print(f"{cells}{line[4]}".rstrip())
     return 0
 

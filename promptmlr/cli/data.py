@@ -30,7 +30,7 @@ def add_data_commands(parser: argparse.ArgumentParser) -> None:
     mask.set_defaults(handler=run_mask)
 
     synth = actions.add_parser(
-        "synth", help="write a synthetic multi-label dataset (the sandbox world of coloured shapes)",
+        "synth", help="write a synthetic multi-label dataset (the world of coloured shapes the sandbox CLIP learned)",
         description="Write seeded synthetic scenes with complete labels in the custom CSV layout "
                     "(<out>/train.csv, test.csv, images, classes.txt, meta.json); read it back with "
                     "--dataset synthetic --data-root OUT.")

@@ -27,8 +27,8 @@ from promptmlr.options import check_fields, option
 @dataclass
 class DataConfig:
     dataset: str = option("synthetic", "registered dataset name (promptmlr config --list shows them all)")
-    root: str | None = option(None, "folder holding the dataset's files (--data-root); null: the synthetic "
-                                    "world's own folder")
+    root: str | None = option(None, "folder holding the dataset's files (--data-root); required, except for "
+                                    "synthetic, which has a folder of its own")
     train_split: str = option("train", "split to train on (the validation split is carved from it)")
     test_split: str | None = option("test", "split to test on; null: no test split")
     options: dict[str, Any] = option(help="the dataset loader's options, e.g. {difficult: ignore} (see "

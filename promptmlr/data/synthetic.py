@@ -22,7 +22,7 @@ from promptmlr.data.world import NUM_CLASSES, SYNTHETIC_CLASS_NAMES, TEST_INDEX_
 from promptmlr.files import atomic_directory
 from promptmlr.migrations import header, upgrade
 
-GENERATOR = "promptmlr.data.synthetic"  # meta.json's mark of a folder this module wrote
+GENERATOR = "promptmlr.data.synthetic"  # meta.json's fixed mark of a folder written here: never change it
 STANDARD = {"seed": 0, "n_train": 6000, "n_test": 4000, "image_size": 128}
 CACHE_ROOT = Path.home() / ".cache" / "promptmlr" / "synthetic"
 

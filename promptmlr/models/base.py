@@ -69,7 +69,7 @@ class MultiLabelMethod(nn.Module):
         self.epoch = 0  # the training epoch under way (0-based), set by the engine
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the engine before each training epoch, so that warm-ups and schedules (SST's
+        """Called by the engine before each training epoch, so that known-only epochs and schedules (SST's
         pseudo-label thresholds, DSRB's blending start) follow the epoch also after a resume."""
         self.epoch = epoch
 

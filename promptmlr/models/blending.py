@@ -131,7 +131,7 @@ class Blender(nn.Module):
 
     def losses(self, output: MethodOutput, targets: torch.Tensor, classify: Callable[[torch.Tensor], torch.Tensor],
                loss_fn: LossFn, active: bool) -> dict[str, torch.Tensor]:
-        """The blending terms (when ``active``: after the warm-up); the prototypes learn from every
+        """The blending terms (when ``active``: after the known-only epochs); the prototypes learn from every
         training batch."""
         category, losses = output.category_features, {}
         if active and self.instance:

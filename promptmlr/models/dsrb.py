@@ -5,7 +5,7 @@ The paper's pipeline (HCP's decoupling and classifier on a fine-tuned ResNet-101
 (:mod:`promptmlr.models.blending`) make training entries for unknown labels:
 
     L = L_cls(y) + w_con * L_contrastive
-        + [after the warm-up] w_blend * (L_cls(g(instance blend), 1) + L_cls(g(prototype blend), 1))
+        + [after known_only_epochs] w_blend * (L_cls(g(instance blend), 1) + L_cls(g(prototype blend), 1))
 
 with ``g`` the same classifier and ``L_cls`` the run's partial-label loss. Each perspective can be
 switched off (``instance_blend``, ``prototype_blend``). Choices where the paper or its released code

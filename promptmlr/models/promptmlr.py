@@ -82,12 +82,13 @@ class PromptMLRConfig(PromptConfig):
                                                      "attention_temperature", above=0)
 
     def inert_options(self) -> set[str]:
-        """Options this configuration ignores: the enhancement's when it is off, and a blending
-        perspective's when it is off. Two configs that differ only in them train the same model (the
-        accuracy benchmark's run comparison skips them)."""
+        """Options this configuration ignores: the enhancement's when it is off, a blending
+        perspective's when it is off, and the blending's start when both are. Two configs that differ
+        only in them train the same model (the accuracy benchmark's run comparison skips them)."""
         inert = set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature"}
         inert |= set() if self.instance_blend else {"instance_alpha"}
-        return inert | (set() if self.prototype_blend else {"prototype_beta", "regions", "prototype_momentum"})
+        inert |= set() if self.prototype_blend else {"prototype_beta", "regions", "prototype_momentum"}
+        return inert | (set() if self.instance_blend or self.prototype_blend else {"known_only_epochs"})
 
 
 @register_method

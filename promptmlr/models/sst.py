@@ -5,14 +5,14 @@ becomes :class:`CategoryMethod` on CLIP's dense map; its two transfer modules
 (:mod:`promptmlr.models.transfer`) are kept as published:
 
     L = L_cls(y) + w_cooc * L(P, y_pairs) + w_con * L_contrastive
-        + [after the warm-up] w_intra * L_cls(y_intra) + w_inter * L_cls(y_inter)
+        + [after known_only_epochs] w_intra * L_cls(y_intra) + w_inter * L_cls(y_inter)
 
 with ``L`` the run's partial-label loss (ASL by default; the paper uses partial BCE), pair labels
 from the known labels (:func:`cooccurrence_targets`), and pseudo-positives from co-occurrence within
 the image and from similarity to other images' positives, their thresholds falling from 0.95 by
-0.025 per epoch to 0.75 (the paper's schedule, counted here from the end of the warm-up). What
+0.025 per epoch to 0.75 (the paper's schedule, counted here from the end of the known-only epochs). What
 differs: no GGNN; a per-class memory of positives instead of the batch for the cross-image module
-(see :mod:`.transfer`); 2 warm-up epochs of a 10-epoch run instead of 5 of 20.
+(see :mod:`.transfer`); 2 known-only epochs of a 10-epoch run instead of 5 of 20.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from torch import nn
 
 
 def transfer_threshold(epoch: int, known_only_epochs: int, start: float, step: float, floor: float) -> float:
-    """``start`` at the end of the warm-up, ``step`` lower each epoch after it, never below ``floor``."""
+    """``start`` at the end of the known-only epochs, ``step`` lower each epoch after it, never below ``floor``."""
     return max(floor, start - step * max(0, epoch - known_only_epochs))
 
 

@@ -4,8 +4,8 @@ file, or holds one that cannot be read, is a :class:`~promptmlr.errors.ReportErr
 
 from __future__ import annotations
 
-import json
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from promptmlr import migrations
 from promptmlr.errors import ReportError, one_line
-from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_STEM
+from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_STEM, read_metrics
 
 PREDICTIONS_FILE = f"{PREDICTIONS_STEM}.npz"
 REQUIRED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE)
@@ -86,7 +87,7 @@ def check_run_dir(run_dir: str | Path) -> Path:
         if METRICS_FILE in missing and (run_dir / CHECKPOINT_FILE).is_file():
             hint = f" (an interrupted run? continue it with: promptmlr tune --out {run_dir} --resume)"
         elif missing == [PREDICTIONS_FILE]:
-            hint = f" (a run without a test split has none; an older run folder may hold only {PREDICTIONS_STEM}.csv)"
+            hint = " (a run without a test split has none)"
         raise ReportError(f"run folder {run_dir} is incomplete: missing {', '.join(missing)}{hint}")
     return run_dir
 
@@ -94,8 +95,11 @@ def check_run_dir(run_dir: str | Path) -> Path:
 def load_run(run_dir: str | Path) -> RunRecord:
     """The :class:`RunRecord` of a finished run folder."""
     run_dir = check_run_dir(run_dir)
-    metrics = _read_json(run_dir / METRICS_FILE)
-    config = _read_yaml(run_dir / CONFIG_FILE)
+    metrics = read_metrics(run_dir)
+    config = migrations.without_header(migrations.upgrade("run-config", _read_yaml(run_dir / CONFIG_FILE),
+                                                          run_dir / CONFIG_FILE, ReportError))
+    if not isinstance(config, dict):
+        raise ReportError(f"{run_dir / CONFIG_FILE} is not a promptmlr run's config (not a mapping)")
     for key in ("method", "dataset", "best", "history"):
         if key not in metrics:
             raise ReportError(f"{run_dir / METRICS_FILE} has no {key!r} entry; is it a promptmlr run's metrics file?")
@@ -136,22 +140,17 @@ def load_predictions(run_dir: str | Path) -> Predictions:
         raise ReportError(f"run folder {run_dir} is incomplete: missing {PREDICTIONS_FILE}")
     try:
         with np.load(path, allow_pickle=False) as data:
+            header = {key: data[key].item() for key in migrations.HEADER_KEYS if key in data.files}
+            migrations.version_of("predictions", header, path, ReportError)
             ranked = data["logits"] if "logits" in data.files else data["scores"]
             scores, labels = np.asarray(ranked, np.float64), np.asarray(data["labels"], np.int64)
             class_names, images = [str(c) for c in data["class_names"]], [str(i) for i in data["images"]]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise ReportError(f"{path} is not a readable predictions file: {one_line(error)}") from None
     if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(class_names):
         raise ReportError(f"{path}: scores {scores.shape}, labels {labels.shape} and {len(class_names)} class "
                           f"names do not fit together")
     return Predictions(scores, labels, class_names, images)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ReportError(f"{path} is not readable JSON: {one_line(error)}") from None
 
 
 def _read_yaml(path: Path) -> dict:

@@ -37,7 +37,7 @@ RECOVERY = ("train.recovery.enabled=true", "train.recovery.thresholds=calibrated
 
 # (row name, step, method, what it changes, --set assignments on top of the method's recipe)
 ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
-    ("base", 1, "promptmlr", "the issue-11 defaults", BASE),
+    ("base", 1, "promptmlr", "the base configuration", BASE),
     ("align-off", 1, "promptmlr", "prompt alignment off", (*BASE, "model.options.align_weight=0")),
     ("global-off", 1, "promptmlr", "global branch off", (*BASE, "model.options.global_weight=0")),
     ("contrastive", 1, "promptmlr", "HCP category contrastive 0.05",
@@ -77,7 +77,7 @@ ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
     ("clsl", 4, "clsl", "CLSL, its recipe", ()),
     ("clsl-no-recovery", 4, "clsl", "CLSL without its recovery head", ("model.options.recovery_weight=0",)),
 )
-STEPS = {1: "Step 1: one component on or off, from the issue-11 defaults",
+STEPS = {1: "Step 1: one component on or off, from the base configuration",
          2: "Step 2: combining what helped, one learning rate for every part",
          3: "Step 3: each part at its own learning rate (today's defaults)",
          4: "For reference: CLSL, the best other method"}

@@ -150,8 +150,8 @@ def run_one(name: str, config: RunConfig, run_dir: Path, log=print) -> tuple[Run
     """Run (or read back, or resume) one benchmark run; returns its record and what was done."""
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))  # as config.yaml holds it
     if (run_dir / CONFIG_FILE).is_file():
-        # read back through the config layer, so that a folder written by an older promptmlr (method
-        # options left out, no train.report_to) compares by meaning, not by its text
+        # read back through the config layer (which upgrades any older format version), so that
+        # folders compare by meaning, not by their text
         saved = yaml.safe_load(yaml.safe_dump(load_run_config(run_dir / CONFIG_FILE).to_dict(), sort_keys=False))
         differences = config_differences(saved, wanted)
         if differences:

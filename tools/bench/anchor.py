@@ -1,6 +1,6 @@
 """DualCoOp's own training step beside promptmlr's ``dualcoop``: same weights, same input, one process.
 
-The speed claim (README, Speed) is a ratio against the anchor's code, so the anchor's code runs
+The speed claim (docs/results.md, Speed) is a ratio against the anchor's code, so the anchor's code runs
 here, from a checkout the user points at; nothing of it is copied into this repository::
 
     git clone https://github.com/sunxm2357/DualCoOp ../DualCoOp

@@ -35,12 +35,17 @@ REFERENCE = {"dualcoop_voc2007_50_epochs_seconds": 24 * 60, "dualcoop_train_step
              "device": "NVIDIA H100, fp16, batch 32", "target_speedup": 20}
 
 
+def usage_error(message: str) -> SystemExit:
+    """``<benchmark>.py: error: <message>``, argparse's form, for the benchmark being run."""
+    return SystemExit(f"{Path(sys.argv[0]).stem}.py: error: {message}")
+
+
 # ------------------------------------------------------------------------------------------ device
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("speed.py: error: --device cuda but no CUDA device is available")
+        raise usage_error("--device cuda but no CUDA device is available")
     return torch.device(choice)
 
 
@@ -198,7 +203,7 @@ def voc_training_split(data_root: Path, present: Sequence[str]) -> str:
     """The split to train on: trainval, else train, else val."""
     split = next((name for name in ("trainval", "train", "val") if name in present), None)
     if split is None:
-        raise SystemExit(f"speed.py: error: no VOC training split under {data_root} "
-                         f"(found: {', '.join(present) or 'no split'})")
+        raise usage_error(f"no VOC training split under {data_root} "
+                          f"(found: {', '.join(present) or 'no split'})")
     return split
 

@@ -99,9 +99,12 @@ class PhaseClock:
 
 
 def reached_phases(history: list[dict]) -> set[str]:
-    """The phases a run with this history went through: the caches, the evaluation and its prompts'
-    encoding always; training and checkpoints when it trained; recovery when it recovered labels."""
-    reached = {"caching", "evaluation", "evaluation prompts"}
+    """The phases a run with this history went through: the caches and the evaluation always; the
+    evaluation prompts' encoding when a split was scored; training and checkpoints when it trained;
+    recovery when it recovered labels."""
+    reached = {"caching", "evaluation"}
+    if any(key.startswith(("val_", "test_")) for record in history for key in record):
+        reached.add("evaluation prompts")
     if any("train_loss" in record for record in history):
         reached |= {"training", "checkpoint"}
     if any("recovery" in record for record in history):

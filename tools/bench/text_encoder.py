@@ -3,12 +3,12 @@
 With the feature cache, a step of a prompt method is one forward and backward of its prompt set
 (C sequences; DualCoOp has two sets) through the frozen text encoder, whatever the batch. This
 profiles that pass, forward and backward to the contexts, for C = 20, 80 and 200 (VOC, COCO,
-VG-200) on RN101's text tower (random weights), in the ways the code has computed it::
+VG-200) on RN101's text tower (random weights), in three ways::
 
     python -m tools.bench.text_encoder --out bench/text-encoder
     python -m tools.bench.text_encoder --out bench/text-encoder-gpu --device cuda --precisions fp32 bf16 fp16
 
-``77 positions``   every prompt padded to CLIP's full context (before the padding was trimmed)
+``77 positions``   every prompt padded to CLIP's full context
 ``trimmed``        padded only to the longest prompt (``FrozenCLIP.text_length``)
 ``shared prefix``  class-agnostic contexts only: the start token and context, the same for every
                    class, through the causal encoder once (``encode_text_with_shared_prefix``)
