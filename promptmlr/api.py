@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,13 +28,23 @@ from accelerate.utils import broadcast_object_list, set_seed
 from promptmlr import migrations
 from promptmlr.backbones import FrozenCLIP, list_backbones
 from promptmlr.backbones.factory import BACKBONE_ALIASES, BACKBONE_SOURCES
-from promptmlr.checkpoint import CheckpointError
-from promptmlr.config import RunConfig, apply_layer, checked, load_run_config, parse_assignment, resolve_config
+from promptmlr.cache import check_cache_directory
+from promptmlr.checkpoint import CheckpointError, load_checkpoint
+from promptmlr.config import (
+    RunConfig,
+    apply_layer,
+    checked,
+    load_run_config,
+    parse_assignment,
+    recorded_data_identity,
+    resolve_config,
+    run_config_from,
+)
 from promptmlr.data.dataset import MultiLabelDataset
-from promptmlr.data.protocol import DataConfig, check_images_exist, load_split, load_splits
+from promptmlr.data.protocol import DataConfig, Splits, check_images_exist, dataset_root, load_split, load_splits
 from promptmlr.data.registry import DATASETS
-from promptmlr.engine import PhaseHook, Trainer, process_state
-from promptmlr.errors import UsageError, check_number
+from promptmlr.engine import PhaseHook, Trainer, learnable_state, process_state
+from promptmlr.errors import PromptMLRError, RunInterrupted, UsageError, check_number, one_line
 from promptmlr.files import atomic_write, write_json_atomic
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
@@ -51,9 +62,13 @@ from promptmlr.runs import (
     LAST_PROMPTS,
     METRICS_FILE,
     PREDICTIONS_STEM,
+    check_out,
+    config_differences,
+    data_sha256,
     default_run_dir,
-    holds_run,
+    is_folder,
     prompts_path,
+    run_files,
     run_lock,
     split_metrics,
     summary_table,
@@ -134,7 +149,8 @@ def tune(dataset: str | None = None, *, data_root: str | Path | None = None, kno
 
     ``config`` is a YAML file (or a :class:`RunConfig`) under the flags. A folder that already holds
     a run is refused unless ``resume=True``, which continues it from its last checkpoint with the
-    configuration it was started with (so nothing else may be given).
+    configuration it was started with (so nothing else may be given, except ``data_root`` where the
+    run's data has moved: it is checked to be the same data).
     """
     # (flag, config key): value; None means not given
     flags = {("--dataset", "data.dataset"): dataset, ("--data-root", "data.root"): data_root,
@@ -146,30 +162,45 @@ def tune(dataset: str | None = None, *, data_root: str | Path | None = None, kno
              ("dataset options", "data.options"): dict(dataset_options) if dataset_options else None}
     if resume:
         given = {("--config", ""): config, ("--set/overrides", ""): overrides, **flags}
-        return _resume(out, [flag for (flag, _), value in given.items() if value is not None], log)
+        given.pop(("--data-root", "data.root"))
+        return _resume(out, [flag for (flag, _), value in given.items() if value is not None], data_root, log)
     if isinstance(config, RunConfig):
         run_config = _apply(config, [*_flag_overrides(flags), *_overrides(overrides)])
     else:
         run_config = resolve_config(dataset, config, [*_flag_overrides(flags), *_overrides(overrides)])
     run_dir = Path(out) if out is not None else default_run_dir(
         run_config.data.dataset, run_config.model.method, run_config.data.known, run_config.train.seed)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out {run_dir} is a file, not a folder; choose another --out")
-    if holds_run(run_dir):
-        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    check_out(run_dir)
+    if run_files(run_dir):
+        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out "
+                         f"(it holds {', '.join(run_files(run_dir))})")
+    root = _absolute_root(run_config.data).root
+    if root is not None and Path(root) == Path(run_dir).resolve():
+        raise UsageError(f"--out {run_dir} is the data root: the run's files would mix with the dataset's; "
+                         f"choose another --out")
     return run(run_config, run_dir, log=log)
 
 
-def _resume(out: str | Path | None, given: list[str], log: Log) -> TuneResult:
-    if out is None or not (Path(out) / CONFIG_FILE).is_file():
+def _resume(out: str | Path | None, given: list[str], data_root: str | Path | None, log: Log) -> TuneResult:
+    if out is None:
         raise UsageError("--resume needs --out RUN_DIR naming an existing run folder")
+    run_dir = Path(out)
+    check_out(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        if run_files(run_dir):
+            raise UsageError(f"{run_dir} holds {', '.join(run_files(run_dir))} but no {CONFIG_FILE}, so the "
+                             f"configuration it was started with is unknown; restore {CONFIG_FILE}, or start a new "
+                             f"run with another --out")
+        raise UsageError(f"--resume needs --out RUN_DIR naming an existing run folder; {run_dir} holds no run")
     if given:
         raise UsageError(f"--resume continues {out} with the configuration it was started with; leave out "
                          f"{', '.join(given)} (or start a new run with another --out)")
-    refuse_legacy_checkpoint(Path(out) / CHECKPOINT_FILE, CheckpointError)  # before any work
-    config = load_run_config(Path(out) / CONFIG_FILE)
+    refuse_legacy_checkpoint(run_dir / CHECKPOINT_FILE, CheckpointError)  # before any work
+    config = load_run_config(run_dir / CONFIG_FILE)
+    if data_root is not None:  # the run's data moved: the same data, checked against its record
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(data_root)))
     check_trackers(config.train.report_to)
-    return run(config, Path(out), resume=True, log=log)
+    return run(config, run_dir, resume=True, log=log)
 
 
 def _flag_overrides(flags: Mapping[tuple[str, str], Any]) -> list[dict]:
@@ -207,8 +238,20 @@ def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log =
     started = time.time()
     run_dir = Path(run_dir)
     config = checked(config, trackers=False)  # a config changed in Python is checked like any other
-    with _folder_lock(run_dir, log):
-        return _run_locked(config, run_dir, resume, log, started, hooks)
+    # the run folder records where the data is, so it must say so from any working directory
+    config = dataclasses.replace(config, data=_absolute_root(config.data))
+    try:
+        with _folder_lock(run_dir, log):
+            return _run_locked(config, run_dir, resume, log, started, hooks)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: name the run, so that the CLI can say how to resume it
+        raise RunInterrupted(run_dir) from interrupt
+
+
+def _absolute_root(data: DataConfig) -> DataConfig:
+    """``data`` with its root made absolute, symbolic links resolved."""
+    if data.root is None:
+        return data
+    return dataclasses.replace(data, root=str(Path(data.root).resolve()))
 
 
 @contextlib.contextmanager
@@ -235,14 +278,22 @@ def _folder_lock(run_dir: Path, log: Log) -> Iterator[None]:
 
 def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, started: float,
                 hooks: Sequence[PhaseHook] = ()) -> TuneResult:
+    recorded, checkpoint = (_resumable(run_dir, config, log) if resume else (None, None))
     splits, mask_hash = load_splits(config.data)
+    identity = _data_identity(config.data, splits, mask_hash)
+    if recorded is not None:
+        _check_data_identity(run_dir, recorded, identity,
+                             "continue it with --resume --data-root pointing at the run's data")
     check_images_exist(splits)
+    check_cache_directory(config.train.cache)
     backbone = build_backbone(config.model)
     class_names = splits.train.class_names
     descriptions, descriptions_source = resolve_descriptions(config.model.descriptions, config.data.dataset,
                                                              class_names)
     set_seed(config.train.seed)  # random prompt contexts and embeddings start the same in every run
     method = build_method(config.model.method, backbone, class_names, descriptions, **config.model.options)
+    if checkpoint is not None:
+        _check_checkpoint_fits(run_dir / CHECKPOINT_FILE, checkpoint, method)
     locations = _locations(backbone)
     log(f"data {config.data.dataset}: {len(splits.train)} train / {len(splits.val) if splits.val else 0} val / "
         f"{len(splits.test) if splits.test else 0} test images, {len(class_names)} classes, "
@@ -252,16 +303,21 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     log(method.summary(config.train.batch_size, locations))
     main = process_state().is_main_process  # the other processes of a multi-GPU run write no files
     if main:
-        write_config(run_dir, config.to_dict())
-    result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict(),
-                     hooks=hooks).fit(resume=resume)
+        write_config(run_dir, config.to_dict(), identity)
+    started_with = {**migrations.header("run-config"), **config.to_dict()}
+    result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict(), hooks=hooks,
+                     checkpoint_extra={RUN_CONFIG_KEY: started_with}).fit(resume=resume)
     method = result.method
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
     last = result.history[-1]
-    selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
-    if result.select_on == "test":
-        selected_label += " ⚠ selected on the test set, as the anchors do"
-    rows = {selected_label: split_metrics(best, "test"), f"last (epoch {last['epoch']})": split_metrics(last, "test")}
+    if result.best_epoch == 0:  # nothing to train (zero-shot): one result, nothing selected
+        rows = {"untrained (nothing to learn)": split_metrics(best, "test")}
+    else:
+        selected_label = f"selected on {result.select_on} (epoch {best['epoch']})"
+        if result.select_on == "test":
+            selected_label += " ⚠ selected on the test set, as the anchors do"
+        rows = {selected_label: split_metrics(best, "test"),
+                f"last (epoch {last['epoch']})": split_metrics(last, "test")}
     table = summary_table(rows)
     metrics = {
         "dataset": config.data.dataset, "method": config.model.method, "backbone": backbone.spec,
@@ -291,6 +347,97 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     return TuneResult(run_dir, config, metrics, table, method)
 
 
+RUN_CONFIG_KEY = "run_config"  # the checkpoint's copy of the configuration the run started with
+
+
+def _resumable(run_dir: Path, config: RunConfig, log: Log) -> tuple[dict | None, dict | None]:
+    """Before any work on ``--resume``: the data identity ``config.yaml`` records, and the
+    checkpoint, which must have been written under this very configuration (a hand-edited
+    ``config.yaml`` would relabel results, or mismatch the learned tensors). A location is no
+    setting: ``data.root`` may differ, the data under it is checked against the record instead."""
+    recorded = recorded_data_identity(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
+    if recorded is None and (run_dir / CONFIG_FILE).is_file():
+        log(f"{run_dir / CONFIG_FILE} records no data identity (an older run): the data under "
+            f"{config.data.root or 'the default folder'} is not checked against what the run was trained on")
+    if config.data.root is not None and not Path(config.data.root).is_dir():
+        raise UsageError(f"{run_dir}: its data root {config.data.root} is not a folder here; continue it with "
+                         f"--resume --data-root pointing at the run's data")
+    path = run_dir / CHECKPOINT_FILE
+    if os.path.lexists(path) and not path.is_file():
+        raise UsageError(f"{path} is not a file; a checkpoint cannot be read from it or written over it: move it "
+                         f"away, or start a new run with another --out")
+    if not path.is_file():
+        return recorded, None
+    checkpoint = load_checkpoint(path)
+    if RUN_CONFIG_KEY in checkpoint:
+        started = run_config_from(checkpoint[RUN_CONFIG_KEY], f"{path} (its run configuration)").to_dict()
+        now = config.to_dict()
+        started["data"]["root"] = now["data"]["root"]
+        changed = config_differences(started, now)
+        if changed:
+            shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+            raise UsageError(f"{run_dir / CONFIG_FILE} differs from the configuration the run started with "
+                             f"({shown}); --resume continues a run only as it started: undo the change, or start a "
+                             f"new run with --config {run_dir / CONFIG_FILE} --out NEW_DIR")
+    return recorded, checkpoint
+
+
+def _check_checkpoint_fits(path: Path, checkpoint: dict, method: MultiLabelMethod) -> None:
+    """The checkpoint's learned tensors are the ones ``method`` has, name for name and shape for
+    shape (a checkpoint from before it recorded its configuration may belong to another one)."""
+    saved = checkpoint.get("method")
+    expected = {name: tuple(tensor.shape) for name, tensor in learnable_state(method).items()}
+    found = {name: tuple(tensor.shape) for name, tensor in saved.items()} if isinstance(saved, dict) else {}
+    if found != expected:
+        differing = sorted(name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name))
+        details = ", ".join(f"{name} {found.get(name, 'absent')} vs {expected.get(name, 'absent')}"
+                            for name in differing[:4])
+        raise UsageError(f"{path} does not fit {method.name} as configured (checkpoint vs config: {details}); it "
+                         f"was written under another configuration: restore the run's {CONFIG_FILE}, or start a "
+                         f"new run with another --out")
+
+
+def _data_identity(data: DataConfig, splits: Splits, mask_hash: str) -> dict[str, Any]:
+    """What identifies the data a run uses, without reading a pixel (:func:`promptmlr.runs.data_sha256`)."""
+    root = dataset_root(data)
+    training = [(splits.train.image_paths, splits.full_train_labels)]
+    if splits.val is not None:
+        training.append((splits.val.image_paths, splits.val.labels))
+    identity = {"root": str(root), "protocol": _protocol(data), "mask_sha256": mask_hash,
+                "training_sha256": data_sha256(root, splits.train.class_names, training)}
+    if splits.test is not None:
+        identity.update(test_split=data.test_split, test_sha256=_split_sha256(root, splits.test))
+    return identity
+
+
+def _protocol(data: DataConfig) -> dict[str, Any]:
+    """The settings that decide which training images and labels a run uses, beside the data itself."""
+    return {key: value for key, value in dataclasses.asdict(data).items() if key not in ("root", "test_split")}
+
+
+def _split_sha256(root: Path, dataset: MultiLabelDataset) -> str:
+    return data_sha256(root, dataset.class_names, [(dataset.image_paths, dataset.labels)])
+
+
+IDENTITY_NAMES = {"mask_sha256": "the partial-label mask", "training_sha256": "the training images or labels",
+                  "test_sha256": "the test images or labels"}
+
+
+def _check_data_identity(run_dir: Path, recorded: dict, found: dict, fix: str) -> None:
+    """Refuse data that is not the data ``run_dir`` was run on, naming what differs and ``fix``. The
+    training data and its mask are compared under the same protocol only: a run resumed before its
+    first checkpoint may have had its ``data`` settings changed, and starts over under them."""
+    keys = ["test_sha256"] if recorded.get("test_split") == found.get("test_split") else []
+    if recorded.get("protocol", found.get("protocol")) == found.get("protocol"):
+        keys += ["mask_sha256", "training_sha256"]
+    differing = [key for key in keys if key in recorded and key in found and recorded[key] != found[key]]
+    if differing:
+        what = ", ".join(f"{IDENTITY_NAMES[key]} (sha256 {str(recorded[key])[:12]}… recorded, "
+                         f"{found[key][:12]}… found)" for key in differing)
+        raise UsageError(f"{run_dir} was run on other data than the data under {found.get('root')}: {what} differ; "
+                         f"{fix} (it was at {recorded.get('root', 'an unrecorded place')})")
+
+
 def _locations(backbone: FrozenCLIP) -> int:
     grid = backbone.dense_shape[1]
     return grid[0] * grid[1]
@@ -312,19 +459,78 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
              split: str = "test", which: str = "best", dataset_options: Mapping[str, Any] | None = None,
              batch_size: int = 128, num_workers: int = 2) -> EvalResult:
     """Score a run folder's ``which`` prompts (or a prompts file) on a labelled split; a run folder
-    remembers its dataset, and receives ``eval_<dataset>_<split>.json``."""
+    remembers its dataset and where its data is, and receives ``eval_<dataset>_<split>.json``.
+
+    A run folder's own data (neither ``dataset`` nor ``data_root`` given) is checked to be the data
+    the run was trained and tested on, and its prompts file to be the run's own, before anything is
+    scored; ``data_root`` alone scores the run's dataset under another root, unchecked."""
     path = prompts_path(prompts, which)
-    run_dir = Path(prompts) if Path(prompts).is_dir() else None
-    data = _dataset_for(dataset, data_root, dataset_options, run_dir)
+    run_dir = Path(prompts) if is_folder(Path(prompts)) else None
+    data = _dataset_for(dataset, data_root, dataset_options, split, run_dir)
+    recorded = None
+    if run_dir is not None and dataset is None:
+        if data_root is not None:  # the run's dataset, under the root given
+            data = dataclasses.replace(data, root=str(data_root))
+        else:
+            recorded = recorded_data_identity(run_dir / CONFIG_FILE)
+            _check_prompts_are_the_runs(path, load_run_config(run_dir / CONFIG_FILE), recorded)
+            if data.root is not None and not Path(data.root).is_dir():
+                raise UsageError(f"{run_dir}: its data root {data.root} is not a folder here; pass --data-root "
+                                 f"pointing at the run's data")
     labelled = load_split(data, split)
+    if recorded is not None:
+        _check_evaluated_data(run_dir, recorded, data, split, labelled)
     loaded = load_prompts_file(path, class_names=labelled.class_names)
     threshold = (loaded[1].get("thresholds") or [0.5])[0]
     result = evaluate_method(loaded[0], labelled, batch_size, num_workers, threshold,
                              name=f"{path.name} on {labelled.name}/{split}")
+    if run_dir is not None and dataset is None and data_root is None and recorded is None:
+        result.notes.append(f"{run_dir} records no data identity (an older run), so the data under "
+                            f"{Path(data.root).resolve() if data.root else 'the default folder'} was not "
+                            f"checked against what it was trained on")
     if run_dir is not None:
-        write_json_atomic(run_dir / f"eval_{labelled.name}_{split}.json",
-                          {**migrations.header("evaluation"), **result.metrics})
+        target = run_dir / f"eval_{labelled.name}_{split}.json"
+        root = dataset_root(data)
+        record = {**migrations.header("evaluation"), **result.metrics,
+                  "evaluated": {"prompts": path.name, "dataset": labelled.name, "split": split, "root": str(root),
+                                "data_sha256": _split_sha256(root, labelled)}}
+        try:  # the scores are the result: a folder that cannot take them must not hide them
+            write_json_atomic(target, record)
+        except OSError as error:
+            result.notes.append(f"could not write {target} ({one_line(error)}); these scores are not saved")
     return result
+
+
+def _check_evaluated_data(run_dir: Path, recorded: dict, data: DataConfig, split: str,
+                          labelled: MultiLabelDataset) -> None:
+    """The split about to be scored is the run's: its test split by its digest, any other split by
+    the training data's (which costs reading the training labels)."""
+    root = dataset_root(data)
+    found: dict[str, Any] = {"root": str(root), "protocol": _protocol(data), "test_split": split}
+    if split == recorded.get("test_split"):
+        found["test_sha256"] = _split_sha256(root, labelled)
+    else:
+        splits, mask_hash = load_splits(data)
+        identity = _data_identity(data, splits, mask_hash)
+        found.update(mask_sha256=identity["mask_sha256"], training_sha256=identity["training_sha256"])
+    _check_data_identity(run_dir, recorded, found, "pass --data-root pointing at the run's data")
+
+
+def _check_prompts_are_the_runs(path: Path, config: RunConfig, recorded: dict | None) -> None:
+    """A run folder's prompts file was learned by that run: its method and, where recorded, its
+    partial-label mask are the run's (a file copied in from another run would be scored and
+    reported as this one's)."""
+    header = read_header(path)
+    mask = recorded.get("mask_sha256") if recorded else None
+    if header.get("method") != config.model.method:
+        raise UsageError(f"{path} holds {header.get('method')} prompts, but the run in {path.parent} is "
+                         f"{config.model.method}: it is another run's file; put the run's own file back, or eval the "
+                         f"file by itself with --dataset")
+    if mask is not None and header.get("mask_sha256") not in (None, mask):
+        raise UsageError(f"{path} was learned with another partial-label mask (sha256 "
+                         f"{str(header.get('mask_sha256'))[:12]}…) than the run in {path.parent} ({mask[:12]}…): it "
+                         f"is another run's file; put the run's own file back, or eval the file by itself with "
+                         f"--dataset")
 
 
 def zeroshot(dataset: str, *, data_root: str | Path | None = None, backbone: str = "sandbox",
@@ -333,7 +539,7 @@ def zeroshot(dataset: str, *, data_root: str | Path | None = None, backbone: str
              batch_size: int = 128, num_workers: int = 2) -> EvalResult:
     """Zero-shot CLIP on a labelled split: templates, or a description ensemble (``descriptions``:
     a file, ``none``, or by default the shipped ``prompts/<dataset>.yaml``)."""
-    labelled = load_split(_dataset_for(dataset, data_root, dataset_options), split)
+    labelled = load_split(_dataset_for(dataset, data_root, dataset_options, split), split)
     model = ModelConfig(backbone=backbone, image_size=image_size, descriptions=descriptions or "auto")
     frozen = build_backbone(model)
     chosen, source = resolve_descriptions(model.descriptions, labelled.name, labelled.class_names)
@@ -344,14 +550,16 @@ def zeroshot(dataset: str, *, data_root: str | Path | None = None, backbone: str
 
 
 def _dataset_for(dataset: str | None, data_root: str | Path | None, options: Mapping[str, Any] | None,
-                 run_dir: Path | None = None) -> DataConfig:
-    """The dataset named, or else the one ``run_dir`` was trained on (with its loader options)."""
+                 split: str, run_dir: Path | None = None) -> DataConfig:
+    """The dataset named, or else the one ``run_dir`` was trained on (with its loader options, whose
+    ``labels`` file is its training split's). Options given with the dataset are for the one split
+    read, ``split``: a ``labels`` file given here is that split's."""
     if dataset is None:
         if run_dir is None:
             raise UsageError("--dataset is required (only a run folder remembers its dataset)")
         return load_run_config(run_dir / CONFIG_FILE).data
     return DataConfig(dataset=dataset, root=str(data_root) if data_root is not None else None,
-                      options=dict(options or {}))
+                      train_split=split, options=dict(options or {}))
 
 
 # ------------------------------------------------------------------------------ prompts: load, use, export
@@ -388,15 +596,23 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", w
     """Write a run's learned prompts to ``out``: ``promptmlr`` copies the prompts file (everything,
     reloadable), ``text-embeddings`` writes a plain ``[C, D]`` classifier (.safetensors or .npy)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    if not is_folder(run_dir):
         raise UsageError(f"{run_dir} is not a run folder")
     source = prompts_path(run_dir, which)
-    if format == "promptmlr":
-        read_header(source)  # refuse to copy something that is not a prompts file
-        return atomic_write(out, lambda temp: shutil.copyfile(source, temp))
-    if format == "text-embeddings":
+    if format not in ("promptmlr", "text-embeddings"):
+        raise UsageError(f"format must be promptmlr or text-embeddings, got {format!r}")
+    out = Path(out)
+    try:
+        if out.is_dir():
+            raise UsageError(f"export --out {out} is a folder; name the file to write, e.g. {out / source.name}")
+        if format == "promptmlr":
+            read_header(source)  # refuse to copy something that is not a prompts file
+            return atomic_write(out, lambda temp: shutil.copyfile(source, temp))
         return export_text_embeddings(load_prompts_file(source)[0], out)
-    raise UsageError(f"format must be promptmlr or text-embeddings, got {format!r}")
+    except PromptMLRError:
+        raise
+    except OSError as error:  # a file where a folder should be, a read-only folder, a name too long
+        raise UsageError(f"export --out {out}: cannot write it ({one_line(error)}); choose another --out") from None
 
 
 # ------------------------------------------------------------------------------ configuration, registries

@@ -25,17 +25,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.images import ImageLoadError
 from promptmlr.errors import PromptMLRError
-from promptmlr.files import DiskFullError, atomic_directory
+from promptmlr.files import DiskFullError, atomic_directory, user_cache_dir
 from promptmlr.migrations import header, upgrade
 from promptmlr.options import check_fields, option
+from promptmlr.progress import progress_bar
 
-DEFAULT_DIRECTORY = Path.home() / ".cache" / "promptmlr" / "features"
+DEFAULT_DIRECTORY = user_cache_dir("features")
 CACHE_MODES = ("auto", "on", "off")
 SCALE_FILE = "dense_scale.npy"  # per-channel scales of the dense features, only with dtype int8
 ARRAY_FILES = ("global.npy", "dense.npy", SCALE_FILE)
@@ -138,6 +138,19 @@ class DamagedCacheError(PromptMLRError, ValueError):
     the rebuilt one fails too."""
 
 
+class CacheAccessError(PromptMLRError, OSError):
+    """A cache folder this user may not read, or a cache root it may not write (a cache shared
+    between users, a folder made by another): the message names the folder and the fix."""
+
+
+_ELSEWHERE = "point train.cache.directory at a folder of your own, or set train.cache.enabled=off"
+
+
+def _unreadable(directory: Path, error: OSError) -> CacheAccessError:
+    return CacheAccessError(f"cannot read the feature cache {directory} ({error.strerror}): it belongs to someone "
+                            f"who has not made it readable; ask them to (chmod -R a+rX {directory}), or {_ELSEWHERE}")
+
+
 @dataclass
 class FeatureCache:
     """Cached features ``global [V, N, D]`` and ``dense [V, N, HW, D]`` (memory-mapped)."""
@@ -173,6 +186,8 @@ class FeatureCache:
                 raise ValueError("it does not hold the features it is named for")
             if meta["files"] != _file_stamps(directory):
                 raise ValueError("its arrays were changed after it was built")
+        except PermissionError as error:  # another user's cache, not made readable: not damaged, not ours to rebuild
+            raise _unreadable(directory, error) from None
         except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
             raise DamagedCacheError(f"{directory}: {error}") from None
         return cache
@@ -271,10 +286,6 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
     if state != "ready":
         share = _Share(backbone, dataset, transforms, seed, batch_size, num_workers, autocast, split, group)
         if group.is_main:
-            _check_free_space(root, estimated_bytes(backbone, images * views, dtype))
-            if state == "damaged":  # rebuilt, never trusted (an absent one may be being renamed into
-                shutil.rmtree(target, ignore_errors=True)  # place by a concurrent run: left to atomic_directory)
-
             def build(folder: Path) -> None:
                 grid = _create_arrays(backbone, folder, views, images, dtype)
                 group.share(str(folder))
@@ -284,7 +295,15 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
                     **header("feature-cache"), "key": key, "grid": grid, "images": images, "views": views,
                     "backbone": backbone.describe(), "files": _file_stamps(folder)}))
 
-            atomic_directory(target, build)
+            try:
+                _check_not_under_a_file(root)
+                _check_free_space(root, estimated_bytes(backbone, images * views, dtype))
+                if state == "damaged":  # rebuilt, never trusted (an absent one may be being renamed into
+                    _remove_damaged(target)  # place by a concurrent run: left to atomic_directory)
+                atomic_directory(target, build)
+            except PermissionError as error:  # a cache root shared with other users, not writable by this one
+                raise CacheAccessError(f"cannot write the feature cache in {root} ({error.strerror}: "
+                                       f"{error.filename}); {_ELSEWHERE}") from None
         else:
             share.encode(_shared_folder(Path(group.share(None)), root))
             group.barrier()
@@ -292,10 +311,37 @@ def build_or_open_cache(backbone: FrozenCLIP, dataset: MultiLabelDataset, transf
     return FeatureCache.open(target, key, images, views)
 
 
+def check_cache_directory(config: CacheConfig) -> None:
+    """Before a run writes anything: refuse a ``train.cache.directory`` that can never be a folder
+    (it, or a folder above it, is a file). Whether it can be written is learnt when a cache is
+    built: one already built is read without writing."""
+    if config.enabled != "off":
+        _check_not_under_a_file(cache_root(config.directory))
+
+
+def _check_not_under_a_file(root: Path) -> None:
+    """Refuse a cache root that is a file, or lies under one, in one line."""
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    if not existing.is_dir():
+        raise CacheAccessError(f"the feature cache folder {root} cannot be made: {existing} is a file; {_ELSEWHERE}")
+
+
+def _remove_damaged(target: Path) -> None:
+    """Remove a damaged cache before it is built again; one that cannot be removed (another user's)
+    is refused in one line rather than trusted."""
+    shutil.rmtree(target, ignore_errors=True)
+    if target.exists():
+        raise CacheAccessError(f"the feature cache {target} is damaged and this user cannot remove it; remove it "
+                               f"(its owner can), or {_ELSEWHERE}")
+
+
 def _state(target: Path, key: str, images: int, views: int) -> str:
     """``ready`` (``target`` holds the whole cache asked for), ``absent`` or ``damaged`` (said so)."""
-    if not (target / "meta.json").is_file():
-        return "absent"
+    try:
+        if not (target / "meta.json").is_file():
+            return "absent"
+    except PermissionError as error:  # a folder another user made and keeps to themselves
+        raise _unreadable(target, error) from None
     try:
         FeatureCache.open(target, key, images, views)
     except DamagedCacheError as error:  # features are cheap to recompute
@@ -352,8 +398,8 @@ class _Share:
             # global RNG would make a run's training depend on whether its cache existed already
             loader = DataLoader(Subset(images, rows), batch_size=self.batch_size, num_workers=self.num_workers,
                                 generator=torch.Generator().manual_seed(self.seed))
-            for batch, _, indices in tqdm(loader, desc=f"caching {self.split} features (view {view + 1}/{views})",
-                                          leave=False, disable=not self.group.is_main):
+            for batch, _, indices in progress_bar(loader, desc=f"caching {self.split} features (view {view + 1}/"
+                                                  f"{views})", leave=False, disable=not self.group.is_main):
                 features = encode(self.backbone, batch.to(device), self.autocast)
                 block = indices.numpy()
                 global_out[view, block] = features.global_features.float().cpu().numpy().astype(global_out.dtype)

@@ -32,8 +32,11 @@ from promptmlr.migrations import upgrade, upgrade_settings, without_header
 from promptmlr.models.factory import ModelConfig, method_class, method_options
 from promptmlr.options import option
 from promptmlr.recovery import check_recovery_weights
+from promptmlr.runs import DATA_IDENTITY
 from promptmlr.settings import load_yaml, merge, read_yaml
 from promptmlr.tracking import check_trackers
+
+NOTHING_TO_SELECT = ("zeroshot",)  # methods with nothing to train: no epoch is selected
 
 
 @dataclass
@@ -83,7 +86,7 @@ def resolve_config(dataset: str | None = None, config_file: str | Path | None = 
     """Defaults <- shipped ``configs/<dataset>.yaml`` <- the method's recipes <- ``config_file`` <-
     ``overrides`` (in order). The method, and so its recipes, is the one the last layer names:
     the layers are applied once without recipes to find it, then again with them."""
-    user = upgrade_settings(read_yaml(config_file), config_file) if config_file else {}
+    user = upgrade_settings(_settings_of(read_yaml(config_file)), config_file) if config_file else {}
     dataset = dataset or user.get("data", {}).get("dataset") or RunConfig().data.dataset
     shipped = [path for path in [shipped_config_path(dataset)] if path]
     method = _layered(shipped, user, config_file, dataset, overrides).model.method
@@ -149,6 +152,17 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> 
     if recovery.enabled and recovery.thresholds == "calibrated" and config.data.val_fraction == 0:
         raise ConfigError("train.recovery.thresholds calibrated sets its thresholds on the validation split; "
                           "set data.val_fraction above 0 or use thresholds fixed or prior")
+    # selecting on a split that does not exist would label the last epoch "selected on val"; a
+    # method with nothing to train selects nothing, so it may use every training image
+    if (config.train.select_on == "val" and config.data.val_fraction == 0
+            and config.model.method not in NOTHING_TO_SELECT):
+        raise ConfigError("train.select_on val picks the epoch with the best validation mAP, but data.val_fraction "
+                          "is 0 (no validation split); set data.val_fraction above 0 (e.g. 0.1), or --select-on "
+                          "test (flagged as such in the results)")
+    if (config.train.select_on == "test" and not config.data.test_split
+            and config.model.method not in NOTHING_TO_SELECT):  # else the first epoch is "selected on test"
+        raise ConfigError("train.select_on test picks the epoch with the best test mAP, but data.test_split is null "
+                          "(no test split); select on val (the default), or name a test split")
     if trackers:
         check_trackers(config.train.report_to)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))
@@ -158,5 +172,38 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Read back the ``config.yaml`` a run folder holds, of any format version (read as it was
     trained: :mod:`promptmlr.migrations`). Trackers are checked only when the run is resumed:
     evaluating a run logged to W&B elsewhere needs no wandb here."""
-    values = without_header(upgrade("run-config", read_yaml(path), path, ConfigError))
-    return checked(merge(RunConfig(), values, str(path)), trackers=False)
+    return run_config_from(_read_run_record(path), path)
+
+
+def run_config_from(record: Any, source: str | Path) -> RunConfig:
+    """A run's configuration from the record its ``config.yaml`` (or checkpoint) holds, of any
+    format version, checked as :func:`load_run_config` checks it."""
+    values = without_header(upgrade("run-config", record, source, ConfigError))
+    if isinstance(values, dict) and not values.keys() & {"data", "model", "train"}:
+        raise ConfigError(f"{source} holds none of data, model, train: it is not a promptmlr run's config; "
+                          f"restore it from the run's copy, or start the run again")
+    return checked(merge(RunConfig(), _settings_of(values), str(source)), trackers=False)
+
+
+def recorded_data_identity(path: str | Path) -> dict[str, Any] | None:
+    """The identity of the data a run was trained on, as its ``config.yaml`` records it (written
+    by :func:`promptmlr.runs.write_config`); None for a run from before it was recorded."""
+    record = _read_run_record(path)
+    identity = record.get(DATA_IDENTITY) if isinstance(record, dict) else None
+    return identity if isinstance(identity, dict) else None
+
+
+def _read_run_record(path: str | Path) -> Any:
+    record = read_yaml(path)
+    if record is None or record == {}:
+        raise ConfigError(f"{path} is empty: it is not a promptmlr run's config; restore it from the run's copy, "
+                          f"or start the run again")
+    return record
+
+
+def _settings_of(values: Any) -> Any:
+    """A run's config record without the record of its data, which describes that run and is no
+    setting (an earlier run's ``config.yaml`` given as ``--config`` holds one)."""
+    if isinstance(values, dict) and DATA_IDENTITY in values:
+        return {key: value for key, value in values.items() if key != DATA_IDENTITY}
+    return values

@@ -23,8 +23,16 @@ import yaml
 
 from promptmlr.errors import PromptMLRError, one_line
 from promptmlr.files import shipped_file
+from promptmlr.settings import MAX_YAML_BYTES, RefusedYAMLError, load_yaml
 
 Descriptions = dict[str, list[str]]
+
+# CLIP reads 77 tokens of a prompt (a few hundred characters); the shipped descriptions are at most
+# 77 characters. The longest description accepted is far above that and bounds the tokenizer,
+# whose byte-pair merging is quadratic in a word's length (3,000 characters without a space: 0.3 s;
+# one 10 MB line would take hours).
+MAX_DESCRIPTION_CHARS = 1000
+MAX_FILE_BYTES = MAX_YAML_BYTES
 
 
 class DescriptionsError(PromptMLRError, ValueError):
@@ -34,20 +42,36 @@ class DescriptionsError(PromptMLRError, ValueError):
 def load_descriptions(path: str | Path) -> Descriptions:
     """Read a YAML or plain-text descriptions file into ``{class name: [descriptions]}``."""
     path = Path(path)
+    if path.is_dir():
+        raise DescriptionsError(f"descriptions file {path} is a folder; name a YAML or text file")
     if not path.is_file():
         raise DescriptionsError(f"descriptions file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # checked before the file is read into memory
+            raise DescriptionsError(f"{path} is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB a "
+                                    f"descriptions file may take (a few short phrases per class); is it the "
+                                    f"right file?")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is no part of a name
     except UnicodeDecodeError as error:
         raise DescriptionsError(f"{path}: not a UTF-8 text file ({one_line(error)}); save it as UTF-8") from None
-    if path.suffix in (".yaml", ".yml"):
-        return _parse_yaml(path, text)
-    return _parse_text(path, text)
+    except OSError as error:
+        raise DescriptionsError(f"cannot read descriptions file {path}: {error.strerror or error}") from None
+    parsed = _parse_yaml(path, text) if path.suffix in (".yaml", ".yml") else _parse_text(path, text)
+    for name, phrases in parsed.items():
+        longest = max(phrases, key=len)
+        if len(longest) > MAX_DESCRIPTION_CHARS:
+            raise DescriptionsError(f"{path}: class {name!r} has a description of {len(longest):,} characters; "
+                                    f"CLIP reads about 77 tokens, so keep each under {MAX_DESCRIPTION_CHARS} "
+                                    f"characters (split it into several with ';' or a YAML list)")
+    return parsed
 
 
 def _parse_yaml(path: Path, text: str) -> Descriptions:
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml(text)
+    except RefusedYAMLError as error:
+        raise DescriptionsError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise DescriptionsError(f"{path}: not valid YAML: {one_line(error)}") from None
     classes = document.get("classes") if isinstance(document, dict) else None

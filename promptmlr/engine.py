@@ -26,7 +26,6 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from promptmlr.cache import CacheConfig
@@ -39,6 +38,7 @@ from promptmlr.metrics import evaluate
 from promptmlr.migrations import refuse_legacy_checkpoint
 from promptmlr.models.base import MultiLabelMethod
 from promptmlr.options import check_fields, option
+from promptmlr.progress import progress_bar
 from promptmlr.recovery import RecoveryConfig, RecoveryStats, prototype_similarity, recover_labels
 from promptmlr.runs import CHECKPOINT_FILE
 from promptmlr.scoring import score
@@ -68,7 +68,8 @@ PhaseHook = Callable[[str], ContextManager[None]]  # called with a phase's name;
 
 
 class TrainingDivergedError(PromptMLRError, RuntimeError):
-    """The loss became NaN or infinite; the message names the batch and the last good checkpoint."""
+    """The loss, the learned tensors or the scores of an epoch became NaN or infinite; the message names
+    where, and the last good checkpoint (a diverged epoch is never checkpointed)."""
 
 
 @dataclass
@@ -173,15 +174,18 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
 class Trainer:
     """Fits a method on a run's splits. ``hyperparameters`` (the resolved run configuration) are
     recorded by the experiment trackers named in ``config.report_to``; ``hooks`` are entered around
-    each phase of the run (:data:`PHASES`)."""
+    each phase of the run (:data:`PHASES`); ``checkpoint_extra`` is saved with every checkpoint
+    (the API stores the run's configuration there, to refuse a resume under another one)."""
 
     def __init__(self, method: MultiLabelMethod, splits: Splits, config: TrainConfig, run_dir: Path,
-                 hyperparameters: dict | None = None, hooks: Sequence[PhaseHook] = ()):
+                 hyperparameters: dict | None = None, hooks: Sequence[PhaseHook] = (),
+                 checkpoint_extra: dict | None = None):
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
         self.hyperparameters = hyperparameters or {"train": dataclasses.asdict(config)}
         self.hooks = tuple(hooks)
+        self.checkpoint_extra = dict(checkpoint_extra or {})
         self.loss_fn = build_loss(config.loss)
         self.trackers = parse_trackers(config.report_to)
         self.accelerator = _accelerator(config, self.run_dir, self.trackers)
@@ -204,6 +208,10 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         started = time.time()
+        if getattr(self.splits, config.select_on) is None and self._unwrapped.trainable_parameter_count():
+            # selecting on a missing split would keep the first epoch and call it selected
+            raise ConfigError(f"train.select_on {config.select_on}: this run has no {config.select_on} split to "
+                              f"select an epoch on; select on the split it has")
         with self._phase("caching"):
             train_loader = self.features.loader(self.splits.train, train=True, description="train")
             eval_loaders = {name: self.features.loader(dataset, train=False, description=name)
@@ -218,8 +226,15 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
         scheduler = None
         if optimizer is not None:
-            scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.lr_warmup_epochs * steps_per_epoch),
-                                                        max(1, config.epochs * steps_per_epoch))
+            warmup_steps, total_steps = (int(config.lr_warmup_epochs * steps_per_epoch),
+                                         max(1, config.epochs * steps_per_epoch))
+            if total_steps == 1 and warmup_steps > 0:
+                # a warm-up's first step is at learning rate 0: the only step of a run would change nothing
+                warmup_steps = 0
+                self._print(f"this run makes one optimiser step ({config.epochs} epoch of {len(train_loader)} "
+                            f"batch(es), grad_accum {config.grad_accum}): it is taken at train.lr, without the "
+                            f"warm-up, which would take it at 0 and learn nothing")
+            scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
             self.method, optimizer, scheduler = accelerator.prepare(self.method, optimizer, scheduler)
         ema = ParameterEMA(self._unwrapped, config.ema_decay) if config.ema_decay > 0 and parameters else None
         result = TrainResult(select_on=config.select_on)
@@ -238,10 +253,13 @@ class Trainer:
             epoch_started = time.time()
             with self._phase("training"):
                 train_loss = self._train_epoch(epoch, train_loader, optimizer, scheduler, ema, checkpoint_path)
+            # a step can leave NaN or inf weights behind a finite loss: such an epoch is neither scored
+            # nor checkpointed, so the checkpoint on disk stays the last finite one
+            self._check_finite_state(epoch, ema, checkpoint_path)
             record = {"epoch": epoch + 1, "train_loss": train_loss, **_learning_rates(scheduler)}
             with _averaged(ema):
                 with self._phase("evaluation"):
-                    record.update(self._evaluate_splits(eval_loaders))
+                    record.update(self._evaluate_splits(eval_loaders, epoch, checkpoint_path))
                 if config.recovery.enabled and epoch + 1 >= config.recovery.known_only_epochs:
                     with self._phase("recovery"):
                         recovery = self._recover(eval_loaders["train-scoring"], eval_loaders.get("val"))
@@ -303,8 +321,8 @@ class Trainer:
         self._unwrapped.set_epoch(epoch)
         self.features.start_epoch(loader, epoch)
         total, batches = 0.0, 0
-        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
-                        disable=not accelerator.is_local_main_process)
+        progress = progress_bar(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
+                                disable=not accelerator.is_local_main_process)
         for step, batch in enumerate(progress):
             features, indices = self.features.from_batch(batch)
             targets, weights = self._targets(indices)
@@ -313,7 +331,10 @@ class Trainer:
                 loss = self.loss_fn(output.logits, targets, weights)
                 loss = loss + sum(self._unwrapped.auxiliary_losses(output, targets, self.loss_fn).values())
                 if not torch.isfinite(loss):
-                    raise TrainingDivergedError(self._divergence_message(loss, epoch, step, indices, checkpoint_path))
+                    paths = [str(self.splits.train.image_paths[i]) for i in indices.cpu().tolist()[:4]]
+                    raise TrainingDivergedError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, batch {step} (images {paths}...); "
+                        f"{_divergence_advice(epoch, checkpoint_path)}")
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
@@ -325,13 +346,21 @@ class Trainer:
             progress.set_postfix(loss=f"{total / batches:.4f}")
         return total / max(batches, 1)
 
-    def _divergence_message(self, loss: torch.Tensor, epoch: int, step: int, indices: torch.Tensor,
-                            checkpoint_path: Path) -> str:
-        paths = [str(self.splits.train.image_paths[i]) for i in indices.cpu().tolist()[:4]]
-        kept = (f"the last good checkpoint is {checkpoint_path} (resume with --resume)"
-                if checkpoint_path.is_file() else "no checkpoint was written yet")
-        return (f"loss became {loss.item()} at epoch {epoch + 1}, batch {step} (images {paths}...); training "
-                f"stopped and {kept}. Lower train.lr, or use mixed_precision bf16 instead of fp16.")
+    @torch.no_grad()
+    def _check_finite_state(self, epoch: int, ema: ParameterEMA | None, checkpoint_path: Path) -> None:
+        """Refuse an epoch whose learned tensors (or their EMA) hold NaN or inf: every later score and
+        the checkpoint would be built on them. One reduction per tensor, read back once."""
+        named = [(name, tensor) for name, tensor in self._unwrapped.state_dict().items() if tensor.is_floating_point()]
+        named += [(f"the EMA of {name}", tensor) for name, tensor in (ema.shadow.items() if ema else ())]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in named]).cpu()
+        if not finite.all():
+            name, tensor = named[int((~finite).nonzero()[0])]
+            raise TrainingDivergedError(
+                f"training diverged in epoch {epoch + 1}: {name} holds {int((~torch.isfinite(tensor)).sum())} NaN "
+                f"or infinite value(s) after the epoch's last step, though its loss was finite; "
+                f"{_divergence_advice(epoch, checkpoint_path)}")
 
     # ---------------------------------------------------------------------------------- evaluation
     def _score(self, loader, logits: bool = True) -> np.ndarray:
@@ -341,11 +370,22 @@ class Trainer:
                      self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
                      logits=logits, total=len(loader), encoding=lambda: self._phase("evaluation prompts"))
 
-    def _evaluate_splits(self, loaders: dict) -> dict:
+    def _evaluate_splits(self, loaders: dict, epoch: int = -1, checkpoint_path: Path | None = None) -> dict:
+        """The metrics of val and test after ``epoch`` (0-based; -1: untrained). Logits that are not all
+        finite are refused: mAP would rank NaNs as if they were scores and still report a number."""
         record = {}
         for name in ("val", "test"):
             if name in loaders:
                 logits = self._score(loaders[name])
+                if not np.isfinite(logits).all():
+                    bad = f"{int((~np.isfinite(logits)).sum())} of the {logits.size} {name} logits are NaN or infinite"
+                    if epoch < 0:  # nothing was trained: the fixed tensors or the features are at fault
+                        raise TrainingDivergedError(f"{bad} before any training: the backbone's features or the "
+                                                    f"method's fixed text features are not finite")
+                    raise TrainingDivergedError(
+                        f"training diverged in epoch {epoch + 1}: {bad}, though every learned tensor is finite (the "
+                        f"largest entry is {_largest_entry(self._unwrapped):.3g}); "
+                        f"{_divergence_advice(epoch, checkpoint_path)}")
                 dataset = getattr(self.splits, name)
                 for key, value in evaluate(logits, dataset.labels, self.config.threshold, from_logits=True).items():
                     record[f"{name}_{key}"] = value
@@ -387,6 +427,7 @@ class Trainer:
             "best_epoch": result.best_epoch,
             "best_state": result.best_state,
             "history": result.history,
+            **self.checkpoint_extra,
         }
 
     def _restore(self, state: dict, optimizer, scheduler, ema, result: TrainResult) -> tuple[int, float]:
@@ -433,6 +474,23 @@ def _averaged(ema: ParameterEMA | None) -> Iterator[None]:
         yield
     finally:
         ema.swap()
+
+
+def _divergence_advice(epoch: int, checkpoint_path: Path | None) -> str:
+    """What a divergence leaves and what to do. The checkpoint on disk is that of the epoch before
+    ``epoch`` (0-based), as a diverged epoch is never saved. ``--resume`` restores every RNG, so under
+    the same settings it diverges again at the same place: the fix is a new run."""
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        kept = f"the last good checkpoint is {checkpoint_path}, after epoch {epoch}"
+    else:
+        kept = "no checkpoint was written yet"
+    return (f"training stopped and {kept}. Start a new run with a lower train.lr (or mixed_precision bf16 "
+            f"instead of fp16); --resume repeats these settings")
+
+
+def _largest_entry(method: MultiLabelMethod) -> float:
+    return max((float(tensor.detach().abs().max()) for tensor in method.state_dict().values()
+                if tensor.is_floating_point() and tensor.numel()), default=0.0)
 
 
 def _learning_rates(scheduler) -> dict[str, float]:

@@ -31,6 +31,15 @@ class ReportError(PromptMLRError, ValueError):
     """A run folder that cannot be reported on (missing, incomplete, unreadable); the message names it."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a training run, carrying the run folder it leaves behind, so that the CLI can
+    say how to continue it (a ``KeyboardInterrupt`` still, for every ``except`` written for one)."""
+
+    def __init__(self, run_dir: Any):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 def one_line(error: BaseException) -> str:
     """A library's error message on one line (YAML and JSON parsers report over several)."""
     return " ".join(str(error).split())

@@ -35,6 +35,20 @@ _SPACE = _pid_space()
 _OWNER = f"{_SPACE}-{os.getpid()}"
 _TEMPORARY = re.compile(rf"^\..+\.{_SPACE}-(\d{{1,10}})\.[^.]+(\.tmp)?$")
 _SWEPT: set[Path] = set()
+NAME_MAX = 255  # bytes in a file name on Linux, macOS and Windows filesystems
+# a temporary's name around its target's: "." + target + ".<space>-<pid>." + mkstemp's 8 characters + ".tmp"
+_TEMPORARY_EXTRA = 1 + 1 + len(_SPACE) + 1 + 10 + 1 + 8 + len(".tmp")
+
+
+def shorten_name(name: str, limit: int = NAME_MAX) -> str:
+    """``name`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    return name.encode()[:limit].decode(errors="ignore")
+
+
+def _temporary_prefix(target: Path) -> str:
+    """The start of a temporary's name beside ``target``: a target name near the filesystem's limit
+    is cut in it, so that a file whose own name fits can always be written."""
+    return f".{shorten_name(target.name, NAME_MAX - _TEMPORARY_EXTRA)}.{_OWNER}."
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -99,7 +113,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_OWNER}.", suffix=".tmp")
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     os.close(handle)
     try:
         with _disk_full_as_one_line(path):
@@ -121,8 +135,11 @@ def atomic_directory(target: str | Path, build: Callable[[Path], None], done_fil
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target.parent)
-    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{_OWNER}."))
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temporary_prefix(target)))
     try:
+        # mkdtemp makes a 0700 folder, which would keep a shared cache from everyone else; give it the
+        # permissions a folder made here normally has (the umask's)
+        os.chmod(temp, 0o777 & ~_umask())
         with _disk_full_as_one_line(target):
             build(temp)
         try:
@@ -154,6 +171,17 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def user_cache_dir(name: str) -> Path:
+    """``~/.cache/promptmlr/<name>``, where caches go unless told otherwise. Where Python finds no
+    home directory (HOME unset and the user id without a passwd entry, as in some containers) it is
+    ``<temp dir>/promptmlr-<uid>/<name>``: a cache is worth keeping, not worth refusing to start over."""
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):
+        return Path(tempfile.gettempdir()) / f"promptmlr-{os.getuid() if hasattr(os, 'getuid') else 'user'}" / name
+    return home / ".cache" / "promptmlr" / name
 
 
 def shipped_file(folder: str, name: str) -> Path | None:

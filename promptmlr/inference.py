@@ -1,12 +1,15 @@
 """Label new images with learned prompts, and draw where each predicted label was found.
 
 One unreadable image never stops the others: it is reported with its path and reason, and the
-caller's exit status says that something failed.
+caller's exit status says that something failed. A heatmap that cannot be written (a read-only
+folder, a full disk) does not stop them either: the image keeps its labels, and a warning line
+names it and the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -17,7 +20,8 @@ from PIL import Image, ImageDraw
 
 from promptmlr.cache import encode
 from promptmlr.data.images import ImageLoadError, load_image
-from promptmlr.files import atomic_write
+from promptmlr.errors import UsageError
+from promptmlr.files import NAME_MAX, atomic_write, shorten_name
 from promptmlr.metrics import logit, sigmoid
 from promptmlr.models import MultiLabelMethod
 from promptmlr.scoring import FeatureBatch, method_outputs
@@ -33,11 +37,13 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     heatmap: Path | None = None
+    heatmap_error: str | None = None  # why a heatmap asked for was not written; the labels stand
 
     def as_dict(self) -> dict:
-        return {"image": str(self.image), "labels": [{"class": c, "probability": p} for c, p in self.labels],
-                "probabilities": self.probabilities, "error": self.error,
-                "heatmap": str(self.heatmap) if self.heatmap else None}
+        record = {"image": str(self.image), "labels": [{"class": c, "probability": p} for c, p in self.labels],
+                  "probabilities": self.probabilities, "error": self.error,
+                  "heatmap": str(self.heatmap) if self.heatmap else None}
+        return {**record, "heatmap_error": self.heatmap_error} if self.heatmap_error else record
 
 
 def expand_images(inputs: Iterable[str | Path]) -> list[Path]:
@@ -71,6 +77,8 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
     """Predictions for each image path, in order; unreadable images carry an ``error``. Scored
     through :func:`promptmlr.scoring.method_outputs`, like every other evaluation."""
     predictions = [Prediction(Path(path)) for path in images]
+    if heatmap_dir is not None and Path(heatmap_dir).exists() and not Path(heatmap_dir).is_dir():
+        raise UsageError(f"--heatmaps {heatmap_dir} is a file; name a folder for the heatmaps")
     opened: dict[int, Image.Image] = {}  # the current batch's images, kept for their heatmaps
     for output, rows in method_outputs(method, _readable_batches(method, predictions, opened, batch_size)):
         logits = output.logits.float().cpu().numpy()
@@ -82,8 +90,12 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
             prediction.labels = choose_labels(logits[position], method.class_names, threshold, top_k)
             if heatmap_dir is not None and maps is not None and prediction.labels:
                 heat = maps[position].float().cpu().numpy()
-                prediction.heatmap = write_heatmap(image, heat, method.class_names, prediction.labels,
-                                                   Path(heatmap_dir) / heatmap_name(prediction.image))
+                target = Path(heatmap_dir) / heatmap_name(prediction.image)
+                try:
+                    prediction.heatmap = write_heatmap(image, heat, method.class_names, prediction.labels, target)
+                except OSError as error:  # this heatmap only: the image keeps its labels, the others go on
+                    prediction.heatmap_error = f"heatmap not written to {target}: {error.strerror or error}"
+                    print(f"warning: {prediction.image}: {prediction.heatmap_error}", file=sys.stderr)
     return predictions
 
 
@@ -108,9 +120,12 @@ def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], o
 
 def heatmap_name(image: Path) -> str:
     """``<stem>-<8 hex digits of the absolute path>.png``: ``a/x.jpg`` and ``b/x.png`` get two files,
-    and an image gets the same name in every run, whatever else is predicted with it."""
+    and an image gets the same name in every run, whatever else is predicted with it. A stem too
+    long for a file name (a legal 250-byte image name plus the suffix is not one) is cut; the digest
+    of the whole path keeps the name apart from others."""
     digest = hashlib.sha256(str(Path(image).resolve()).encode()).hexdigest()[:8]
-    return f"{Path(image).stem}-{digest}.png"
+    suffix = f"-{digest}.png"
+    return shorten_name(Path(image).stem, NAME_MAX - len(suffix)) + suffix
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:

@@ -7,9 +7,14 @@ hash. Loading rebuilds the method on the named backbone and refuses a file that 
 
 Its format and version, and how older versions are read, are in :mod:`promptmlr.migrations`.
 
-A second format, ``text-embeddings``, is a plain ``[C, D]`` classifier (each class's positive prompt
-feature) in ``.safetensors`` or ``.npy``, usable with open_clip or transformers alone:
-``scores = normalize(clip.encode_image(x)) @ embeddings.T``.
+A second format, ``text-embeddings``, is a plain ``[C, D]`` classifier (one unit vector per class)
+in ``.safetensors`` or ``.npy``, usable with open_clip or transformers alone:
+``scores = normalize(clip.encode_image(x)) @ embeddings.T``. Only a method that scores with one vector
+per class on the global image feature can be exported so (``zeroshot``; ``linear`` on the global
+feature): those scores rank every class's images exactly as the method's logits do (the same AP),
+up to a per-class scale and bias, so thresholds do not carry over. Every other method refuses the
+export (:meth:`MultiLabelMethod.text_embeddings_refusal`): its prompts file, with ``promptmlr predict``
+or :func:`load_prompts`, is what reproduces its scores.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from promptmlr import migrations
 from promptmlr.backbones import FrozenCLIP, create_backbone
-from promptmlr.errors import PromptMLRError, one_line
+from promptmlr.errors import ConfigError, PromptMLRError, one_line
 from promptmlr.files import atomic_write
 from promptmlr.models import MultiLabelMethod, build_method
 
@@ -84,6 +90,10 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
     and, when ``class_names`` are given, a file learned for other classes.
     """
     header = read_header(path)
+    _check_thresholds(path, header)
+    with safe_open(str(path), framework="pt") as handle:
+        state = {name: handle.get_tensor(name) for name in handle.keys()}
+    _refuse_non_finite(path, state)  # before a backbone is loaded for it: nothing it scores would be a number
     stored = header["backbone"]
     if backbone is None:
         backbone = create_backbone(stored["spec"], image_size=stored["image_size"], dense_mode=stored["dense_mode"])
@@ -94,10 +104,62 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
     _warn_if_pool_resized_otherwise(path, stored, backbone)
     method = build_method(header["method"], backbone, header["class_names"], header.get("descriptions"),
                           **header.get("method_config", {}))
-    with safe_open(str(path), framework="pt") as handle:
-        state = {name: handle.get_tensor(name) for name in handle.keys()}
+    _refuse_misfit(path, state, method)
     method.load_state_dict(state, strict=True)
     return method, header
+
+
+def _check_thresholds(path: str | Path, header: dict[str, Any]) -> None:
+    """``thresholds``: null, or one probability in [0, 1] per class. A NaN one would silently admit no
+    label, and one too many or too few would end in numpy's broadcasting error when predicting."""
+    thresholds, classes = header.get("thresholds"), header.get("class_names") or []
+    if thresholds is None:
+        return
+    if (not isinstance(thresholds, list) or len(thresholds) != len(classes)
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)):
+        raise PromptsFileError(f"{path}: its header's thresholds must be null or {len(classes)} probabilities in "
+                               f"[0, 1], one per class, got {str(thresholds)[:80]}; the header was edited: export "
+                               f"it again from its run folder")
+
+
+def _refuse_non_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """A NaN or inf weight makes every score it touches NaN, and a NaN never passes a threshold: the
+    file would predict no label for any image and still evaluate to some mAP."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise PromptsFileError(f"{path}: tensor {name!r} holds {count} NaN or infinite value(s) of "
+                                   f"{tensor.numel()}, so no score would be a number; the run that wrote it "
+                                   f"diverged, or the file was altered: learn the prompts again (a lower train.lr)")
+
+
+def _refuse_misfit(path: str | Path, state: dict[str, torch.Tensor], method: MultiLabelMethod) -> None:
+    """The tensors must be those of the method the header describes, name for name, shape for shape and
+    of the same kind (float, integer, bool): a header edited after the file was written (its classes,
+    ``n_ctx``) would otherwise end in torch's multi-line error, or an integer tensor be cast silently."""
+    expected = method.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise PromptsFileError(f"{path}: its tensors are not those of the {_described(method)} its header "
+                               f"describes (missing {missing[:3]}, unexpected {unexpected[:3]}); the header was "
+                               f"edited or the file damaged: export it again from its run folder")
+    for name, wanted in expected.items():
+        tensor = state[name]
+        if tensor.shape != wanted.shape:
+            raise PromptsFileError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, but the "
+                                   f"{_described(method)} its header describes needs {list(wanted.shape)}; the "
+                                   f"header was edited or the file damaged: export it again from its run folder")
+        if _kind(tensor) != _kind(wanted):
+            raise PromptsFileError(f"{path}: tensor {name!r} holds {tensor.dtype} values where the method keeps "
+                                   f"{wanted.dtype}; export it again from its run folder")
+
+
+def _described(method: MultiLabelMethod) -> str:
+    return f"method {method.name} for {method.num_classes} classes"
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    return "float" if tensor.is_floating_point() else "bool" if tensor.dtype == torch.bool else "integer"
 
 
 def _warn_if_pool_resized_otherwise(path: str | Path, stored: dict[str, Any], backbone: FrozenCLIP) -> None:
@@ -132,9 +194,16 @@ def _class_mismatch(path: str | Path, stored: list[str], given: list[str]) -> st
 
 
 def export_text_embeddings(method: MultiLabelMethod, path: str | Path) -> Path:
-    """Write the ``[C, D]`` positive class features as ``.safetensors`` (with class names and the
-    backbone in the metadata) or ``.npy`` (array only; class order as in the run's config)."""
+    """Write the ``[C, D]`` class vectors as ``.safetensors`` (with class names and the backbone in the
+    metadata) or ``.npy`` (array only; class order as in the run's config). A method whose scores they
+    would not reproduce is refused (see the module's docstring)."""
     path = Path(path)
+    refusal = method.text_embeddings_refusal()
+    if refusal is not None:
+        raise ConfigError(f"--format text-embeddings: {refusal}, so a [C, D] classifier scored as "
+                          f"normalize(encode_image(x)) @ embeddings.T would not reproduce its scores; export the "
+                          f"prompts file (--format promptmlr) and score with promptmlr predict or "
+                          f"promptmlr.load_prompts")
     embeddings = method.class_embeddings().detach().cpu().float().contiguous()
     if path.suffix == ".npy":
         return atomic_write(path, lambda temp: _save_npy(temp, embeddings.numpy()))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import socket
@@ -48,6 +49,26 @@ WHICH = ("best", "last")
 
 
 LOCK_FILE = ".lock"
+DATA_IDENTITY = "data_identity"  # config.yaml's record of the data a run was trained and tested on
+
+
+def check_out(run_dir: Path, option: str = "--out") -> None:
+    """Refuse, in one line naming it, a run folder path the filesystem cannot hold: a file, a name
+    too long, a component that is a file, a link to nowhere. Touches nothing."""
+    try:
+        is_dir, exists = run_dir.is_dir(), run_dir.exists()
+        dangling = not exists and run_dir.is_symlink()
+    except OSError as error:  # ENAMETOOLONG, EACCES on a parent: Path.exists() lets those through
+        raise UsageError(f"{option} {run_dir}: {_reason(error)}; choose another {option}") from None
+    if exists and not is_dir:
+        raise UsageError(f"{option} {run_dir} is a file, not a folder; choose another {option}")
+    if dangling:
+        raise UsageError(f"{option} {run_dir} is a link to {os.readlink(run_dir)}, which does not exist; create "
+                         f"that folder or choose another {option}")
+
+
+def _reason(error: OSError) -> str:
+    return os.strerror(error.errno).lower() if error.errno else one_line(error)
 
 
 @contextlib.contextmanager
@@ -59,29 +80,100 @@ def run_lock(run_dir: Path, log: Callable[[str], None] = print) -> Iterator[None
     kernel releases it when the process ends in any way (``kill -9``, a crash, a lost node on NFS
     that supports locks), so a stale lock can never block, and two runs can never both hold it. The
     file's text (host and pid) only names the holder in messages; it stays when the run ends.
+
+    A run that stops with an error before it wrote anything (bad data, weights that do not load, a
+    resume refused) removes what this call created, the lock file and the folders, and nothing that
+    was there before: a refused run leaves no trace.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")
+    check_out(run_dir)
+    created = _missing_folders(run_dir)
     try:
-        if not _try_lock(handle):
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UsageError(f"{run_dir} is in use by {holder} (lock {path}); wait for that run to finish or "
-                             f"choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only or full parent, a file on the way, a name too long
+        _remove_folders(created)
+        raise UsageError(f"--out {run_dir}: cannot create the folder ({_reason(error)}); choose another --out") \
+            from None
+    before = _entries(run_dir)
+    handle, lock_created = _open_lock(run_dir, created)
+    try:
         handle.seek(0)
         previous = handle.read().strip()
         if previous:
-            log(f"taking over the lock {path} of {previous}, which is no longer running")
+            log(f"taking over the lock {run_dir / LOCK_FILE} of {previous}, which is no longer running")
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        yield
+        try:
+            yield
+        except BaseException:
+            if _entries(run_dir) <= before | {LOCK_FILE}:  # nothing written: leave no trace
+                if lock_created:
+                    (run_dir / LOCK_FILE).unlink(missing_ok=True)  # while held: see _open_lock
+                    _remove_folders(created)
+                else:
+                    handle.seek(0)
+                    handle.truncate()
+            raise
         handle.seek(0)
         handle.truncate()  # an empty lock file: no holder to name next time
     finally:
         handle.close()  # releases the lock
+
+
+def _open_lock(run_dir: Path, created: list[Path]):
+    """The lock file, opened and locked, and whether this call created it. A refused run removes
+    the lock file it created; a process that opened that file just before holds a lock on a file
+    no longer at the path, which is no lock: the inode locked must be the one at the path, else the
+    path is opened again."""
+    path = run_dir / LOCK_FILE
+    while True:
+        existed = path.exists()
+        try:
+            handle = open(path, "a+", encoding="utf-8")
+        except OSError as error:
+            _remove_folders(created)
+            raise UsageError(f"--out {run_dir}: cannot write its lock file {path.name} ({_reason(error)}); "
+                             f"choose another --out") from None
+        if not _try_lock(handle):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(f"{run_dir} is in use by {holder} (lock {path}); wait for that run to finish or "
+                             f"choose another --out")
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle, not existed
+        handle.close()
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _missing_folders(run_dir: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` would create for ``run_dir``, deepest first."""
+    missing, folder = [], Path(os.path.abspath(run_dir))
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    """Remove the folders this process created (deepest first) where they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another process wrote into it), or gone
+            return
+
+
+def _entries(folder: Path) -> set[str]:
+    try:
+        return {entry.name for entry in folder.iterdir()}
+    except OSError:
+        return set()
 
 
 def _try_lock(handle) -> bool:
@@ -110,10 +202,29 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).is_file() for name in (CONFIG_FILE, CHECKPOINT_FILE, migrations.LEGACY_CHECKPOINT))
 
 
+def run_files(run_dir: Path) -> list[str]:
+    """The files of a run that ``run_dir`` holds, whatever else is missing (a run whose config was
+    deleted still has results a new run would overwrite); a folder in a file's place counts."""
+    names = (CONFIG_FILE, CHECKPOINT_FILE, migrations.LEGACY_CHECKPOINT, METRICS_FILE, BEST_PROMPTS, LAST_PROMPTS)
+    return [name for name in names if os.path.lexists(run_dir / name)]
+
+
+def is_folder(path: Path) -> bool:
+    """``path.is_dir()``, with a path the filesystem refuses to look up (a name too long, a folder
+    it may not enter) as a one-line error naming it, not a traceback."""
+    try:
+        return path.is_dir()
+    except OSError as error:
+        raise UsageError(f"{path}: {_reason(error)}") from None
+
+
 def prompts_path(source: str | Path, which: str = "best") -> Path:
     """A prompts file as given, or the ``best``/``last`` one inside a run folder."""
     source = Path(source)
-    if not source.is_dir():
+    if not is_folder(source):
+        if source.name == CHECKPOINT_FILE or source.name == migrations.LEGACY_CHECKPOINT:
+            raise UsageError(f"{source} is a training checkpoint (what --resume continues from), not learned "
+                             f"prompts; pass its run folder {source.parent} or the {BEST_PROMPTS} in it")
         return source
     if which not in WHICH:
         raise UsageError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
@@ -129,11 +240,47 @@ def prompts_path(source: str | Path, which: str = "best") -> Path:
     return candidate
 
 
-def write_config(run_dir: Path, config: dict) -> Path:
+def write_config(run_dir: Path, config: dict, data_identity: dict | None = None) -> Path:
     """``RUN_DIR/config.yaml``: the resolved configuration under its format header (read back with
-    :func:`promptmlr.config.load_run_config`)."""
+    :func:`promptmlr.config.load_run_config`), and the identity of the data it was run on
+    (:data:`DATA_IDENTITY`, :func:`data_sha256`), which is no setting: ``eval`` and ``--resume``
+    check the data against it before scoring or training on it again."""
     record = {**migrations.header("run-config"), **config}
+    if data_identity is not None:
+        record[DATA_IDENTITY] = data_identity
     return write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(record, sort_keys=False))
+
+
+def data_sha256(root: Path, class_names: Sequence[str], parts: Sequence[tuple[Sequence[Path], np.ndarray]]) -> str:
+    """SHA-256 of a split's identity without reading a pixel: its class names, then for each part
+    (e.g. training and validation rows) every image's path relative to ``root`` (absolute when
+    outside it) and its labels. The same images under another root give the same digest; other
+    images, another order or other labels give another one. COCO's 123,287 paths take ~0.1 s."""
+    digest = hashlib.sha256(json.dumps(list(class_names)).encode())
+    prefix = os.path.join(os.path.abspath(root), "")
+    for paths, labels in parts:
+        names = []
+        for path in map(str, paths):
+            if not path.startswith(prefix):
+                path = os.path.abspath(path)
+            names.append(path[len(prefix):] if path.startswith(prefix) else path)
+        matrix = np.ascontiguousarray(labels, dtype=np.int8)
+        digest.update(f"\n{len(names)}x{matrix.shape[1] if matrix.ndim == 2 else 0}\n".encode())
+        digest.update("\n".join(names).encode("utf-8", "surrogateescape"))
+        digest.update(matrix.tobytes())
+    return digest.hexdigest()
+
+
+def config_differences(started: dict, now: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested configs, as ``key: a -> b``."""
+    differences = []
+    for key in [*started, *(key for key in now if key not in started)]:
+        a, b = started.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+    return differences
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> Path:

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from promptmlr.backbones.base import FrozenCLIP, ImageFeatures
 from promptmlr.cache import encode
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.metrics import sigmoid
 from promptmlr.models.base import MethodOutput, MultiLabelMethod
+from promptmlr.progress import progress_bar
 
 FeatureBatch = tuple[ImageFeatures, torch.Tensor]  # features and the dataset rows they belong to
 Autocast = Callable[[], ContextManager]
@@ -72,7 +72,7 @@ def score(method: MultiLabelMethod, batches: Iterable[FeatureBatch], autocast: A
     """Probabilities ``[N, C]`` (float64, computed from the logits) or, with ``logits``, the float32
     logits, in row order for every image in ``batches`` (``total`` batches, for the progress bar;
     ``encoding``: see :func:`method_outputs`)."""
-    batches = tqdm(batches, desc="scoring", total=total, leave=False, disable=not progress)
+    batches = progress_bar(batches, desc="scoring", total=total, leave=False, disable=not progress)
     values, _ = collect(method_outputs(method, batches, autocast, encoding), lambda output: output.logits, gather)
     return values if logits else sigmoid(values)
 
@@ -83,7 +83,7 @@ def dataset_batches(backbone: FrozenCLIP, dataset: MultiLabelDataset, batch_size
     loader = DataLoader(dataset.with_transform(backbone.transform(train=False), draft_size=backbone.image_size),
                         batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available())
     device = backbone.token_embedding.weight.device
-    for images, _, rows in tqdm(loader, desc=f"scoring {dataset.name}/{dataset.split}", leave=False):
+    for images, _, rows in progress_bar(loader, desc=f"scoring {dataset.name}/{dataset.split}", leave=False):
         yield encode(backbone, images.to(device), autocast), rows
 
 

@@ -106,7 +106,38 @@ def _coerce_sequence(value: list | tuple, kind: type, args: tuple, where: str) -
     return kind(_coerce(item, item_hint, f"{where}[{i}]") for i, (item, item_hint) in enumerate(zip(value, items)))
 
 
-class _ConfigLoader(yaml.SafeLoader):
+# What one YAML document may hold. Configs and descriptions are a few kilobytes; these bounds are far
+# above any real one and far below what hangs or exhausts memory: PyYAML parses about 150 KB/s, an
+# alias repeats a whole subtree without copying it until the config is merged or written (a
+# 340-byte "billion laughs" file expands to 387 million strings), and composing recurses once per
+# level of nesting (a few hundred levels raise RecursionError).
+MAX_YAML_BYTES = 2 * 2**20
+MAX_ALIAS_NODES = 100_000  # nodes that aliases may add to a document, over those written out
+MAX_YAML_DEPTH = 64
+
+
+class RefusedYAMLError(yaml.YAMLError):
+    """YAML that parses but is refused: beyond :data:`MAX_YAML_BYTES`, :data:`MAX_ALIAS_NODES` or
+    :data:`MAX_YAML_DEPTH`, self-referring, or (strict) with a key twice. A ``yaml.YAMLError``, so
+    every caller that names its file for a parse error names it for this."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing documents nested deeper than :data:`MAX_YAML_DEPTH`."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise RefusedYAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _ConfigLoader(_BoundedLoader):
     """YAML with YAML 1.2's booleans (``true``/``false`` only): under PyYAML's default YAML 1.1
     rules ``off``, ``on``, ``yes`` and ``no`` are booleans, so ``train.cache.enabled: off`` or
     ``--set train.mixed_precision=no`` would arrive as False instead of the words those settings take."""
@@ -119,16 +150,107 @@ _ConfigLoader.yaml_implicit_resolvers = {
 _ConfigLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def load_yaml(text: str) -> Any:
-    """Parse config YAML (a file or a ``--set`` value) with YAML 1.2 booleans."""
-    return yaml.load(text, Loader=_ConfigLoader)
+def load_yaml(text: str, strict: bool = True) -> Any:
+    """Parse YAML with the safe loader, within the bounds above (:class:`RefusedYAMLError` beyond
+    them); every YAML promptmlr reads goes through here. ``strict``, for promptmlr's own files (a
+    config, ``--set`` values, descriptions): YAML 1.2 booleans, and a key given twice in one mapping
+    is refused (PyYAML would keep the last silently: a second ``train:`` block would drop the
+    first). Not ``strict``: PyYAML's YAML 1.1 reading, for files other tools write (YOLO's data.yaml)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise RefusedYAMLError(f"{len(text) / 2**20:.1f} MiB of YAML, over the {MAX_YAML_BYTES // 2**20} MiB a "
+                               f"config or descriptions file may take; is it the right file?")
+    loader = (_ConfigLoader if strict else _BoundedLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, strict)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_nodes(root: yaml.Node, unique_keys: bool) -> None:
+    """Refuse a document whose aliases repeat more than :data:`MAX_ALIAS_NODES` nodes, that holds
+    itself (``&a [*a]``, which no setting can take) or, with ``unique_keys``, a mapping with a key
+    twice. Each node's expanded size is counted once, iteratively (no recursion limit), so a bomb
+    is measured at once without being expanded."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack[-1]
+        if id(node) in sizes:  # reached again through an alias: counted already
+            stack.pop()
+            continue
+        children = _children(node)
+        if id(node) not in open_nodes:  # first visit: count its children first (open nodes: the path here)
+            open_nodes.add(id(node))
+            if unique_keys and isinstance(node, yaml.MappingNode):
+                _check_unique_keys(node)
+            pending = [child for child in children if id(child) not in sizes]
+            if any(id(child) in open_nodes for child in pending):
+                raise RefusedYAMLError("an alias refers to a node that contains it (a recursive structure); "
+                                       "write the values out")
+            stack.extend(pending)
+            continue
+        stack.pop()
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+    if sizes[id(root)] - len(sizes) > MAX_ALIAS_NODES:
+        raise RefusedYAMLError(f"its aliases expand it by {sizes[id(root)] - len(sizes):,} nodes, over the "
+                               f"{MAX_ALIAS_NODES:,} allowed (an alias bomb?); write the values out")
+
+
+def _check_unique_keys(node: yaml.MappingNode) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            continue
+        line = key.start_mark.line + 1
+        if (key.tag, key.value) in seen:
+            raise RefusedYAMLError(f"key {key.value!r} appears twice in one mapping (lines {seen[key.tag, key.value]} "
+                                   f"and {line}); keep one")
+        seen[key.tag, key.value] = line
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's YAML mapping (see :func:`load_yaml`; empty: ``{}``); errors name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; name a YAML file")
+    if path.exists() and not path.is_file():  # a pipe would block the read, a device never end it
+        raise ConfigError(f"config file {path} is not a regular file (a pipe or device); name a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return load_yaml(path.read_text(encoding="utf-8")) or {}
+        if path.stat().st_size > MAX_YAML_BYTES:  # before reading a huge file into memory
+            raise RefusedYAMLError(f"{path.stat().st_size / 2**20:.1f} MiB, over the {MAX_YAML_BYTES // 2**20} "
+                                   f"MiB a config may take; is it the right file?")
+        values = load_yaml(path.read_text(encoding="utf-8"))
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, train:), got "
+                              f"{type(values).__name__} {_excerpt(values)}")
+        return values or {}
+    except RefusedYAMLError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid YAML: {one_line(error)}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+
+
+def _excerpt(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -75,7 +75,7 @@ def test_jsonl_bad_lines_are_named(jsonl_root, record, message):
 
 
 def test_jsonl_missing_split_lists_the_split_files(jsonl_root):
-    with pytest.raises(SplitNotFoundError, match=r"val\.jsonl; splits in .*: train \(name files"):
+    with pytest.raises(SplitNotFoundError, match=r"val\.jsonl; splits in .*: train \(a split is a file"):
         build_dataset("jsonl", jsonl_root, "val")
 
 
@@ -107,7 +107,7 @@ def test_csv_header_names_the_classes_and_values_are_kept(csv_root):
 
 @pytest.mark.parametrize("text, message", [
     ("image,dog,cat\na.jpg,1,-1\nb.jpg,1\n", r"line 3: 2 columns, the header has 3 \(image \+ 2 classes\)"),
-    ("image,dog,cat\na.jpg,1,yes\n", r"line 2: value 'yes'; class columns take 1, -1 or 0"),
+    ("image,dog,cat\na.jpg,1,yes\n", r"line 2: value 'yes' in column 'cat'; class columns take 1 \(positive\)"),
     ("file,dog\na.jpg,1\n", r"line 1: the header must be image,<class1>"),
     ("image,dog,dog\na.jpg,1,1\n", r"line 1: class columns must have unique, non-empty names"),
     ("", r"empty; the first line must be the header"),

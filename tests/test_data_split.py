@@ -61,5 +61,5 @@ def test_fraction_outside_zero_one_is_an_error(fraction):
 
 
 def test_too_few_images_is_an_error():
-    with pytest.raises(DatasetError, match="from 1 image"):
+    with pytest.raises(DatasetError, match="from 1 training image.*data.val_fraction=0"):
         split_validation(np.ones((1, 3)))

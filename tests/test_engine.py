@@ -337,8 +337,10 @@ def test_tune_eval_export_predict_end_to_end(colour_data, tmp_path, capsys):
     evaluated = json.loads((run / "eval_csv_test.json").read_text())
     assert evaluated["mAP"] == pytest.approx(metrics["best"]["test_mAP"], abs=1e-6)
 
-    assert main(["export", str(run), "--out", str(tmp_path / "emb.npy"), "--format", "text-embeddings"]) == 0
-    assert np.load(tmp_path / "emb.npy").shape == (3, 32)
+    capsys.readouterr()  # promptmlr scores pooled dense features: a [C, D] classifier would not reproduce them
+    assert main(["export", str(run), "--out", str(tmp_path / "emb.npy"), "--format", "text-embeddings"]) == 1
+    assert "export the prompts file (--format promptmlr)" in capsys.readouterr().err
+    assert not (tmp_path / "emb.npy").exists()
     assert main(["export", str(run), "--out", str(tmp_path / "prompts.safetensors")]) == 0
 
     with open(run / "predictions_test.csv") as handle:

@@ -389,7 +389,7 @@ def test_a_file_for_another_backbone_or_other_classes_is_refused(tmp_path, vit):
 
 
 def test_text_embeddings_export_is_a_plain_classifier(tmp_path, vit):
-    method = build_method("positivecoop", vit, CLASSES)
+    method = build_method("linear", vit, CLASSES)
     expected = method.class_embeddings()
     stored = load_file(export_text_embeddings(method, tmp_path / "emb.safetensors"))["text_embeddings"]
     torch.testing.assert_close(stored, expected)
@@ -400,6 +400,6 @@ def test_text_embeddings_export_is_a_plain_classifier(tmp_path, vit):
 
 def test_a_method_without_class_vectors_refuses_the_export_with_one_line(tmp_path, vit):
     method = build_method("clsl", vit, CLASSES)
-    with pytest.raises(ConfigError, match="no text embeddings to export; use its run folder"):
+    with pytest.raises(ConfigError, match="method clsl scores classes with MLPs .* export the prompts file"):
         export_text_embeddings(method, tmp_path / "emb.safetensors")
     assert list(tmp_path.iterdir()) == []

@@ -156,7 +156,7 @@ def test_a_second_run_into_a_locked_folder_refuses_and_a_dead_holders_lock_is_ta
     (["--set", "train.batch_size=0"], r"train.batch_size must be >= 1, got 0"),
     (["--epochs", "0"], r"train.epochs must be >= 1, got 0"),
     (["--epochs", "-3"], r"train.epochs must be >= 1, got -3"),
-    (["--image-size", "8"], r"model.image_size \(--image-size\) must be >= 16, got 8"),
+    (["--image-size", "8"], r"model.image_size \(--image-size\) must be >= 16 and <= 4096, got 8"),
     (["--set", "train.cache.views=0"], r"train.cache.views must be >= 1, got 0"),
     (["--set", "train.ema_decay=1.5"], r"train.ema_decay must be >= 0 and < 1, got 1.5"),
     (["--set", "train.recovery.positive_threshold=2"], r"positive_threshold must be >= 0 and <= 1"),

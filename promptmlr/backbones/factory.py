@@ -26,6 +26,9 @@ from promptmlr.errors import ConfigError, check_choice
 from promptmlr.registry import Registry
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# Input resolutions a backbone is built at. CLIP is trained at 224-448 px; above 4096 px a single
+# image's float32 input tensor alone outgrows a GPU (100,000 px: 112 GiB) long before it is useful.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 4096
 open_clip.add_model_config(MODEL_CONFIG_DIR)  # tiny test architectures (and the sandbox's) by name
 
 SourceLoader = Callable[[str, str, "int | None", str], FrozenCLIP]  # (spec, rest, image_size, dense_mode)
@@ -87,11 +90,26 @@ def resolve_spec(spec: str) -> str:
     return BACKBONE_ALIASES.get(spec) if spec in BACKBONE_ALIASES else spec
 
 
+def check_image_size(setting: str, value: object) -> None:
+    """Refuse an input resolution outside [MIN_IMAGE_SIZE, MAX_IMAGE_SIZE], saying why the cap."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{setting} must be a whole number of pixels, got {value!r}")
+    if value > MAX_IMAGE_SIZE:
+        raise ConfigError(f"{setting} must be <= {MAX_IMAGE_SIZE}, got {value}: CLIP is trained at 224-448 px and "
+                          f"its cost grows with the square of the size (at {value} px a ViT-B/16 sees "
+                          f"{(value // 16) ** 2:,} patches, and one image's float32 input alone takes "
+                          f"{3 * 4 * value ** 2 / 2**30:.1f} GiB)")
+    if value < MIN_IMAGE_SIZE:
+        raise ConfigError(f"{setting} must be >= {MIN_IMAGE_SIZE}, got {value}")
+
+
 def create_backbone(spec: str, image_size: int | None = None, dense_mode: str = "value") -> FrozenCLIP:
     """Build the frozen backbone named by ``spec`` at input resolution ``image_size`` (None keeps the
     model's own). Raises :class:`BackboneLoadError` when weights cannot be obtained. The options are
     checked before any weights are read."""
     check_choice("dense_mode", dense_mode, DENSE_MODES)
+    if image_size is not None:
+        check_image_size("the backbone's image_size", image_size)
     source, _, rest = resolve_spec(spec).partition(":")
     if source in BACKBONE_SOURCES and rest:
         return BACKBONE_SOURCES.get(source)(spec, rest, image_size, dense_mode)

@@ -16,7 +16,9 @@ DATASET_OPTIONS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
     "--missing-as": ("missing_as", ("unknown", "negative"),
                      "jsonl/csv: classes an image does not mention are unknown (default) or negative"),
     "--classes": ("classes", None, "jsonl/vg200: class-names file, one per line (default <data-root>/classes.txt)"),
-    "--labels": ("labels", None, "jsonl/csv: labels file to read instead of <data-root>/<split>.jsonl|.csv"),
+    "--labels": ("labels", None, "jsonl/csv: labels file read instead of <data-root>/<split>.jsonl|.csv, for "
+                                 "one split: the training split in tune (the test split stays <data-root>/"
+                                 "test.*), the split read in eval, zeroshot and data verify"),
 }
 
 

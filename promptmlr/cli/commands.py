@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from typing import Any
 
 from promptmlr import api
 from promptmlr.cli.arguments import dataset_options
@@ -29,6 +31,8 @@ def eval_command(args: argparse.Namespace) -> int:
     result = api.evaluate(args.prompts, args.dataset, data_root=args.data_root, split=args.split, which=args.which,
                           dataset_options=dataset_options(args))
     print(result.table)
+    for note in result.notes:  # e.g. a run folder that could not take the eval file: said, not fatal
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -37,7 +41,7 @@ def predict_command(args: argparse.Namespace) -> int:
                               topk=args.topk, heatmaps=args.heatmaps)
     for prediction in predictions:
         if args.json:
-            print(json.dumps(prediction.as_dict()))
+            print(strict_json(prediction.as_dict()))
         elif prediction.error:
             print(f"{prediction.image}: ERROR {prediction.error}", file=sys.stderr)
         else:
@@ -47,6 +51,29 @@ def predict_command(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(predictions)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """``value`` as JSON that every parser reads: a NaN or infinite number, which ``json.dumps`` would
+    print as a bare ``NaN`` (not JSON), is written as ``null``, and said once on stderr. Loading a
+    prompts file refuses NaN and inf weights, so a probability should never be one."""
+    replaced: list[str] = []
+    text = json.dumps(_finite_or_null(value, replaced), allow_nan=False, **options)
+    if replaced:
+        print(f"warning: {len(replaced)} value(s) that are not finite numbers ({replaced[0]}) written as null",
+              file=sys.stderr)
+    return text
+
+
+def _finite_or_null(value: Any, replaced: list[str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        replaced.append(str(value))
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item, replaced) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item, replaced) for item in value]
+    return value
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -76,7 +103,7 @@ def config_command(args: argparse.Namespace) -> int:
     if args.list:
         registered = api.list_registered()
         if args.json:
-            print(json.dumps(registered, indent=2))
+            print(strict_json(registered, indent=2))
             return 0
         sources = ", ".join(registered["backbone_sources"].values())
         print("\n".join([f"methods:   {', '.join(registered['methods'])}",
@@ -86,7 +113,7 @@ def config_command(args: argparse.Namespace) -> int:
         return 0
     rows = api.describe_config(args.method, args.dataset, config=args.config, overrides=args.set or None)
     if args.json:
-        print(json.dumps([row.as_dict() for row in rows], indent=2, default=str))
+        print(strict_json([row.as_dict() for row in rows], indent=2, default=str))
         return 0
     table = [("KEY", "VALUE", "DEFAULT", "ALLOWED", "HELP")]
     table += [(row.key, as_text(row.value), as_text(row.default), row.allowed, row.help) for row in rows]

@@ -34,7 +34,8 @@ def add_data_commands(parser: argparse.ArgumentParser) -> None:
         description="Write seeded synthetic scenes with complete labels in the custom CSV layout "
                     "(<out>/train.csv, test.csv, images, classes.txt, meta.json); read it back with "
                     "--dataset synthetic --data-root OUT.")
-    synth.add_argument("--out", required=True, type=Path, metavar="DIR")
+    synth.add_argument("--out", required=True, type=Path, metavar="DIR",
+                       help="a new or empty folder (nothing in it is ever replaced); filled atomically")
     synth.add_argument("--n-train", type=int, default=6000)
     synth.add_argument("--n-test", type=int, default=4000)
     synth.add_argument("--seed", type=int, default=0)
@@ -44,8 +45,8 @@ def add_data_commands(parser: argparse.ArgumentParser) -> None:
     verify = actions.add_parser(
         "verify", help="decode every image and read every label; list bad files",
         description="Decode every image and read every label of a dataset; print counts per split, "
-                    "positives per class and labels per image, and every missing or corrupt file. "
-                    "Exits with status 1 if anything is wrong.")
+                    "positives per class and labels per image, every missing or corrupt file, and every "
+                    "image listed more than once. Exits with status 1 if anything is wrong.")
     add_dataset_arguments(verify)
     verify.add_argument("--split", metavar="SPLIT", help="split to check (default: every split present)")
     verify.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count)")

@@ -1,10 +1,14 @@
 """The parser of every ``promptmlr`` command, and ``main``: run the handler, print a user-facing
 error (any :class:`~promptmlr.errors.PromptMLRError`) as one line with exit status 1; a bug keeps its
-traceback. Handlers are imported when run, so ``promptmlr --help`` stays fast."""
+traceback. Ctrl-C is one line too (with, for ``tune``, how to continue the run), exit status 130 as
+a shell gives a command it interrupts; output piped into a reader that stops early (``| head``)
+ends quietly. Handlers are imported when run, so ``promptmlr --help`` stays fast."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +16,10 @@ from typing import Sequence
 from promptmlr import __version__
 from promptmlr.cli.arguments import add_dataset_arguments
 from promptmlr.cli.data import add_data_commands
-from promptmlr.errors import PromptMLRError
+from promptmlr.errors import PromptMLRError, RunInterrupted
+
+INTERRUPTED = 130  # the exit status of a command ended by SIGINT (128 + 2)
+PIPE_CLOSED = 141  # ... and by SIGPIPE (128 + 13), as `promptmlr config | head` ends it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int)
     tune.add_argument("--select-on", choices=("val", "test"),
                       help="model selection split (default val; test reproduces the anchors' habit)")
-    tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tune.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
+                                                            "with its own configuration (--data-root: its data, moved)")
     tune.add_argument("--report-to", metavar="TRACKER", help="log each epoch to tensorboard, wandb or mlflow "
                                                               "(comma-separated; default none)")
     tune.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -61,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--threshold", type=float, help="probability threshold (default: the file's, else 0.5)")
     choice.add_argument("--topk", type=int, help="report the K most probable labels instead")
     predict.add_argument("--which", choices=("best", "last"), default="best", help="with a run folder")
-    predict.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    predict.add_argument("--json", action="store_true", help="print JSON lines instead of text (strict JSON: "
+                                                             "a non-finite number is null)")
     predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write attention overlays of predicted labels")
     predict.set_defaults(handler=_lazy("predict_command"))
 
@@ -70,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, metavar="FILE")
     export.add_argument("--format", choices=("promptmlr", "text-embeddings"), default="promptmlr",
                         help="promptmlr: everything, reloadable; text-embeddings: a [C, D] classifier "
-                             "(.safetensors or .npy)")
+                             "(.safetensors or .npy), for zeroshot and linear runs only")
     export.add_argument("--which", choices=("best", "last"), default="best")
     export.set_defaults(handler=_lazy("export_command"))
 
@@ -130,3 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PromptMLRError as error:  # bad input becomes one line; anything else is a bug: traceback
         print(f"promptmlr {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:  # asked for: a traceback would only hide what to do next
+        print(f"\npromptmlr {args.command}: interrupted{_how_to_continue(interrupt)}", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # the reader of our output left (`| head`): stop quietly, as cat and grep do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush has nowhere to fail
+        return PIPE_CLOSED
+
+
+def _how_to_continue(interrupt: KeyboardInterrupt) -> str:
+    """For an interrupted run whose folder holds its config: the command that resumes it."""
+    if not isinstance(interrupt, RunInterrupted):
+        return ""
+    from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE
+
+    run_dir = Path(interrupt.run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        return f" before {run_dir} held a run; start it again"
+    since = "its last checkpoint" if (run_dir / CHECKPOINT_FILE).is_file() else "the start (no epoch had finished)"
+    return f"; continue {run_dir} from {since} with: promptmlr tune --out {shlex.quote(str(run_dir))} --resume"

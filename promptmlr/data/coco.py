@@ -39,22 +39,37 @@ IMAGE_LISTS = ("all", "annotated")
 def build_coco2014(root: Path, split: str, image_list: str = "all") -> MultiLabelDataset:
     """MS-COCO 2014, 80 classes (pycocotools instances JSON; crowd annotations count as positive)."""
     check_choice("image_list", image_list, IMAGE_LISTS, DatasetError)
-    coco = load_coco(root / "annotations" / f"instances_{split}2014.json")
+    path = root / "annotations" / f"instances_{split}2014.json"
+    coco = load_coco(path)
+    if not coco.cats:
+        raise DatasetError(f"{path}: no 'categories'; an instances file lists the classes there")
     category_ids = sorted(coco.cats)
     column_of = {category_id: column for column, category_id in enumerate(category_ids)}
     image_ids = list(coco.imgs) if image_list == "all" else list(coco.imgToAnns)
     row_of = {image_id: row for row, image_id in enumerate(image_ids)}
     labels = np.full((len(image_ids), len(category_ids)), NEGATIVE, dtype=np.int8)
     for annotation in coco.dataset.get("annotations", []):
-        if annotation["category_id"] not in column_of or annotation["image_id"] not in coco.imgs:
-            raise DatasetError(f"instances_{split}2014.json: annotation {annotation.get('id')} refers to "
-                               f"category {annotation['category_id']} / image {annotation['image_id']}, "
-                               "which the file's 'categories' / 'images' do not list")
-        labels[row_of[annotation["image_id"]], column_of[annotation["category_id"]]] = POSITIVE
-    class_names = [coco.cats[category_id]["name"] for category_id in category_ids]
+        category_id, image_id = annotation.get("category_id"), annotation.get("image_id")
+        if category_id not in column_of or image_id not in coco.imgs:
+            raise DatasetError(f"{path}: annotation {annotation.get('id')} refers to category {category_id} / "
+                               f"image {image_id}, which the file's 'categories' / 'images' do not list")
+        labels[row_of[image_id], column_of[category_id]] = POSITIVE
+    class_names = [entry_text(path, "categories", category_id, coco.cats[category_id], "name")
+                   for category_id in category_ids]
     image_dir = root / f"{split}2014"
-    paths = [image_dir / coco.imgs[image_id]["file_name"] for image_id in image_ids]
+    paths = [image_dir / entry_text(path, "images", image_id, coco.imgs[image_id], "file_name")
+             for image_id in image_ids]
     return MultiLabelDataset("coco2014", split, class_names, paths, labels)
+
+
+def entry_text(path: Path, section: str, entry_id: object, entry: dict, key: str) -> str:
+    """``entry[key]``, a non-empty string, from an entry of ``images`` or ``categories``; a file that
+    lacks it (a hand-made or converted COCO file) is named with the entry's id."""
+    value = entry.get(key)
+    if not isinstance(value, str) or not value:
+        raise DatasetError(f"{path}: the {section!r} entry with id {entry_id} has no {key!r} (got {value!r}); "
+                           "every entry needs one, as in the official instances files")
+    return value
 
 
 def load_coco(path: Path):

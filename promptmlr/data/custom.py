@@ -12,15 +12,19 @@ CSV (``<root>/<split>.csv``; the header names the classes, values 1 / -1 / 0)::
     image,dog,cat,sofa
     photos/001.jpg,1,-1,0
 
-With ``missing_as="negative"`` the 0s become negatives. In both formats a relative image path is
-relative to the folder of the file that lists it, and ``labels=FILE`` reads that file instead of
-``<root>/<split>.<ext>`` (``classes=FILE`` likewise replaces ``classes.txt``).
+With ``missing_as="negative"`` the 0s become negatives. A value is read as a number, so ``1.0``,
+``+1`` and `` 1`` are 1 (spreadsheets and pandas write them); words (``yes``) and empty cells are
+refused, as their meaning is a guess. In both formats a relative image path is relative to the
+folder of the file that lists it (``..`` and absolute paths are allowed: images may live anywhere),
+and ``labels=FILE`` reads that file instead of ``<root>/<split>.<ext>`` (``classes=FILE`` likewise
+replaces ``classes.txt``). Files are UTF-8, with or without a byte-order mark, any line ends.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +32,7 @@ import numpy as np
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from promptmlr.data.registry import register_dataset
-from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_class_names, read_lines
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_class_names, read_lines, require_file
 from promptmlr.errors import check_choice
 
 MISSING_AS = ("unknown", "negative")
@@ -43,24 +47,25 @@ def split_files(root: Path, suffix: str) -> tuple[str, ...]:
 def labels_file(root: Path, split: str, suffix: str, labels: str | None) -> Path:
     """The file for ``split``: ``labels`` if given, else ``<root>/<split><suffix>``."""
     if labels:
-        path = Path(labels)
-        if not path.is_file():
-            raise DatasetError(f"labels file {path} not found")
-        return path
+        return require_file(Path(labels).expanduser(), "labels file (--labels)")
     if root.is_file():
         raise DatasetError(f"data root {root} is a file; give its folder as the data root, or the file as "
                            "--labels FILE")
     path = root / f"{split}{suffix}"
     if not path.is_file():
         found = ", ".join(split_files(root, suffix)) or "none"
-        raise SplitNotFoundError(f"no {path}; splits in {root}: {found} (name files <split>{suffix}, "
-                                 "or pass --labels FILE)")
+        raise SplitNotFoundError(f"no {path}; splits in {root}: {found} (a split is a file <split>{suffix} "
+                                 "there)")
     return path
 
 
-def resolve_image(listed_in: Path, image: str) -> Path:
-    """An image path as written in a labels file; relative ones start at that file's folder."""
-    path = Path(image).expanduser()
+def resolve_image(listed_in: Path, number: int, image: str) -> Path:
+    """An image path as written in a labels file; relative ones start at that file's folder. An
+    empty one is refused: it would name the folder itself."""
+    if not image.strip():
+        raise DatasetError(f"{listed_in}, line {number}: empty image path; give the image file, relative to "
+                           f"{listed_in.parent} or absolute")
+    path = Path(image.strip()).expanduser()
     return path if path.is_absolute() else listed_in.parent / path
 
 
@@ -79,21 +84,22 @@ def build_jsonl(root: Path, split: str, classes: str | None = None, labels: str 
         record = parse_jsonl_record(path, number, line)
         row = np.full(len(class_names), default, dtype=np.int8)
         for key, value in (("negative", NEGATIVE), ("positive", POSITIVE)):
-            for name in record.get(key, []):
+            for name in record[key]:
                 if name not in column_of:
                     raise DatasetError(f"{path}, line {number}: class {name!r} in \"{key}\" is not in the "
                                        f"class list {classes_path}; add it there or fix the spelling")
                 row[column_of[name]] = value
-        both = set(record.get("positive", [])) & set(record.get("negative", []))
+        both = set(record["positive"]) & set(record["negative"])
         if both:
             raise DatasetError(f"{path}, line {number}: {', '.join(sorted(both))} listed as both positive and negative")
-        images.append(resolve_image(path, record["image"]))
+        images.append(resolve_image(path, number, record["image"]))
         rows.append(row)
     return MultiLabelDataset("jsonl", split, class_names, images, stack_rows(path, rows, len(class_names)))
 
 
 def parse_jsonl_record(path: Path, number: int, line: str) -> dict:
-    """One JSONL line, checked: an object with a string ``image`` and lists of class names."""
+    """One JSONL line, checked: an object with a string ``image`` and lists of class names (both
+    lists present in the result, the names stripped of spaces)."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -109,6 +115,7 @@ def parse_jsonl_record(path: Path, number: int, line: str) -> dict:
         value = record.get(key, [])
         if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
             raise DatasetError(f"{path}, line {number}: \"{key}\" must be a list of class names")
+        record[key] = [name.strip() for name in value]  # as the names of classes.txt and of a CSV header
     return record
 
 
@@ -122,8 +129,12 @@ def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str
         raise DatasetError(f"{path}: empty; the first line must be the header image,<class1>,<class2>,...")
     (header_line, header), body = rows[0], rows[1:]
     if len(header) < 2 or header[0].strip() != "image":
+        hint = ""
+        if len(header) == 1:  # another separator: Excel in many locales writes semicolons
+            hint = next((f"; the values seem separated by {name}: save the file comma-separated"
+                         for mark, name in ((";", "semicolons"), ("\t", "tabs")) if mark in header[0]), "")
         raise DatasetError(f"{path}, line {header_line}: the header must be image,<class1>,<class2>,... "
-                           f"got {','.join(header)!r}")
+                           f"got {','.join(header)!r}{hint}")
     class_names = [name.strip() for name in header[1:]]
     repeated = sorted({name for name in class_names if class_names.count(name) > 1 or not name})
     if repeated:
@@ -135,15 +146,31 @@ def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str
             raise DatasetError(f"{path}, line {number}: {len(row)} columns, the header has {len(header)} "
                                f"(image + {len(class_names)} classes)")
         values = [value.strip() for value in row[1:]]
-        if not set(values) <= {"1", "-1", "0"}:
-            bad = next(v for v in values if v not in ("1", "-1", "0"))
-            raise DatasetError(f"{path}, line {number}: value {bad!r}; class columns take 1, -1 or 0")
-        images.append(resolve_image(path, row[0].strip()))
-        matrix.append(np.array([int(value) for value in values], dtype=np.int8))
+        images.append(resolve_image(path, number, row[0]))
+        matrix.append(np.array([LABEL_TEXT[value] if value in LABEL_TEXT else
+                                csv_value(path, number, class_names[column], value)
+                                for column, value in enumerate(values)], dtype=np.int8))
     labels_matrix = stack_rows(path, matrix, len(class_names))
     if missing_as == "negative":
         labels_matrix[labels_matrix == UNKNOWN] = NEGATIVE
     return MultiLabelDataset("csv", split, class_names, images, labels_matrix)
+
+
+LABEL_TEXT = {"1": POSITIVE, "-1": NEGATIVE, "0": UNKNOWN}
+
+
+def csv_value(path: Path, number: int, column: str, text: str) -> int:
+    """A class cell other than ``1``/``-1``/``0``: a number equal to one of them (``1.0``, ``+1``),
+    else an error naming line and column."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if value in (1.0, -1.0, 0.0):
+        return int(value)
+    what = "an empty cell" if not text else f"value {text!r}"
+    raise DatasetError(f"{path}, line {number}: {what} in column {column!r}; class columns take 1 (positive), "
+                       "-1 (negative) or 0 (unknown)")
 
 
 def read_csv_records(path: Path) -> list[tuple[int, list[str]]]:

@@ -9,6 +9,8 @@ with :meth:`with_labels`, :meth:`subset` and :meth:`with_transform`; nothing is 
 from __future__ import annotations
 
 import copy
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from promptmlr.data.images import load_image
-from promptmlr.data.labels import as_label_matrix
+from promptmlr.data.labels import NEGATIVE, POSITIVE, as_label_matrix
 from promptmlr.data.textfiles import DatasetError
 
 
@@ -93,3 +95,52 @@ class MultiLabelDataset(Dataset):
         for key, value in changes.items():
             setattr(clone, key, value)
         return clone
+
+
+@dataclass
+class Duplicate:
+    """An image listed in several rows of one split: which rows, and the classes positive in one
+    row and negative in another (empty when the rows do not contradict each other)."""
+
+    path: Path
+    rows: list[int]
+    conflicts: list[str]
+    same_labels: bool
+
+    def describe(self) -> str:
+        if self.conflicts:
+            labels = f"{', '.join(self.conflicts)} positive in one, negative in another"
+        else:
+            labels = "same labels" if self.same_labels else "different labels"
+        return f"{self.path}: {len(self.rows)} rows, {labels}"
+
+
+def find_duplicates(dataset: MultiLabelDataset) -> list[Duplicate]:
+    """The images of ``dataset`` listed more than once, in the order of their first row.
+
+    Paths are compared after making them absolute and normal (``a/./x.jpg`` is ``a/x.jpg``) without
+    touching the disk, so this costs no file system call; two names of one file through a symbolic
+    link are not found."""
+    keys = list(map(os.path.abspath, map(os.fspath, dataset.image_paths)))
+    if len(set(keys)) == len(keys):  # the usual case, at the cost of one set (COCO: 0.1 s)
+        return []
+    rows_of: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(row)
+    duplicates = []
+    for rows in rows_of.values():
+        if len(rows) > 1:
+            labels = dataset.labels[rows]
+            clash = (labels == POSITIVE).any(axis=0) & (labels == NEGATIVE).any(axis=0)
+            duplicates.append(Duplicate(dataset.image_paths[rows[0]], rows,
+                                        [dataset.class_names[c] for c in np.flatnonzero(clash)],
+                                        bool((labels == labels[0]).all())))
+    return duplicates
+
+
+def duplicates_summary(duplicates: list[Duplicate], examples: int = 2) -> str:
+    """One line: how many images repeat, how many contradict themselves, the first few."""
+    conflicting = [d for d in duplicates if d.conflicts]
+    shown = (conflicting or duplicates)[:examples]
+    return (f"{len(duplicates)} image(s) listed more than once, {len(conflicting)} with conflicting labels "
+            f"(e.g. {'; '.join(d.describe() for d in shown)})")

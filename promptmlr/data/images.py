@@ -23,6 +23,8 @@ Every loader, ``data verify`` and every DataLoader worker reads pixels through :
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -90,6 +92,10 @@ def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "
     """
     path = Path(path)
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # directories: IsADirectoryError below
+            # a FIFO would block the read forever, and a device (/dev/zero) would never end it
+            raise ImageLoadError(path, "not a regular file (a pipe, socket or device); give an image file")
         if damaged == "error" or (damaged == "warn" and str(path) not in _SCANNED):
             _check_jpeg_scan(path, damaged)
             _SCANNED.add(str(path))

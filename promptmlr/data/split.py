@@ -27,7 +27,8 @@ def split_validation(labels: np.ndarray, fraction: float = 0.1, seed: int = 0) -
     if not 0.0 < fraction < 1.0:
         raise DatasetError(f"validation fraction must be in (0, 1), got {fraction}")
     if count < 2:
-        raise DatasetError(f"cannot carve a validation split from {count} image(s)")
+        raise DatasetError(f"cannot carve a validation split from {count} training image(s); add images, or "
+                           "train without one: --set data.val_fraction=0")
     size = min(max(1, round(fraction * count)), count - 1)
     order = np.random.RandomState(seed).permutation(count)
     positive = matrix == POSITIVE

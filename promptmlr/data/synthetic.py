@@ -12,19 +12,19 @@ import csv
 import json
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from promptmlr.data.custom import build_csv
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.registry import register_dataset
 from promptmlr.data.textfiles import DatasetError
 from promptmlr.data.world import NUM_CLASSES, SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, THEMES, SyntheticWorld
-from promptmlr.files import atomic_directory
+from promptmlr.errors import one_line
+from promptmlr.files import atomic_directory, user_cache_dir
 from promptmlr.migrations import header, upgrade
+from promptmlr.progress import progress_bar
 
 GENERATOR = "promptmlr.data.synthetic"  # meta.json's fixed mark of a folder written here: never change it
 STANDARD = {"seed": 0, "n_train": 6000, "n_test": 4000, "image_size": 128}
-CACHE_ROOT = Path.home() / ".cache" / "promptmlr" / "synthetic"
+CACHE_ROOT = user_cache_dir("synthetic")
 
 
 def default_synthetic_root() -> Path:
@@ -33,7 +33,7 @@ def default_synthetic_root() -> Path:
 
     def build(folder: Path) -> None:
         print(f"generating the synthetic benchmark in {CACHE_ROOT / name} (first use only)...")
-        write_synthetic_dataset(folder, **STANDARD)
+        write_synthetic_files(folder, **STANDARD)
 
     return atomic_directory(CACHE_ROOT / name, build)
 
@@ -41,12 +41,18 @@ def default_synthetic_root() -> Path:
 @register_dataset("synthetic", splits=("train", "test"))
 def build_synthetic(root: Path, split: str) -> MultiLabelDataset:
     """The synthetic world of coloured shapes (promptmlr data synth); full labels known."""
-    if not (root / "meta.json").is_file():
+    path = root / "meta.json"
+    if not path.is_file():
         raise DatasetError(f"{root} holds no synthetic dataset (no meta.json); create one with "
                            f"`promptmlr data synth --out {root}` or leave out --data-root for the standard one")
-    meta = upgrade("synthetic-dataset", json.loads((root / "meta.json").read_text()), root / "meta.json", DatasetError)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{path}: damaged, not JSON ({one_line(error)}); write the dataset again with "
+                           "promptmlr data synth --out NEW_FOLDER") from None
+    meta = upgrade("synthetic-dataset", meta, path, DatasetError)
     if not isinstance(meta, dict) or meta.get("generator") != GENERATOR:
-        raise DatasetError(f"{root}/meta.json was not written by promptmlr's synthetic generator")
+        raise DatasetError(f"{path} was not written by promptmlr's synthetic generator")
     dataset = build_csv(root, split)
     dataset.name = "synthetic"
     return dataset
@@ -66,22 +72,35 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
 
     Train image i is ``SyntheticWorld(seed).scene(i)``; test image i is
     ``scene(TEST_INDEX_OFFSET + i)``: the same world, disjoint scenes. Labels are complete.
+
+    ``out_dir`` must be new or empty, so that no file of the user's (a ``train.csv`` of their own)
+    is ever replaced. The files are written into a temporary folder beside it, renamed into place
+    when complete: an interrupted run leaves no half dataset that reads as a whole one.
     """
     out = Path(out_dir)
-    if (out / "meta.json").exists():
-        raise DatasetError(f"{out} already holds a synthetic dataset; write the new one elsewhere (--out)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        names = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+        held = ("is a file" if not out.is_dir() else "already holds a synthetic dataset" if "meta.json" in names
+                else f"is not empty (it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+        raise DatasetError(f"--out {out} {held}; write the synthetic dataset to a new or empty folder, e.g. "
+                           f"--out {out.parent / (out.name + '-synthetic')}")
     if min(n_train, n_test) < 1 or image_size < 32:
         raise DatasetError(f"a synthetic dataset needs at least 1 training and 1 test scene and images of at "
                            f"least 32 px (--n-train, --n-test, --image-size), got {n_train}, {n_test}, {image_size}")
+    return atomic_directory(out, lambda folder: write_synthetic_files(folder, n_train, n_test, seed, image_size))
+
+
+def write_synthetic_files(out: Path, n_train: int, n_test: int, seed: int, image_size: int) -> None:
+    """The files of :func:`write_synthetic_dataset`, written straight into the folder ``out``
+    (a temporary one: see there)."""
     world = SyntheticWorld(seed, image_size)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(SYNTHETIC_CLASS_NAMES) + "\n")
     for split, count, offset in (("train", n_train, 0), ("test", n_test, TEST_INDEX_OFFSET)):
         (out / split).mkdir(exist_ok=True)
         with open(out / f"{split}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", *SYNTHETIC_CLASS_NAMES])
-            for i in tqdm(range(count), desc=f"writing synthetic {split} scenes", leave=False):
+            for i in progress_bar(range(count), desc=f"writing synthetic {split} scenes", leave=False):
                 scene = world.scene(offset + i)
                 name = f"{split}/{i:06d}.png"
                 world.render(scene).save(out / name)
@@ -91,4 +110,3 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
             "num_classes": NUM_CLASSES, "test_index_offset": TEST_INDEX_OFFSET,
             "themes": {t.name: list(t.classes) for t in THEMES}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out

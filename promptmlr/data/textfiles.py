@@ -7,6 +7,7 @@ one, what was expected, and how to fix it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -19,6 +20,12 @@ class DatasetError(PromptMLRError, ValueError):
 
 class SplitNotFoundError(DatasetError):
     """The files that define a split are absent from this copy of a dataset (e.g. only ``train``)."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr about data that loads but may not be what was meant (duplicates, a test
+    split that shares images with training): the run goes on, the user can look."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -38,10 +45,13 @@ def first_existing(root: Path, candidates: Sequence[str], what: str) -> Path:
 
 
 def read_lines(path: Path, what: str, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, stripped_line)`` for every non-blank line of the file ``path``."""
+    """Yield ``(line_number, stripped_line)`` for every non-blank line of the file ``path``.
+
+    A UTF-8 byte-order mark is dropped (Windows editors write one), so it never becomes part of
+    the first class name or label."""
     require_file(path, what)
     try:
-        text = path.read_text(encoding=encoding)
+        text = path.read_text(encoding="utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as error:
         raise DatasetError(f"{path}: not a {encoding} text file ({error}); save it as UTF-8") from None
     for number, line in enumerate(text.splitlines(), start=1):

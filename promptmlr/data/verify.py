@@ -4,7 +4,9 @@ Labels are already read and checked when a dataset is built (a malformed file fa
 name). :func:`verify_dataset` adds what building does not do: it opens and fully decodes every
 image with :func:`promptmlr.data.images.load_image`, in a thread pool, and lists each missing,
 unreadable or corrupt file by path, so a bad file is found in minutes rather than hours into
-training.
+training. An image listed more than once in a split is a problem too: with conflicting labels
+(positive in one row, negative in another) its label is a guess, and even with the same labels it
+counts twice and may land in both training and validation. Training only warns about them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from promptmlr.data.dataset import MultiLabelDataset
+from promptmlr.data.dataset import Duplicate, MultiLabelDataset, find_duplicates
 from promptmlr.data.images import ImageLoadError, load_image
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from promptmlr.data.registry import build_dataset, get_dataset_spec
@@ -43,6 +45,7 @@ class SplitReport:
     class_names: list[str]
     labels: np.ndarray
     problems: list[Problem] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
 
     def summary(self) -> str:
         """A compact, printable summary: counts, positives per class, labels per image, problems."""
@@ -63,6 +66,10 @@ class SplitReport:
         empty = [n for n, c in zip(self.class_names, per_class) if c == 0]
         if empty:
             lines.append(f"  classes without a positive: {', '.join(empty)}")
+        if self.duplicates:
+            conflicting = sum(1 for duplicate in self.duplicates if duplicate.conflicts)
+            lines.append(f"  images listed more than once: {len(self.duplicates)}, {conflicting} with conflicting "
+                         "labels")
         return "\n".join(lines)
 
 
@@ -77,7 +84,8 @@ def check_image(path: Path) -> Problem | None:
 
 def verify_dataset(dataset: MultiLabelDataset, workers: int | None = None, progress: bool = True) -> SplitReport:
     """Decode every image of ``dataset`` (``workers`` threads; default: CPU count)."""
-    report = SplitReport(dataset.name, dataset.split, dataset.class_names, dataset.labels)
+    report = SplitReport(dataset.name, dataset.split, dataset.class_names, dataset.labels,
+                         duplicates=find_duplicates(dataset))
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check_image, dataset.image_paths)
@@ -99,23 +107,30 @@ class SplitCheck:
 
     @property
     def failures(self) -> list[str]:
-        """One line per problem: a bad label file, or each missing or corrupt image."""
+        """One line per problem: a bad label file, each missing or corrupt image, each image listed
+        more than once."""
         if self.label_error:
             return [f"labels   {self.label_error}"]
-        problems = self.report.problems if self.report else []
-        return [f"{problem.kind:8s} {problem.path}: {problem.reason}" for problem in problems]
+        if self.report is None:
+            return []
+        return ([f"{problem.kind:8s} {problem.path}: {problem.reason}" for problem in self.report.problems]
+                + [f"repeated {duplicate.describe()}" for duplicate in self.report.duplicates])
 
 
 def verify_splits(dataset: str, root: str | Path, split: str | None = None, options: dict | None = None,
                   workers: int | None = None) -> Iterator[SplitCheck]:
     """Check ``split``, or every split of ``dataset`` present under ``root``, one split at a time
-    (``promptmlr data verify`` prints each as it is done: a COCO split takes minutes)."""
+    (``promptmlr data verify`` prints each as it is done: a COCO split takes minutes). A ``labels``
+    file (jsonl/csv) is one split: without ``split`` it is checked once, named after the file,
+    not once for every split of the folder."""
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(f"data root {root} does not exist")
     options = options or {}
     spec = get_dataset_spec(dataset)
     spec.check_options(options)
+    if options.get("labels") and not split:
+        split = Path(options["labels"]).stem
     found = False
     for name in [split] if split else list(spec.available_splits(root)):
         try:

@@ -54,9 +54,10 @@ def build_vg200(root: Path, split: str, classes: str | None = None) -> MultiLabe
         if name not in index:
             raise DatasetError(f"{root / LABEL_INDEX_FILE}: no labels for image {name} of {list_path.name}")
         columns = index[name]
-        if any(not isinstance(c, int) or not 0 <= c < len(class_names) for c in columns):
-            raise DatasetError(f"{root / LABEL_INDEX_FILE}: image {name} has class indices {columns}; "
-                               f"they must be integers in [0, {len(class_names)}) for the "
+        if not isinstance(columns, list) or any(isinstance(c, bool) or not isinstance(c, int)
+                                                or not 0 <= c < len(class_names) for c in columns):
+            raise DatasetError(f"{root / LABEL_INDEX_FILE}: image {name} has class indices {columns!r}; "
+                               f"they must be a list of integers in [0, {len(class_names)}) for the "
                                f"{len(class_names)} names of {names_path}")
         labels[row, columns] = POSITIVE
     return MultiLabelDataset("vg200", split, class_names, locate_images(root, names), labels)

@@ -25,7 +25,7 @@ import numpy as np
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from promptmlr.data.registry import register_dataset
-from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_lines
+from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_lines, require_file
 from promptmlr.errors import check_choice
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -121,8 +121,7 @@ def labels_from_annotations(annotations: Path, ids: list[str]) -> np.ndarray:
 
 def read_annotation_objects(path: Path) -> list[tuple[str, bool]]:
     """``(class name, difficult)`` for every ``<object>`` of one VOC annotation file."""
-    if not path.is_file():
-        raise DatasetError(f"VOC annotation file not found: {path}")
+    require_file(path, "VOC annotation file")
     try:
         tree = ElementTree.parse(path)
     except ElementTree.ParseError as error:

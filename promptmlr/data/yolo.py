@@ -17,6 +17,7 @@ holds ``data.yaml`` or the yaml file itself.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from promptmlr.data.labels import NEGATIVE, POSITIVE
 from promptmlr.data.registry import register_dataset
 from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_lines
 from promptmlr.errors import one_line
+from promptmlr.settings import load_yaml
 
 YOLO_SPLIT_KEYS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
@@ -39,7 +41,7 @@ def read_data_yaml(root: Path) -> tuple[Path, dict]:
         raise DatasetError(f"yolo: {path} not found; point the data root at the folder holding data.yaml "
                            "or at the yaml file itself")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = load_yaml(path.read_text(encoding="utf-8"), strict=False)  # as Ultralytics reads it
     except yaml.YAMLError as error:
         raise DatasetError(f"{path}: not valid YAML ({one_line(error)})") from None
     if not isinstance(content, dict) or "names" not in content:
@@ -58,6 +60,8 @@ def splits_in(content: dict) -> tuple[str, ...]:
 
 def class_names_from_yaml(path: Path, names: object) -> list[str]:
     """``names`` as a list in class-id order; a mapping must have ids 0..C-1."""
+    if not names and isinstance(names, (list, dict)):
+        raise DatasetError(f"{path}: 'names' is empty; list the class names in class-id order")
     if isinstance(names, list):
         return [str(name) for name in names]
     if isinstance(names, dict) and all(isinstance(key, int) for key in names):
@@ -72,6 +76,9 @@ def build_yolo(root: Path, split: str) -> MultiLabelDataset:
     """YOLO / ultralytics detection layout (data.yaml names; positive = class has a box)."""
     yaml_path, content = read_data_yaml(root)
     class_names = class_names_from_yaml(yaml_path, content["names"])
+    if isinstance(content.get(split), list):
+        raise DatasetError(f"{yaml_path}: {split}: a list of folders; promptmlr reads one image folder per "
+                           "split: give one, or make one folder of links to them")
     if split not in splits_in(content):
         raise SplitNotFoundError(f"yolo: {yaml_path} has no image folder for split {split!r}; "
                                  f"its splits: {', '.join(splits_in(content)) or 'none'}")
@@ -79,12 +86,17 @@ def build_yolo(root: Path, split: str) -> MultiLabelDataset:
     image_dir = base / content[split]
     if not image_dir.is_dir():
         raise DatasetError(f"{yaml_path}: {split}: {content[split]!r} -> {image_dir} is not a folder")
-    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    # a link to a missing file stays in, to be reported as missing before training, not dropped unseen
+    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                    and (p.is_file() or (p.is_symlink() and not p.exists())))
     labels = np.full((len(images), len(class_names)), NEGATIVE, dtype=np.int8)
     for row, image in enumerate(images):
         label_file = label_path_for(image)
         if label_file.is_file():
             labels[row, read_box_classes(label_file, len(class_names))] = POSITIVE
+        elif label_file.exists():
+            raise DatasetError(f"{label_file}: not a regular file (a folder?); the labels of {image.name} must be "
+                               "a text file there (or nothing, for an image without objects)")
     return MultiLabelDataset("yolo", split, class_names, images, labels)
 
 
@@ -99,12 +111,17 @@ def label_path_for(image: Path) -> Path:
 
 
 def read_box_classes(path: Path, num_classes: int) -> list[int]:
-    """Class ids of the objects in one label file; ids outside the names list are errors."""
+    """Class ids of the objects in one label file; ids outside the names list are errors. An id is
+    read as a number, as ultralytics does, so ``3.0`` (written by some converters) is 3."""
     classes = []
     for number, line in read_lines(path, "YOLO label file"):
         token = line.split()[0]
-        if not token.isdigit() or int(token) >= num_classes:
+        try:
+            value = float(token)
+        except ValueError:
+            value = math.nan
+        if not (value.is_integer() and 0 <= value < num_classes):
             raise DatasetError(f"{path}, line {number}: class {token!r} is not an id in 0..{num_classes - 1} "
                                "(data.yaml 'names')")
-        classes.append(int(token))
+        classes.append(int(value))
     return classes

@@ -83,6 +83,9 @@ class CLSL(MultiLabelMethod):
             loss = F.binary_cross_entropy_with_logits(recovery_logits.float(), soft)
         return {"recovery": self.config.recovery_weight * loss}
 
+    def text_embeddings_refusal(self) -> str:
+        return "method clsl scores classes with MLPs over image locations, with no vector per class"
+
     def class_embeddings(self) -> torch.Tensor:
         raise ConfigError("method clsl scores classes with MLPs over image locations, not with one joint-space "
                           "vector per class, so it has no text embeddings to export; use its run folder's "

@@ -78,6 +78,10 @@ class RegionPromptMethod(MultiLabelMethod):
         with torch.no_grad():
             return self.positive()
 
+    def text_embeddings_refusal(self) -> str:
+        return (f"method {self.name} scores each class on the dense map, weighted where the class is, against "
+                f"a positive and a negative feature")
+
     def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:
         return BYTES_PER_FLOAT * 6 * batch_size * self.num_classes * locations  # 3 maps and their gradients
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from promptmlr.backbones import FrozenCLIP, create_backbone
 from promptmlr.backbones.base import DENSE_MODES
+from promptmlr.backbones.factory import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from promptmlr.descriptions import Descriptions, check_classes, load_descriptions, shipped_descriptions_path
 from promptmlr.errors import ConfigError
 from promptmlr.models.base import MultiLabelMethod
@@ -32,8 +33,8 @@ METHODS: Registry[type[MultiLabelMethod]] = Registry(
 class ModelConfig:
     backbone: str = option("sandbox", "frozen CLIP: a registered name, openclip:<arch>[:<tag-or-file>] or "
                                       "hf:<hub-id-or-dir> (promptmlr config --list)")
-    image_size: int | None = option(None, "input resolution in pixels; null: the backbone's own", minimum=16,
-                                    flag="--image-size")
+    image_size: int | None = option(None, "input resolution in pixels; null: the backbone's own",
+                                    minimum=MIN_IMAGE_SIZE, maximum=MAX_IMAGE_SIZE, flag="--image-size")
     dense_mode: str = option("value", "a ViT's dense features: its last block's value path, or its output "
                                       "tokens (ResNets always take the value path)", choices=DENSE_MODES)
     method: str = option("promptmlr", "registered method name (promptmlr config --list shows them all)")
@@ -43,6 +44,8 @@ class ModelConfig:
                                               "none, or a file")
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_size, int) and self.image_size > MAX_IMAGE_SIZE:  # the bound, with its reason
+            check_image_size("model.image_size (--image-size)", self.image_size)
         check_fields(self, "model.")
 
 

@@ -16,6 +16,7 @@ import yaml
 from promptmlr import migrations
 from promptmlr.errors import ReportError, one_line
 from promptmlr.runs import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, PREDICTIONS_STEM, read_metrics
+from promptmlr.settings import load_yaml
 
 PREDICTIONS_FILE = f"{PREDICTIONS_STEM}.npz"
 REQUIRED_FILES = (CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE)
@@ -155,6 +156,6 @@ def load_predictions(run_dir: str | Path) -> Predictions:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return load_yaml(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
         raise ReportError(f"{path} is not readable YAML: {one_line(error)}") from None
