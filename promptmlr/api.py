@@ -31,6 +31,7 @@ from promptmlr.backbones.factory import BACKBONE_ALIASES, BACKBONE_SOURCES
 from promptmlr.cache import check_cache_directory
 from promptmlr.checkpoint import CheckpointError, load_checkpoint
 from promptmlr.config import (
+    LOGISTICS,
     RunConfig,
     apply_layer,
     checked,
@@ -43,6 +44,7 @@ from promptmlr.config import (
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import DataConfig, Splits, check_images_exist, dataset_root, load_split, load_splits
 from promptmlr.data.registry import DATASETS
+from promptmlr.data.textfiles import DatasetError
 from promptmlr.engine import PhaseHook, Trainer, learnable_state, process_state
 from promptmlr.errors import PromptMLRError, RunInterrupted, UsageError, check_number, one_line
 from promptmlr.files import atomic_write, write_json_atomic
@@ -247,11 +249,17 @@ def run(config: RunConfig, run_dir: str | Path, resume: bool = False, log: Log =
         raise RunInterrupted(run_dir) from interrupt
 
 
+PATH_OPTIONS = ("labels", "classes")  # dataset options naming files, read relative to the working folder
+
+
 def _absolute_root(data: DataConfig) -> DataConfig:
-    """``data`` with its root made absolute, symbolic links resolved."""
-    if data.root is None:
-        return data
-    return dataclasses.replace(data, root=str(Path(data.root).resolve()))
+    """``data`` with its root and the files its options name made absolute, so that a run folder
+    used from another working folder reads the same files. Links are kept, not resolved: a root
+    that is a link may be pointed elsewhere when the data moves (the data is checked, not its path)."""
+    options = {key: os.path.abspath(os.path.expanduser(value)) if key in PATH_OPTIONS and isinstance(value, str)
+               else value for key, value in data.options.items()}
+    root = os.path.abspath(os.path.expanduser(data.root)) if data.root is not None else None
+    return dataclasses.replace(data, root=root, options=options)
 
 
 @contextlib.contextmanager
@@ -353,8 +361,9 @@ RUN_CONFIG_KEY = "run_config"  # the checkpoint's copy of the configuration the 
 def _resumable(run_dir: Path, config: RunConfig, log: Log) -> tuple[dict | None, dict | None]:
     """Before any work on ``--resume``: the data identity ``config.yaml`` records, and the
     checkpoint, which must have been written under this very configuration (a hand-edited
-    ``config.yaml`` would relabel results, or mismatch the learned tensors). A location is no
-    setting: ``data.root`` may differ, the data under it is checked against the record instead."""
+    ``config.yaml`` would relabel results, or mismatch the learned tensors). What only says where
+    or how fast a run goes may differ (:data:`promptmlr.config.LOGISTICS`, e.g. a cache directory
+    of this machine's); the data under another ``data.root`` is checked against the record instead."""
     recorded = recorded_data_identity(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
     if recorded is None and (run_dir / CONFIG_FILE).is_file():
         log(f"{run_dir / CONFIG_FILE} records no data identity (an older run): the data under "
@@ -371,9 +380,7 @@ def _resumable(run_dir: Path, config: RunConfig, log: Log) -> tuple[dict | None,
     checkpoint = load_checkpoint(path)
     if RUN_CONFIG_KEY in checkpoint:
         started = run_config_from(checkpoint[RUN_CONFIG_KEY], f"{path} (its run configuration)").to_dict()
-        now = config.to_dict()
-        started["data"]["root"] = now["data"]["root"]
-        changed = config_differences(started, now)
+        changed = config_differences(started, config.to_dict(), ignore=LOGISTICS | {"data.root"})
         if changed:
             shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
             raise UsageError(f"{run_dir / CONFIG_FILE} differs from the configuration the run started with "
@@ -447,7 +454,10 @@ def _locations(backbone: FrozenCLIP) -> int:
 def evaluate_method(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_size: int = 128,
                     num_workers: int = 2, threshold: float = 0.5, name: str = "") -> EvalResult:
     """Metrics and logits of ``method`` on a labelled dataset (features computed on the fly, on
-    the GPU when there is one)."""
+    the GPU when there is one). A split without a positive label has no mAP: refused before scoring."""
+    if not (dataset.labels == 1).any():
+        raise DatasetError(f"{dataset.name}/{dataset.split} holds no positive label, so its mAP cannot be computed; "
+                           f"score a labelled split (--split) or fix its label file")
     method.to(process_state().device)
     logits = score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers), progress=False,
                    logits=True)

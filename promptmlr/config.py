@@ -36,7 +36,10 @@ from promptmlr.runs import DATA_IDENTITY
 from promptmlr.settings import load_yaml, merge, read_yaml
 from promptmlr.tracking import check_trackers
 
-NOTHING_TO_SELECT = ("zeroshot",)  # methods with nothing to train: no epoch is selected
+# settings that change where or how fast a run goes, not what it computes: a run resumed on another
+# machine may change them, and benchmarks comparing runs ignore them
+LOGISTICS = frozenset({"train.cache.directory", "train.cache.budget_gb", "train.cache.batch_size",
+                       "train.num_workers", "train.eval_batch_size", "train.report_to"})
 
 
 @dataclass
@@ -140,11 +143,12 @@ def _option_names(method: str) -> set[str] | None:
         return None
 
 
-def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> RunConfig:
+def checked(config: RunConfig, trackers: bool = True, where: str = "config", new_run: bool = True) -> RunConfig:
     """``config`` validated as a whole: every section rebuilt from its final values (so a config
     changed in Python is checked like one read from YAML), the method's options complete and
     checked against its ``Config``, cross-field rules, and, with ``trackers``, the experiment
-    trackers it names installed."""
+    trackers it names installed. The rules about what a run selects on hold for ``new_run``s; a
+    finished run's record is read back as it ran."""
     config = merge(RunConfig(), config.to_dict(), where)
     options = method_options(config.model.method, config.model.options)
     check_recovery_weights(config.train.recovery)
@@ -154,13 +158,12 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config") -> 
                           "set data.val_fraction above 0 or use thresholds fixed or prior")
     # selecting on a split that does not exist would label the last epoch "selected on val"; a
     # method with nothing to train selects nothing, so it may use every training image
-    if (config.train.select_on == "val" and config.data.val_fraction == 0
-            and config.model.method not in NOTHING_TO_SELECT):
+    selects = new_run and method_class(config.model.method).learns
+    if selects and config.train.select_on == "val" and config.data.val_fraction == 0:
         raise ConfigError("train.select_on val picks the epoch with the best validation mAP, but data.val_fraction "
                           "is 0 (no validation split); set data.val_fraction above 0 (e.g. 0.1), or --select-on "
                           "test (flagged as such in the results)")
-    if (config.train.select_on == "test" and not config.data.test_split
-            and config.model.method not in NOTHING_TO_SELECT):  # else the first epoch is "selected on test"
+    if selects and config.train.select_on == "test" and not config.data.test_split:  # else epoch 1 is "selected"
         raise ConfigError("train.select_on test picks the epoch with the best test mAP, but data.test_split is null "
                           "(no test split); select on val (the default), or name a test split")
     if trackers:
@@ -182,7 +185,7 @@ def run_config_from(record: Any, source: str | Path) -> RunConfig:
     if isinstance(values, dict) and not values.keys() & {"data", "model", "train"}:
         raise ConfigError(f"{source} holds none of data, model, train: it is not a promptmlr run's config; "
                           f"restore it from the run's copy, or start the run again")
-    return checked(merge(RunConfig(), _settings_of(values), str(source)), trackers=False)
+    return checked(merge(RunConfig(), _settings_of(values), str(source)), trackers=False, new_run=False)
 
 
 def recorded_data_identity(path: str | Path) -> dict[str, Any] | None:

@@ -6,9 +6,9 @@ kind                ``format``                   version  file (where the header
 ==================  ===========================  =======  ============================================
 prompts             promptmlr-prompts            2        ``best``/``last.safetensors``, exports
                                                           (JSON under the metadata key ``promptmlr``)
-checkpoint          promptmlr-checkpoint         2        ``checkpoint.safetensors`` (JSON under the
+checkpoint          promptmlr-checkpoint         3        ``checkpoint.safetensors`` (JSON under the
                                                           metadata key ``promptmlr-checkpoint``)
-run-config          promptmlr-run-config         2        a run folder's ``config.yaml`` (top-level keys)
+run-config          promptmlr-run-config         3        a run folder's ``config.yaml`` (top-level keys)
 metrics             promptmlr-metrics            1        a run folder's ``metrics.json`` (top-level keys)
 evaluation          promptmlr-evaluation         1        ``eval_<dataset>_<split>.json`` (top-level keys)
 predictions         promptmlr-predictions        1        ``predictions_test.npz`` (two 0-d arrays)
@@ -52,6 +52,9 @@ Version 2 of prompts and run configs:
   it was resized at all (:func:`pool_resize_learned_on`).
 
 Version 2 of checkpoints names its version ``format_version``, as every other file does.
+
+Version 3 of run configs records the run's data identity (``data_identity``), and version 3 of
+checkpoints the configuration the run started with; older files are read without them.
 
 Checkpoint format 0 is a pickle, ``checkpoint.pt`` (:data:`LEGACY_CHECKPOINT`): pickles can run
 code, so it is recognised and refused (:func:`refuse_legacy_checkpoint`), never read.
@@ -165,6 +168,13 @@ def _checkpoint_v1_to_v2(header: dict) -> dict:
     return header
 
 
+def _records_added_in_v3(record: dict) -> dict:
+    """Version 3 of run configs and checkpoints adds records that a version-2 file lacks and its
+    reader does without: the run's data identity (``config.yaml``) and its starting configuration
+    (the checkpoint). Nothing else changed, so the step keeps the record as it is."""
+    return record
+
+
 def pool_resize_learned_on(backbone: dict, resized_here: bool) -> str | None:
     """How the attention pool of the backbone a prompts header records was resized (None: not at
     all), given whether a backbone of that spec resizes its pool at the size it is loaded at. Only
@@ -185,8 +195,9 @@ class Format:
 
 FORMATS: dict[str, Format] = {
     "prompts": Format("promptmlr-prompts", 2, {1: _prompts_v1_to_v2}, named=True),
-    "checkpoint": Format("promptmlr-checkpoint", 2, {1: _checkpoint_v1_to_v2}, named=True, old_version_key="version"),
-    "run-config": Format("promptmlr-run-config", 2, {1: _run_config_v1_to_v2}),
+    "checkpoint": Format("promptmlr-checkpoint", 3, {1: _checkpoint_v1_to_v2, 2: _records_added_in_v3},
+                         named=True, old_version_key="version"),
+    "run-config": Format("promptmlr-run-config", 3, {1: _run_config_v1_to_v2, 2: _records_added_in_v3}),
     "metrics": Format("promptmlr-metrics", 1),
     "evaluation": Format("promptmlr-evaluation", 1),
     "predictions": Format("promptmlr-predictions", 1),

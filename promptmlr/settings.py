@@ -113,25 +113,33 @@ def _coerce_sequence(value: list | tuple, kind: type, args: tuple, where: str) -
 # level of nesting (a few hundred levels raise RecursionError).
 MAX_YAML_BYTES = 2 * 2**20
 MAX_ALIAS_NODES = 100_000  # nodes that aliases may add to a document, over those written out
+MAX_YAML_NODES = 200_000  # nodes written out: a 2 MiB flow list of a million numbers takes 20 s to read
 MAX_YAML_DEPTH = 64
 
 
 class RefusedYAMLError(yaml.YAMLError):
-    """YAML that parses but is refused: beyond :data:`MAX_YAML_BYTES`, :data:`MAX_ALIAS_NODES` or
-    :data:`MAX_YAML_DEPTH`, self-referring, or (strict) with a key twice. A ``yaml.YAMLError``, so
+    """YAML that parses but is refused: beyond :data:`MAX_YAML_BYTES`, :data:`MAX_ALIAS_NODES`,
+    :data:`MAX_YAML_NODES` or :data:`MAX_YAML_DEPTH`, self-referring, with a value Python cannot
+    hold, or (strict) with a key twice. A ``yaml.YAMLError``, so
     every caller that names its file for a parse error names it for this."""
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """The safe loader, refusing documents nested deeper than :data:`MAX_YAML_DEPTH`."""
+    """The safe loader, refusing documents nested deeper than :data:`MAX_YAML_DEPTH` or holding more
+    than :data:`MAX_YAML_NODES` nodes, as it composes them (before any value is built)."""
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
                 raise RefusedYAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            if self._nodes > MAX_YAML_NODES:
+                raise RefusedYAMLError(f"more than {MAX_YAML_NODES:,} values, far more than a config or "
+                                       f"descriptions file holds; is it the right file?")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -165,7 +173,10 @@ def load_yaml(text: str, strict: bool = True) -> Any:
         if node is None:
             return None
         _check_nodes(node, strict)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError) as error:  # e.g. an integer of more digits than Python converts
+            raise RefusedYAMLError(f"a value cannot be read: {str(error).splitlines()[0]}") from None
     finally:
         loader.dispose()
 

@@ -59,7 +59,7 @@ def test_upgrade_leaves_the_record_it_is_given_unchanged():
     assert upgraded == {"model": {"method": "promptmlr", "options": {"known_only_epochs": 3, "n_ctx": 4,
                                                                      "enhance": False, **blender}},
                         "train": {"lr_warmup_epochs": 2.0, "recovery": {"known_only_epochs": 1}},
-                        "format": "promptmlr-run-config", "format_version": 2}
+                        "format": "promptmlr-run-config", "format_version": 3}
 
 
 # ------------------------------------------------------------------------------------ run configs
@@ -97,7 +97,7 @@ def test_a_run_config_written_now_carries_its_header_and_reads_back_as_it_was(tm
     config = resolve_config("synthetic", overrides=[{"model": {"method": "sst"}}])
     write_config(tmp_path, config.to_dict())
     text = (tmp_path / "config.yaml").read_text()
-    assert text.startswith("format: promptmlr-run-config\nformat_version: 2\n")
+    assert text.startswith("format: promptmlr-run-config\nformat_version: 3\n")
     assert load_run_config(tmp_path / "config.yaml") == config
     assert resolve_config(None, tmp_path / "config.yaml") == config  # re-runnable with --config
 
@@ -124,7 +124,8 @@ def test_an_old_key_given_today_is_refused_naming_the_new_one(assignment, messag
 
 def test_a_run_config_from_a_newer_promptmlr_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"format": "promptmlr-run-config", "format_version": 3,
+    newer = migrations.FORMATS["run-config"].version + 1
+    path.write_text(yaml.safe_dump({"format": "promptmlr-run-config", "format_version": newer,
                                     **resolve_config("synthetic").to_dict()}))
     for read in (lambda: load_run_config(path), lambda: resolve_config(None, path)):
         with pytest.raises(ConfigError, match=NEWER) as error:

@@ -71,6 +71,8 @@ def test_an_alias_bomb_as_a_received_run_config_is_refused_by_eval(tmp_path, cap
      "its aliases expand it by"),  # merge keys copy the merged mapping's pairs
     ("train:\n  lr: 0.1\ntrain:\n  epochs: 2\n", "key 'train' appears twice in one mapping (lines 1 and 3)"),
     ("{a: 1, a: 2}", "key 'a' appears twice"),
+    ("epochs: " + "9" * 5000, "a value cannot be read: Exceeds the limit"),  # Python's int conversion cap
+    pytest.param("[" + "1," * 200_001 + "1]", "more than 200,000 values", marks=pytest.mark.slow),  # never built
 ])
 def test_yaml_beyond_the_bounds_is_refused(text, message):
     from promptmlr.settings import RefusedYAMLError, load_yaml

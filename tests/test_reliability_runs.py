@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -324,6 +325,7 @@ def test_another_runs_prompts_in_a_run_folder_are_refused(run, places, tmp_path)
     assert promptmlr.evaluate(swapped / "best.safetensors", "csv", data_root=places / "here" / "w5").metrics
 
 
+@pytest.mark.slow  # its fixture trains a run
 @pytest.mark.parametrize("content", [b"", b"- a\n- list\n", bytes(range(256)), b"{}\n"])
 def test_a_run_config_that_is_not_one_is_one_line(run, tmp_path, content):
     broken = _copy(run, tmp_path / "broken")
@@ -336,6 +338,7 @@ def test_a_run_config_that_is_not_one_is_one_line(run, tmp_path, content):
     assert _files(broken) == before
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_damaged_or_misplaced_prompts_are_one_line(run, places, tmp_path, capsys):
     broken = _copy(run, tmp_path / "broken")
     (broken / "best.safetensors").write_bytes((broken / "best.safetensors").read_bytes()[:100])
@@ -370,6 +373,7 @@ def test_eval_without_metrics_and_eval_into_a_folder_that_cannot_take_it(run, tm
     assert not (bare / "eval_csv_test.json").exists()
 
 
+@pytest.mark.slow  # its fixture trains a run
 def test_paths_the_filesystem_cannot_look_up_are_one_line(run, places, tmp_path, capsys):
     too_long = str(tmp_path / ("x" * 300))
     image = str(places / "here" / "w5" / "images" / "test0.png")
@@ -417,3 +421,52 @@ def test_two_evaluations_at_once_both_finish_and_leave_one_whole_file(run, tmp_p
     written = json.loads((shared / "eval_csv_test.json").read_text())  # whole: one of the two, never a mix
     assert written["evaluated"]["prompts"] in ("best.safetensors", "last.safetensors")
     assert not [path for path in shared.iterdir() if path.name.startswith(".eval")]
+
+
+def test_scoring_a_split_without_a_positive_label_is_one_line_before_any_encoding(make_image, tmp_path):
+    from promptmlr.api import evaluate_method
+    from promptmlr.data import DatasetError, MultiLabelDataset
+
+    paths = [make_image(tmp_path / f"{i}.png") for i in range(2)]
+    unlabelled = MultiLabelDataset("toy", "test", ["a", "b"], paths, np.array([[-1, -1], [0, -1]]))
+
+    class Untouchable:  # evaluate_method must refuse before it moves or runs the method
+        def __getattr__(self, name):
+            raise AssertionError(f"the method was used ({name}) before the labels were checked")
+
+    with pytest.raises(DatasetError, match=r"^toy/test holds no positive label, so its mAP cannot be computed; "):
+        evaluate_method(Untouchable(), unlabelled)
+
+
+@pytest.mark.slow
+def test_a_finished_run_without_a_validation_split_is_still_read_and_resumes_past_logistics(run, tmp_path):
+    """The rules on what a new run selects on do not apply to a finished run's record, and what only
+    says where or how fast a run goes (a cache folder of this machine's) may change before --resume."""
+    from promptmlr.config import load_run_config
+
+    copy = _copy(run, tmp_path / "copy")
+    values = yaml.safe_load((copy / "config.yaml").read_text())
+    values["data"]["val_fraction"] = 0
+    (copy / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    assert load_run_config(copy / "config.yaml").data.val_fraction == 0
+
+    moved = _copy(run, tmp_path / "moved")
+    values = yaml.safe_load((moved / "config.yaml").read_text())
+    values["train"]["cache"]["directory"] = str(tmp_path / "another-cache")
+    values["train"]["num_workers"] = 1
+    (moved / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    resumed = promptmlr.tune(out=moved, resume=True, **QUIET)  # finished already: nothing left to train
+    assert resumed.test_metrics["mAP"] == pytest.approx(json.loads((run / "metrics.json").read_text())
+                                                        ["best"]["test_mAP"])
+
+
+def test_the_data_digest_is_the_same_for_the_same_images_under_another_root(tmp_path):
+    from promptmlr.runs import data_sha256
+
+    labels = np.array([[1, -1]], dtype=np.int8)
+    here, there = tmp_path / "here", tmp_path / "there"
+    digest = data_sha256(here, ["a", "b"], [([here / "photos" / "1.jpg"], labels)])
+    assert digest == data_sha256(there, ["a", "b"], [([there / "photos" / "1.jpg"], labels)])
+    assert digest != data_sha256(here, ["a", "b"], [([here / "photos" / "2.jpg"], labels)])
+    assert digest != data_sha256(here, ["a", "b"], [([here / "photos" / "1.jpg"], -labels)])
+

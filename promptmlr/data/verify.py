@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from promptmlr.data.dataset import Duplicate, MultiLabelDataset, find_duplicates
 from promptmlr.data.images import ImageLoadError, load_image
 from promptmlr.data.labels import NEGATIVE, POSITIVE, UNKNOWN
 from promptmlr.data.registry import build_dataset, get_dataset_spec
 from promptmlr.data.textfiles import DatasetError, SplitNotFoundError
+from promptmlr.progress import progress_bar
 
 
 @dataclass
@@ -89,8 +89,8 @@ def verify_dataset(dataset: MultiLabelDataset, workers: int | None = None, progr
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check_image, dataset.image_paths)
-        bar = tqdm(results, total=len(dataset), desc=f"{dataset.name}/{dataset.split}", unit="img",
-                   disable=None if progress else True, leave=False)
+        bar = progress_bar(results, total=len(dataset), desc=f"{dataset.name}/{dataset.split}", unit="img",
+                           disable=None if progress else True, leave=False)
         report.problems = [problem for problem in bar if problem is not None]
     return report
 

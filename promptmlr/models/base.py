@@ -58,6 +58,7 @@ class MultiLabelMethod(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    learns: ClassVar[bool] = True  # False: nothing to train (zero-shot), so no epoch is selected
 
     def __init__(self, backbone: FrozenCLIP, class_names: Sequence[str], config: Any,
                  descriptions: Mapping[str, Sequence[str]] | None = None):

@@ -41,6 +41,7 @@ class ZeroShot(MultiLabelMethod):
 
     name = "zeroshot"
     Config = ZeroShotConfig
+    learns = False
 
     def __init__(self, backbone, class_names, config: ZeroShotConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)

@@ -31,7 +31,7 @@ import yaml
 
 from promptmlr import __version__
 from promptmlr.api import run
-from promptmlr.config import RunConfig, load_run_config, parse_assignment, resolve_config
+from promptmlr.config import LOGISTICS, RunConfig, load_run_config, parse_assignment, resolve_config
 from promptmlr.engine import TrainingDivergedError
 from promptmlr.errors import PromptMLRError
 from promptmlr.files import atomic_write, write_json_atomic, write_text_atomic
@@ -53,9 +53,6 @@ SEEDS = (0, 1, 2)
 # set by the benchmark's own loop: --set may not change them
 CONTROLLED = {"data.known": "--known", "data.mask_seed": "--seeds", "train.seed": "--seeds",
               "model.method": "--methods", "data.dataset": "--dataset"}
-# settings that change where or how fast a run goes, not its result: ignored when comparing configs
-LOGISTICS = {"train.cache.directory", "train.cache.budget_gb", "train.cache.batch_size", "train.num_workers",
-             "train.eval_batch_size", "train.report_to"}
 RESULT_COLUMNS = ("name", "method", "known", "seed", "dataset", "backbone", "val_mAP", "test_mAP", "test_mAP_voc2012",
                   "test_CF1", "test_OF1", "recovery_precision_positive", "recovery_recall_positive",
                   "recovery_precision_negative",
