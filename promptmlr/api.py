@@ -471,30 +471,31 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
     """Score a run folder's ``which`` prompts (or a prompts file) on a labelled split; a run folder
     remembers its dataset and where its data is, and receives ``eval_<dataset>_<split>.json``.
 
-    A run folder's own data (neither ``dataset`` nor ``data_root`` given) is checked to be the data
-    the run was trained and tested on, and its prompts file to be the run's own, before anything is
-    scored; ``data_root`` alone scores the run's dataset under another root, unchecked."""
+    A run folder's own data (no ``dataset`` given; ``data_root`` where it has moved) is checked to
+    be the data the run was trained and tested on, and its prompts file to be the run's own, before
+    anything is scored; other data is scored by naming its ``dataset`` too."""
     path = prompts_path(prompts, which)
     run_dir = Path(prompts) if is_folder(Path(prompts)) else None
     data = _dataset_for(dataset, data_root, dataset_options, split, run_dir)
     recorded = None
     if run_dir is not None and dataset is None:
-        if data_root is not None:  # the run's dataset, under the root given
+        if data_root is not None:  # the run's data, moved to the root given
             data = dataclasses.replace(data, root=str(data_root))
-        else:
-            recorded = recorded_data_identity(run_dir / CONFIG_FILE)
-            _check_prompts_are_the_runs(path, load_run_config(run_dir / CONFIG_FILE), recorded)
-            if data.root is not None and not Path(data.root).is_dir():
-                raise UsageError(f"{run_dir}: its data root {data.root} is not a folder here; pass --data-root "
-                                 f"pointing at the run's data")
+        recorded = recorded_data_identity(run_dir / CONFIG_FILE)
+        _check_prompts_are_the_runs(path, load_run_config(run_dir / CONFIG_FILE), recorded)
+        if data.root is not None and not Path(data.root).is_dir():
+            raise UsageError(f"{run_dir}: its data root {data.root} is not a folder here; pass --data-root "
+                             f"pointing at the run's data")
     labelled = load_split(data, split)
     if recorded is not None:
-        _check_evaluated_data(run_dir, recorded, data, split, labelled)
+        fix = ("to score other data, name its dataset too: --dataset NAME --data-root DIR" if data_root is not None
+               else "pass --data-root pointing at the run's data")
+        _check_evaluated_data(run_dir, recorded, data, split, labelled, fix)
     loaded = load_prompts_file(path, class_names=labelled.class_names)
     threshold = (loaded[1].get("thresholds") or [0.5])[0]
     result = evaluate_method(loaded[0], labelled, batch_size, num_workers, threshold,
                              name=f"{path.name} on {labelled.name}/{split}")
-    if run_dir is not None and dataset is None and data_root is None and recorded is None:
+    if run_dir is not None and dataset is None and recorded is None:
         result.notes.append(f"{run_dir} records no data identity (an older run), so the data under "
                             f"{Path(data.root).resolve() if data.root else 'the default folder'} was not "
                             f"checked against what it was trained on")
@@ -512,7 +513,7 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
 
 
 def _check_evaluated_data(run_dir: Path, recorded: dict, data: DataConfig, split: str,
-                          labelled: MultiLabelDataset) -> None:
+                          labelled: MultiLabelDataset, fix: str) -> None:
     """The split about to be scored is the run's: its test split by its digest, any other split by
     the training data's (which costs reading the training labels)."""
     root = dataset_root(data)
@@ -523,7 +524,7 @@ def _check_evaluated_data(run_dir: Path, recorded: dict, data: DataConfig, split
         splits, mask_hash = load_splits(data)
         identity = _data_identity(data, splits, mask_hash)
         found.update(mask_sha256=identity["mask_sha256"], training_sha256=identity["training_sha256"])
-    _check_data_identity(run_dir, recorded, found, "pass --data-root pointing at the run's data")
+    _check_data_identity(run_dir, recorded, found, fix)
 
 
 def _check_prompts_are_the_runs(path: Path, config: RunConfig, recorded: dict | None) -> None:

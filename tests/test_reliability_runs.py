@@ -103,10 +103,12 @@ def test_a_relative_data_root_is_recorded_absolute_and_other_data_is_refused(run
     with pytest.raises(UsageError, match="the partial-label mask .* the training images or labels"):
         promptmlr.evaluate(moved, split="train")
 
-    # --data-root names the data to score: the run's own data, wherever it is now...
+    # --data-root names where the run's own data is now, and is checked like it...
     assert promptmlr.evaluate(moved, data_root=places / "here" / "w5").metrics["mAP"] == expected
-    # ...or, deliberately, other data: scored, and the eval file says which
-    other = promptmlr.evaluate(moved, data_root=places / "there" / "w5")
+    with pytest.raises(UsageError, match="to score other data, name its dataset too: --dataset NAME --data-root"):
+        promptmlr.evaluate(moved, data_root=places / "there" / "w5")
+    # ...while other data is scored deliberately, by naming its dataset, and the eval file says which
+    other = promptmlr.evaluate(moved, "csv", data_root=places / "there" / "w5")
     evaluated = yaml.safe_load((moved / "eval_csv_test.json").read_text())["evaluated"]
     assert other.metrics["mAP"] != expected and evaluated["root"] == str(places / "there" / "w5")
 
