@@ -55,7 +55,7 @@ from promptmlr.migrations import refuse_legacy_checkpoint
 from promptmlr.models import ModelConfig, MultiLabelMethod, build_method
 from promptmlr.models.factory import METHODS, build_backbone, method_class, resolve_descriptions
 from promptmlr.options import ConfigRow, describe
-from promptmlr.prompt_files import export_text_embeddings, read_header, save_prompts
+from promptmlr.prompt_files import export_text_embeddings, read_header, refuse_text_embeddings, save_prompts
 from promptmlr.prompt_files import load_prompts as load_prompts_file
 from promptmlr.runs import (
     BEST_PROMPTS,
@@ -619,6 +619,9 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", w
         if format == "promptmlr":
             read_header(source)  # refuse to copy something that is not a prompts file
             return atomic_write(out, lambda temp: shutil.copyfile(source, temp))
+        header = read_header(source)  # refused from the header, before any backbone is loaded
+        method_type = method_class(header["method"])
+        refuse_text_embeddings(method_type, method_type.Config(**header.get("method_config", {})))
         return export_text_embeddings(load_prompts_file(source)[0], out)
     except PromptMLRError:
         raise

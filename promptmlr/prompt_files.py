@@ -193,17 +193,22 @@ def _class_mismatch(path: str | Path, stored: list[str], given: list[str]) -> st
     return f"{path} was learned for other classes (file vs dataset, first differences: {differing})"
 
 
-def export_text_embeddings(method: MultiLabelMethod, path: str | Path) -> Path:
-    """Write the ``[C, D]`` class vectors as ``.safetensors`` (with class names and the backbone in the
-    metadata) or ``.npy`` (array only; class order as in the run's config). A method whose scores they
-    would not reproduce is refused (see the module's docstring)."""
-    path = Path(path)
-    refusal = method.text_embeddings_refusal()
+def refuse_text_embeddings(method_type: type[MultiLabelMethod], config: Any) -> None:
+    """Refuse the ``text-embeddings`` export of a method whose scores it would not reproduce."""
+    refusal = method_type.text_embeddings_refusal(config)
     if refusal is not None:
         raise ConfigError(f"--format text-embeddings: {refusal}, so a [C, D] classifier scored as "
                           f"normalize(encode_image(x)) @ embeddings.T would not reproduce its scores; export the "
                           f"prompts file (--format promptmlr) and score with promptmlr predict or "
                           f"promptmlr.load_prompts")
+
+
+def export_text_embeddings(method: MultiLabelMethod, path: str | Path) -> Path:
+    """Write the ``[C, D]`` class vectors as ``.safetensors`` (with class names and the backbone in the
+    metadata) or ``.npy`` (array only; class order as in the run's config). A method whose scores they
+    would not reproduce is refused (see the module's docstring)."""
+    path = Path(path)
+    refuse_text_embeddings(type(method), method.config)
     embeddings = method.class_embeddings().detach().cpu().float().contiguous()
     if path.suffix == ".npy":
         return atomic_write(path, lambda temp: _save_npy(temp, embeddings.numpy()))

@@ -300,7 +300,7 @@ def test_text_embeddings_reproduce_each_methods_ranking_or_are_refused(vit, tmp_
     image = F.normalize(features.global_features.double(), dim=-1)
     targets = np.where(np.random.default_rng(0).random(logits.shape) < 0.4, 1, -1)
     path = tmp_path / "embeddings.safetensors"
-    refusal = method.text_embeddings_refusal()
+    refusal = type(method).text_embeddings_refusal(method.config)
     if refusal is None:
         embeddings = load_file(export_text_embeddings(method, path))["text_embeddings"].double()
         scores = image @ embeddings.T
@@ -450,3 +450,19 @@ def test_topk_beyond_the_classes_and_thresholds_0_and_1_are_accepted():
     assert [name for name, _ in choose_labels(logits, names, 1.0, None)] == ["b"]
     assert choose_labels(np.array([0.5, 30.0, -3.0]), names, 1.0, None) == []
 
+
+
+def test_a_text_embeddings_export_is_refused_from_the_header_before_any_backbone_loads(vit, tmp_path, monkeypatch):
+    from promptmlr import prompt_files
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_prompts(build_method("promptmlr", vit, CLASSES), run_dir / "best.safetensors")
+
+    def untouchable(*_args, **_kwargs):
+        raise AssertionError("a backbone was loaded to refuse the export")
+
+    monkeypatch.setattr(prompt_files, "create_backbone", untouchable)
+    with pytest.raises(ConfigError, match="method promptmlr scores a feature pooled .* plus its enhancement's MLPs"):
+        promptmlr.export(run_dir, tmp_path / "embeddings.npy", format="text-embeddings")
+    assert not (tmp_path / "embeddings.npy").exists()

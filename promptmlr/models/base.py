@@ -107,14 +107,17 @@ class MultiLabelMethod(nn.Module):
         classifier usable with open_clip or transformers alone."""
         raise NotImplementedError
 
-    def text_embeddings_refusal(self) -> str | None:
-        """Why the ``text-embeddings`` export would not reproduce this method's scores, or None when it
-        does. It does when, for every class c, the method's logit is an increasing affine function of
-        ``normalize(global image feature) @ class_embeddings()[c]``: the export then ranks each class's
-        images exactly as the method does (the same AP). Refused by default; a method that scores with
-        one vector per class on the global feature returns None
-        (``tests/test_reliability_numerics.py`` checks every registered method)."""
-        return f"method {self.name} does not score with one vector per class on the global image feature"
+    @classmethod
+    def text_embeddings_refusal(cls, config: Any) -> str | None:
+        """Why the ``text-embeddings`` export would not reproduce the scores of this method under
+        ``config`` (its ``Config``), or None when it does; a class method, so that an export is
+        refused from a prompts file's header, before any backbone is loaded. It does when, for every
+        class c, the method's logit is an increasing affine function of ``normalize(global image
+        feature) @ class_embeddings()[c]``: the export then ranks each class's images exactly as the
+        method does (the same AP). Refused by default; a method that scores with one vector per class
+        on the global feature returns None (``tests/test_reliability_numerics.py`` checks every
+        registered method)."""
+        return f"method {cls.name} does not score with one vector per class on the global image feature"
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The trainable parameters as optimiser groups, each ``{"params": [...], "lr_scale": s}``: the

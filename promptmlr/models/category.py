@@ -106,8 +106,9 @@ class CategoryMethod(MultiLabelMethod):
         with torch.no_grad():
             return self.classifier.directions()
 
-    def text_embeddings_refusal(self) -> str:
-        return (f"method {self.name} scores a feature pooled for each class from the dense map, with that "
+    @classmethod
+    def text_embeddings_refusal(cls, config: CategoryConfig) -> str:
+        return (f"method {cls.name} scores a feature pooled for each class from the dense map, with that "
                 f"class's own classifier")
 
     def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:

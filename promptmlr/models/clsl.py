@@ -83,7 +83,8 @@ class CLSL(MultiLabelMethod):
             loss = F.binary_cross_entropy_with_logits(recovery_logits.float(), soft)
         return {"recovery": self.config.recovery_weight * loss}
 
-    def text_embeddings_refusal(self) -> str:
+    @classmethod
+    def text_embeddings_refusal(cls, config: CLSLConfig) -> str:
         return "method clsl scores classes with MLPs over image locations, with no vector per class"
 
     def class_embeddings(self) -> torch.Tensor:

@@ -78,8 +78,9 @@ class RegionPromptMethod(MultiLabelMethod):
         with torch.no_grad():
             return self.positive()
 
-    def text_embeddings_refusal(self) -> str:
-        return (f"method {self.name} scores each class on the dense map, weighted where the class is, against "
+    @classmethod
+    def text_embeddings_refusal(cls, config: CoOpConfig) -> str:
+        return (f"method {cls.name} scores each class on the dense map, weighted where the class is, against "
                 f"a positive and a negative feature")
 
     def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:

@@ -49,8 +49,9 @@ class LinearProbe(MultiLabelMethod):
     def class_embeddings(self) -> torch.Tensor:
         return F.normalize(self.classifier.weight.detach(), dim=-1)
 
-    def text_embeddings_refusal(self) -> str | None:
+    @classmethod
+    def text_embeddings_refusal(cls, config: LinearConfig) -> str | None:
         """On the global feature, logit c is ``|w_c|`` times the exported score plus ``b_c``."""
-        if self.config.features != "global":
+        if config.features != "global":
             return "method linear with features dense probes the mean of the dense features, not the global one"
         return None

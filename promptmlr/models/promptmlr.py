@@ -185,9 +185,10 @@ class PromptMLR(MultiLabelMethod):
         with torch.no_grad():
             return self.positive()
 
-    def text_embeddings_refusal(self) -> str:
-        return (f"method {self.name} scores a feature pooled for each class from the dense map (its decoupling "
-                f"head) against the class's prompts" + (", plus its enhancement's MLPs" if self.enhancement else ""))
+    @classmethod
+    def text_embeddings_refusal(cls, config: PromptMLRConfig) -> str:
+        return (f"method {cls.name} scores a feature pooled for each class from the dense map (its decoupling "
+                f"head) against the class's prompts" + (", plus its enhancement's MLPs" if config.enhance else ""))
 
     def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:
         total = self.head.estimate_activation_bytes(batch_size, locations, self.backbone.embed_dim)

@@ -57,9 +57,10 @@ class ZeroShot(MultiLabelMethod):
     def class_embeddings(self) -> torch.Tensor:
         return self.text_features
 
-    def text_embeddings_refusal(self) -> str | None:
+    @classmethod
+    def text_embeddings_refusal(cls, config: ZeroShotConfig) -> str | None:
         """Logits are ``logit_scale`` times the exported scores, unless standardised per image."""
-        if self.config.standardize:
+        if config.standardize:
             return ("method zeroshot with standardize on turns each image's scores into z-scores across the "
                     "classes, which changes how a class ranks the images")
         return None
