@@ -449,3 +449,12 @@ def test_vg200_index_entries_that_are_not_lists_of_ids_are_one_line(tmp_path, en
     with pytest.raises(DatasetError, match=r"image 1\.jpg has class indices .*a list of integers in \[0, 2\)") as error:
         build_dataset("vg200", tmp_path, "train")
     one_line(error.value)
+
+
+def test_only_the_first_process_of_a_distributed_run_warns_about_repeats(two_splits, capsys, monkeypatch):
+    path = two_splits / "train.csv"
+    path.write_text(path.read_text() + path.read_text().splitlines()[1] + "\n")  # the first image twice
+    for rank, warned in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)  # as accelerate launch and torchrun set it in every process
+        load_splits(DataConfig(dataset="csv", root=str(two_splits), val_fraction=0.25))
+        assert ("listed more than once" in capsys.readouterr().err) == warned

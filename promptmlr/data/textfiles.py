@@ -7,6 +7,7 @@ one, what was expected, and how to fix it.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,8 +25,11 @@ class SplitNotFoundError(DatasetError):
 
 def warn(message: str) -> None:
     """One line on stderr about data that loads but may not be what was meant (duplicates, a test
-    split that shares images with training): the run goes on, the user can look."""
-    print(f"warning: {message}", file=sys.stderr)
+    split that shares images with training): the run goes on, the user can look. Under a
+    distributed launcher (``accelerate launch``, torchrun: ``RANK`` is set) every process reads the
+    same data, so only the first says it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def require_file(path: Path, what: str) -> Path:
