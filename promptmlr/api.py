@@ -173,9 +173,10 @@ def tune(dataset: str | None = None, *, data_root: str | Path | None = None, kno
     run_dir = Path(out) if out is not None else default_run_dir(
         run_config.data.dataset, run_config.model.method, run_config.data.known, run_config.train.seed)
     check_out(run_dir)
-    if run_files(run_dir):
+    held = run_files(run_dir)
+    if held:
         raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out "
-                         f"(it holds {', '.join(run_files(run_dir))})")
+                         f"(it holds {', '.join(held)})")
     root = _absolute_root(run_config.data).root
     if root is not None and Path(root) == Path(run_dir).resolve():
         raise UsageError(f"--out {run_dir} is the data root: the run's files would mix with the dataset's; "
@@ -189,8 +190,9 @@ def _resume(out: str | Path | None, given: list[str], data_root: str | Path | No
     run_dir = Path(out)
     check_out(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        if run_files(run_dir):
-            raise UsageError(f"{run_dir} holds {', '.join(run_files(run_dir))} but no {CONFIG_FILE}, so the "
+        held = run_files(run_dir)
+        if held:
+            raise UsageError(f"{run_dir} holds {', '.join(held)} but no {CONFIG_FILE}, so the "
                              f"configuration it was started with is unknown; restore {CONFIG_FILE}, or start a new "
                              f"run with another --out")
         raise UsageError(f"--resume needs --out RUN_DIR naming an existing run folder; {run_dir} holds no run")
@@ -314,7 +316,7 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
         write_config(run_dir, config.to_dict(), identity)
     started_with = {**migrations.header("run-config"), **config.to_dict()}
     result = Trainer(method, splits, config.train, run_dir, hyperparameters=config.to_dict(), hooks=hooks,
-                     checkpoint_extra={RUN_CONFIG_KEY: started_with}).fit(resume=resume)
+                     checkpoint_extra={RUN_CONFIG_KEY: started_with}).fit(resume, checkpoint)
     method = result.method
     best = result.history[result.best_epoch - 1] if result.best_epoch > 0 else result.history[0]
     last = result.history[-1]
@@ -368,9 +370,7 @@ def _resumable(run_dir: Path, config: RunConfig, log: Log) -> tuple[dict | None,
     if recorded is None and (run_dir / CONFIG_FILE).is_file():
         log(f"{run_dir / CONFIG_FILE} records no data identity (an older run): the data under "
             f"{config.data.root or 'the default folder'} is not checked against what the run was trained on")
-    if config.data.root is not None and not Path(config.data.root).is_dir():
-        raise UsageError(f"{run_dir}: its data root {config.data.root} is not a folder here; continue it with "
-                         f"--resume --data-root pointing at the run's data")
+    _require_data_root(run_dir, config.data, "continue it with --resume --data-root pointing at the run's data")
     path = run_dir / CHECKPOINT_FILE
     if os.path.lexists(path) and not path.is_file():
         raise UsageError(f"{path} is not a file; a checkpoint cannot be read from it or written over it: move it "
@@ -430,6 +430,12 @@ IDENTITY_NAMES = {"mask_sha256": "the partial-label mask", "training_sha256": "t
                   "test_sha256": "the test images or labels"}
 
 
+def _require_data_root(run_dir: Path, data: DataConfig, fix: str) -> None:
+    """The data root a run folder records is a folder here; else one line naming it and ``fix``."""
+    if data.root is not None and not Path(data.root).is_dir():
+        raise UsageError(f"{run_dir}: its data root {data.root} is not a folder here; {fix}")
+
+
 def _check_data_identity(run_dir: Path, recorded: dict, found: dict, fix: str) -> None:
     """Refuse data that is not the data ``run_dir`` was run on, naming what differs and ``fix``. The
     training data and its mask are compared under the same protocol only: a run resumed before its
@@ -483,14 +489,13 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
             data = dataclasses.replace(data, root=str(data_root))
         recorded = recorded_data_identity(run_dir / CONFIG_FILE)
         _check_prompts_are_the_runs(path, load_run_config(run_dir / CONFIG_FILE), recorded)
-        if data.root is not None and not Path(data.root).is_dir():
-            raise UsageError(f"{run_dir}: its data root {data.root} is not a folder here; pass --data-root "
-                             f"pointing at the run's data")
+        _require_data_root(run_dir, data, "pass --data-root pointing at the run's data")
     labelled = load_split(data, split)
+    digest = _split_sha256(dataset_root(data), labelled) if run_dir is not None else None
     if recorded is not None:
         fix = ("to score other data, name its dataset too: --dataset NAME --data-root DIR" if data_root is not None
                else "pass --data-root pointing at the run's data")
-        _check_evaluated_data(run_dir, recorded, data, split, labelled, fix)
+        _check_evaluated_data(run_dir, recorded, data, split, digest, fix)
     loaded = load_prompts_file(path, class_names=labelled.class_names)
     threshold = (loaded[1].get("thresholds") or [0.5])[0]
     result = evaluate_method(loaded[0], labelled, batch_size, num_workers, threshold,
@@ -504,7 +509,7 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
         root = dataset_root(data)
         record = {**migrations.header("evaluation"), **result.metrics,
                   "evaluated": {"prompts": path.name, "dataset": labelled.name, "split": split, "root": str(root),
-                                "data_sha256": _split_sha256(root, labelled)}}
+                                "data_sha256": digest}}
         try:  # the scores are the result: a folder that cannot take them must not hide them
             write_json_atomic(target, record)
         except OSError as error:
@@ -512,14 +517,14 @@ def evaluate(prompts: str | Path, dataset: str | None = None, *, data_root: str 
     return result
 
 
-def _check_evaluated_data(run_dir: Path, recorded: dict, data: DataConfig, split: str,
-                          labelled: MultiLabelDataset, fix: str) -> None:
-    """The split about to be scored is the run's: its test split by its digest, any other split by
-    the training data's (which costs reading the training labels)."""
-    root = dataset_root(data)
-    found: dict[str, Any] = {"root": str(root), "protocol": _protocol(data), "test_split": split}
+def _check_evaluated_data(run_dir: Path, recorded: dict, data: DataConfig, split: str, digest: str,
+                          fix: str) -> None:
+    """The split about to be scored (``digest``: its :func:`_split_sha256`) is the run's: its test
+    split by that digest, any other split by the training data's (which costs reading the training
+    labels)."""
+    found: dict[str, Any] = {"root": str(dataset_root(data)), "protocol": _protocol(data), "test_split": split}
     if split == recorded.get("test_split"):
-        found["test_sha256"] = _split_sha256(root, labelled)
+        found["test_sha256"] = digest
     else:
         splits, mask_hash = load_splits(data)
         identity = _data_identity(data, splits, mask_hash)

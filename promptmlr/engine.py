@@ -205,10 +205,12 @@ class Trainer:
             yield
 
     # ------------------------------------------------------------------------------------ training
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, checkpoint: dict | None = None) -> TrainResult:
+        """Train, evaluate and select; ``resume`` continues from the run folder's checkpoint
+        (``checkpoint``: its state, when the caller has read it already)."""
         config, accelerator = self.config, self.accelerator
         started = time.time()
-        if getattr(self.splits, config.select_on) is None and self._unwrapped.trainable_parameter_count():
+        if getattr(self.splits, config.select_on) is None and type(self._unwrapped).learns:
             # selecting on a missing split would keep the first epoch and call it selected
             raise ConfigError(f"train.select_on {config.select_on}: this run has no {config.select_on} split to "
                               f"select an epoch on; select on the split it has")
@@ -244,8 +246,8 @@ class Trainer:
         checkpoint_path = self.run_dir / CHECKPOINT_FILE
         if resume:
             refuse_legacy_checkpoint(checkpoint_path, CheckpointError)
-        if resume and checkpoint_path.is_file():
-            state = load_checkpoint(checkpoint_path)
+        if resume and (checkpoint is not None or checkpoint_path.is_file()):
+            state = checkpoint if checkpoint is not None else load_checkpoint(checkpoint_path)
             start_epoch, best_score = self._restore(state, optimizer, scheduler, ema, result)
             self._print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
         epochs = config.epochs if parameters else 0

@@ -92,10 +92,7 @@ def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "
     """
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # directories: IsADirectoryError below
-            # a FIFO would block the read forever, and a device (/dev/zero) would never end it
-            raise ImageLoadError(path, "not a regular file (a pipe, socket or device); give an image file")
+        _require_regular_file(path)
         if damaged == "error" or (damaged == "warn" and str(path) not in _SCANNED):
             _check_jpeg_scan(path, damaged)
             _SCANNED.add(str(path))
@@ -129,6 +126,19 @@ def load_image(path: str | Path, draft_size: int | None = None, damaged: str = "
 
 _SAID: set[str] = set()  # see _say_once
 _SCANNED: set[str] = set()  # JPEGs checked (warn mode) by this process: once per file
+_REGULAR: set[str] = set()  # paths seen to be regular files by this process: stat-ed once, not every epoch
+
+
+def _require_regular_file(path: Path) -> None:
+    """Refuse a pipe, socket or device given as an image: a FIFO would block the read forever, and
+    a device (/dev/zero) would never end it. Directories pass (IsADirectoryError names them)."""
+    if str(path) in _REGULAR:
+        return
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ImageLoadError(path, "not a regular file (a pipe, socket or device); give an image file")
+    if stat.S_ISREG(mode):
+        _REGULAR.add(str(path))
 
 
 def _check_jpeg_scan(path: Path, damaged: str) -> None:

@@ -50,7 +50,6 @@ SIZES: dict[str, tuple[float, float]] = {  # object radius as a fraction of the 
     "small": (0.085, 0.115), "medium": (0.125, 0.16), "large": (0.17, 0.21),
 }
 TEXTURES = ("solid", "striped", "dotted")
-BACKGROUNDS = ("gradient", "noise", "stripes", "checker", "grid")
 MAX_ROTATION = {"circle": 0.0, "ring": 0.0}  # degrees either way; other shapes use DEFAULT_ROTATION
 DEFAULT_ROTATION = 30.0  # keeps a square from turning into a diamond (an elongated rhombus)
 
