@@ -13,7 +13,7 @@ from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, SyntheticWorld
 def test_data_synth_writes_a_dataset_that_reads_back_with_full_labels(tmp_path):
     out = tmp_path / "world"
     assert main(["data", "synth", "--out", str(out), "--n-train", "12", "--n-test", "5", "--seed", "4",
-                 "--image-size", "64"]) == 0
+                 "--image-size", "64", "--workers", "2"]) == 0
     train = build_dataset("synthetic", out, "train")
     assert (len(train), train.class_names, train.name) == (12, SYNTHETIC_CLASS_NAMES, "synthetic")
     assert set(np.unique(train.labels)) <= {-1, 1}  # complete labels

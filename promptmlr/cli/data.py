@@ -40,6 +40,9 @@ def add_data_commands(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--n-test", type=int, default=4000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes rendering scenes (default: the cores available, up to 8); the files are "
+                            "the same for any N")
     synth.set_defaults(handler=run_synth)
 
     verify = actions.add_parser(
@@ -76,9 +79,10 @@ def run_mask(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from promptmlr.data.synthetic import write_synthetic_dataset
+    from promptmlr.data.synthetic import default_workers, write_synthetic_dataset
 
-    out = write_synthetic_dataset(args.out, args.n_train, args.n_test, args.seed, args.image_size)
+    workers = default_workers() if args.workers is None else args.workers
+    out = write_synthetic_dataset(args.out, args.n_train, args.n_test, args.seed, args.image_size, workers)
     print(f"wrote {args.n_train} train and {args.n_test} test scenes ({args.image_size}px, seed {args.seed}) to {out}")
     return 0
 

@@ -8,8 +8,11 @@ used: seed 0, 6,000 training and 4,000 test scenes at 128 px, kept under
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 from promptmlr.data.custom import build_csv
@@ -33,7 +36,7 @@ def default_synthetic_root() -> Path:
 
     def build(folder: Path) -> None:
         print(f"generating the synthetic benchmark in {CACHE_ROOT / name} (first use only)...")
-        write_synthetic_files(folder, **STANDARD)
+        write_synthetic_files(folder, **STANDARD, workers=default_workers())
 
     return atomic_directory(CACHE_ROOT / name, build)
 
@@ -59,7 +62,7 @@ def build_synthetic(root: Path, split: str) -> MultiLabelDataset:
 
 
 def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0,
-                            image_size: int = 128) -> Path:
+                            image_size: int = 128, workers: int = 1) -> Path:
     """Write a synthetic multi-label dataset to ``out_dir`` and return that path.
 
     Layout (the custom CSV format ``image,<class1>,...`` with 1 = present, -1 = absent)::
@@ -72,6 +75,9 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
 
     Train image i is ``SyntheticWorld(seed).scene(i)``; test image i is
     ``scene(TEST_INDEX_OFFSET + i)``: the same world, disjoint scenes. Labels are complete.
+
+    Scenes are rendered by ``workers`` processes (a scene depends on its index alone, so the files
+    are the same for any count).
 
     ``out_dir`` must be new or empty, so that no file of the user's (a ``train.csv`` of their own)
     is ever replaced. The files are written into a temporary folder beside it, renamed into place
@@ -87,26 +93,58 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
     if min(n_train, n_test) < 1 or image_size < 32:
         raise DatasetError(f"a synthetic dataset needs at least 1 training and 1 test scene and images of at "
                            f"least 32 px (--n-train, --n-test, --image-size), got {n_train}, {n_test}, {image_size}")
-    return atomic_directory(out, lambda folder: write_synthetic_files(folder, n_train, n_test, seed, image_size))
+    if workers < 1:
+        raise DatasetError(f"--workers {workers}: a synthetic dataset is written by at least 1 process")
+    return atomic_directory(out, lambda folder: write_synthetic_files(folder, n_train, n_test, seed, image_size,
+                                                                      workers))
 
 
-def write_synthetic_files(out: Path, n_train: int, n_test: int, seed: int, image_size: int) -> None:
+def default_workers() -> int:
+    """Processes that render scenes when none are asked for: the cores this process may use, up to 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+SCENES_PER_TASK = 256  # a worker's share at a time: long enough to hide the pool's overhead, short for the bar
+
+
+def write_synthetic_files(out: Path, n_train: int, n_test: int, seed: int, image_size: int, workers: int = 1) -> None:
     """The files of :func:`write_synthetic_dataset`, written straight into the folder ``out``
     (a temporary one: see there)."""
-    world = SyntheticWorld(seed, image_size)
     (out / "classes.txt").write_text("\n".join(SYNTHETIC_CLASS_NAMES) + "\n")
-    for split, count, offset in (("train", n_train, 0), ("test", n_test, TEST_INDEX_OFFSET)):
-        (out / split).mkdir(exist_ok=True)
-        with open(out / f"{split}.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image", *SYNTHETIC_CLASS_NAMES])
-            for i in progress_bar(range(count), desc=f"writing synthetic {split} scenes", leave=False):
-                scene = world.scene(offset + i)
-                name = f"{split}/{i:06d}.png"
-                world.render(scene).save(out / name)
-                writer.writerow([name, *(1 if v else -1 for v in world.labels(scene))])
+    # spawned, not forked: a fork of a process whose PyTorch threads are running can hang
+    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 else None)
+    try:
+        for split, count, offset in (("train", n_train, 0), ("test", n_test, TEST_INDEX_OFFSET)):
+            (out / split).mkdir(exist_ok=True)
+            tasks = [(out, split, offset, start, min(start + SCENES_PER_TASK, count), seed, image_size)
+                     for start in range(0, count, SCENES_PER_TASK)]
+            chunks = pool.map(_write_scenes, *zip(*tasks)) if pool else map(_write_scenes, *zip(*tasks))
+            with open(out / f"{split}.csv", "w", newline="") as handle, \
+                    progress_bar(total=count, desc=f"writing synthetic {split} scenes", leave=False) as bar:
+                writer = csv.writer(handle)
+                writer.writerow(["image", *SYNTHETIC_CLASS_NAMES])
+                for rows in chunks:  # in index order, whichever worker finished first
+                    writer.writerows(rows)
+                    bar.update(len(rows))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     meta = {**header("synthetic-dataset"), "generator": GENERATOR, "seed": seed, "image_size": image_size,
-            "n_train": n_train, "n_test": n_test, "max_objects": world.max_objects,
+            "n_train": n_train, "n_test": n_test, "max_objects": SyntheticWorld(seed, image_size).max_objects,
             "num_classes": NUM_CLASSES, "test_index_offset": TEST_INDEX_OFFSET,
             "themes": {t.name: list(t.classes) for t in THEMES}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _write_scenes(out: Path, split: str, offset: int, start: int, stop: int, seed: int,
+                  image_size: int) -> list[list]:
+    """Render scenes ``start..stop-1`` of ``split`` into ``out`` and return their CSV rows (in a worker)."""
+    world = SyntheticWorld(seed, image_size)
+    rows = []
+    for i in range(start, stop):
+        scene = world.scene(offset + i)
+        name = f"{split}/{i:06d}.png"
+        world.render(scene).save(out / name)
+        rows.append([name, *(1 if v else -1 for v in world.labels(scene))])
+    return rows
