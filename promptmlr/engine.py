@@ -370,7 +370,8 @@ class Trainer:
         scoring path)."""
         return score(self._unwrapped, self.features.batches(loader), self.accelerator.autocast,
                      self.accelerator.gather_for_metrics, progress=self.accelerator.is_local_main_process,
-                     logits=logits, total=len(loader), encoding=lambda: self._phase("evaluation prompts"))
+                     logits=logits, total=len(loader), encoding=lambda: self._phase("evaluation prompts"),
+                     rows=len(loader.dataset))
 
     def _evaluate_splits(self, loaders: dict, epoch: int = -1, checkpoint_path: Path | None = None) -> dict:
         """The metrics of val and test after ``epoch`` (0-based; -1: untrained). Logits that are not all

@@ -110,7 +110,7 @@ def prototype_similarity(method: MultiLabelMethod, batches: Callable[[], Iterabl
         similarity = (output.category_features.float() * prototypes).sum(-1)
         return torch.stack([output.logits.float(), similarity], dim=1)
 
-    values, _ = collect(method_outputs(method, batches(), autocast), logit_and_similarity, gather)
+    values, _ = collect(method_outputs(method, batches(), autocast), logit_and_similarity, gather, len(labels))
     return sigmoid(values[:, 0]), values[:, 1]
 
 

@@ -22,10 +22,12 @@ replaces ``classes.txt``). Files are UTF-8, with or without a byte-order mark, a
 
 from __future__ import annotations
 
+import array
 import csv
 import json
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -124,10 +126,10 @@ def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str
     """Your own data as CSV: header image,<class1>,<class2>,... and rows of 1/-1/0."""
     check_choice("missing_as", missing_as, MISSING_AS, DatasetError)
     path = labels_file(root, split, ".csv", labels)
-    rows = read_csv_records(path)
-    if not rows:
+    body = csv_records(path)  # read a row at a time: a split's cells as strings would take ~50 bytes each
+    header_line, header = next(body, (None, None))
+    if header is None:
         raise DatasetError(f"{path}: empty; the first line must be the header image,<class1>,<class2>,...")
-    (header_line, header), body = rows[0], rows[1:]
     if len(header) < 2 or header[0].strip() != "image":
         hint = ""
         if len(header) == 1:  # another separator: Excel in many locales writes semicolons
@@ -140,17 +142,18 @@ def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str
     if repeated:
         raise DatasetError(f"{path}, line {header_line}: class columns must have unique, non-empty names; "
                            f"check {', '.join(repr(name) for name in repeated)}")
-    images, matrix = [], []
+    images, cells = [], array.array("b")  # one byte a label, however many rows
     for number, row in body:
         if len(row) != len(header):
             raise DatasetError(f"{path}, line {number}: {len(row)} columns, the header has {len(header)} "
                                f"(image + {len(class_names)} classes)")
         values = [value.strip() for value in row[1:]]
         images.append(resolve_image(path, number, row[0]))
-        matrix.append(np.array([LABEL_TEXT[value] if value in LABEL_TEXT else
-                                csv_value(path, number, class_names[column], value)
-                                for column, value in enumerate(values)], dtype=np.int8))
-    labels_matrix = stack_rows(path, matrix, len(class_names))
+        cells.extend(LABEL_TEXT[value] if value in LABEL_TEXT else csv_value(path, number, class_names[column], value)
+                     for column, value in enumerate(values))
+    if not images:
+        raise DatasetError(f"{path}: no images listed")
+    labels_matrix = np.frombuffer(cells, dtype=np.int8).reshape(len(images), len(class_names)).copy()
     if missing_as == "negative":
         labels_matrix[labels_matrix == UNKNOWN] = NEGATIVE
     return MultiLabelDataset("csv", split, class_names, images, labels_matrix)
@@ -173,22 +176,20 @@ def csv_value(path: Path, number: int, column: str, text: str) -> int:
                        "-1 (negative) or 0 (unknown)")
 
 
-def read_csv_records(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-blank CSV records with the line number each starts on (for error messages)."""
-    records = []
+def csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank CSV records, one at a time, with the line number each starts on (for error messages)."""
     line = 1
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
             for row in reader:
                 if any(field.strip() for field in row):
-                    records.append((line, row))
+                    yield line, row
                 line = reader.line_num + 1
         except csv.Error as error:
             raise DatasetError(f"{path}, line {reader.line_num}: not valid CSV ({error})") from None
         except UnicodeDecodeError as error:
             raise DatasetError(f"{path}: not a UTF-8 text file ({error}); save it as UTF-8") from None
-    return records
 
 
 def stack_rows(path: Path, rows: list[np.ndarray], num_classes: int) -> np.ndarray:
