@@ -314,3 +314,51 @@ def test_run_comparison_skips_options_a_switched_off_component_ignores(accuracy)
     also_on = {"model": {"method": "promptmlr", "options": {"enhance": True, "enhance_text": "class"}}}
     assert accuracy.config_differences(on, also_on) == ["model.options.enhance_text: 'prompts' -> 'class'"]
     assert accuracy.config_differences(sarl, {**today, "train": {"lr": 0.02}}) == ["train.lr: 0.01 -> 0.02"]
+
+
+def _size(train: int, seconds: dict[str, float]) -> dict:
+    """A size's record as scale.measure_size writes it, for the phases given."""
+    module = _load("scale")
+    counts = {"train": train, "test": train // 3, "val": train // 10, "fit": train - train // 10}
+    per_image = {name: 1000 * value / module.IMAGES_OF[name](counts) for name, value in seconds.items()
+                 if name in module.IMAGES_OF}
+    return {"train_images": train, "test_images": train // 3, "counts": counts, "seconds": seconds,
+            "per_image_ms": per_image, "memory_mib": {}, "peak_rss_mib": 1.0, "test_mAP": None,
+            "disk_bytes": {"dataset": 0, "cache": 0, "run": 0, "report": 0},
+            "config": {"method": "promptmlr", "known": 0.1, "overrides": [], "batch_size": 64, "cache_batch_size": 2,
+                       "num_workers": 0, "mixed_precision": "no"}}
+
+
+def test_scale_flags_a_phase_whose_cost_per_image_grows_with_the_data():
+    module = _load("scale")
+    small = _size(600, {"generation": 8.0, "training": 5.4, "report": 2.0})
+    large = _size(6000, {"generation": 80.0, "training": 54.0 * 1.31, "report": 20.0 * 1.3})
+    verdict = module.linearity([small, large])
+    assert verdict["generation"] == {"ratio": pytest.approx(1.0), "flat": True}
+    assert verdict["report"]["flat"] and not verdict["training"]["flat"]  # 1.3x is the tolerance, 1.31x is over it
+    text = module.markdown({"device": {"name": "cpu", "type": "cpu"}, "command": "c", "sizes": [small, large],
+                            "linearity": verdict, "classes": []})
+    assert "| training |" in text and "1.31x **not flat**" in text and "1.00x |" in text
+
+
+@pytest.mark.slow
+def test_scale_measures_every_phase_per_size_in_its_own_process_and_per_class_count(tmp_path, monkeypatch):
+    module = _load("scale")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the children run ``python -m tools.bench.scale``
+    out = tmp_path / "scale"
+    assert module.main(["--out", str(out), "--sizes", "12", "24", "--classes", "3", "--class-images", "40",
+                        "--class-batch", "4", "--rounds", "1", "--threads", "1", "--generation-workers", "1",
+                        "--backbone", TINY, "--set", f"model.backbone={TINY}", "--set", "model.image_size=32",
+                        "--set", "train.num_workers=0", "--set", "train.batch_size=4"]) == 0
+    report = json.loads((out / "scale.json").read_text())
+    sizes = report["sizes"]
+    assert [(s["train_images"], s["test_images"]) for s in sizes] == [(12, 4), (24, 8)]
+    for size in sizes:
+        assert set(size["seconds"]) == set(module.SIZE_PHASES)
+        assert all(value >= 0 for value in size["seconds"].values()) and size["seconds"]["generation"] > 0
+        assert size["counts"]["fit"] + size["counts"]["val"] == size["train_images"]
+        assert size["disk_bytes"]["dataset"] > 0 and size["disk_bytes"]["cache"] > 0
+        assert {"caching", "training", "report"} <= set(size["memory_mib"])
+    assert set(report["linearity"]) == set(module.IMAGES_OF)
+    assert [row["classes"] for row in report["classes"]] == [3] and report["classes"][0]["train_step_seconds"] > 0
+    assert sorted(path.name for path in out.iterdir()) == ["scale.json", "scale.md", "size-12.json", "size-24.json"]
