@@ -466,7 +466,7 @@ def evaluate_method(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_
                            f"score a labelled split (--split) or fix its label file")
     method.to(process_state().device)
     logits = score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers), progress=False,
-                   logits=True)
+                   logits=True, rows=len(dataset))
     metrics = compute_metrics(logits, dataset.labels, threshold, from_logits=True)
     return EvalResult(name or f"{method.name} on {dataset.name}", metrics, logits, dataset)
 

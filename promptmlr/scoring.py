@@ -52,10 +52,10 @@ def collect(outputs: Iterable[tuple[MethodOutput, torch.Tensor]], extract: Calla
 
     ``gather`` (accelerate's ``gather_for_metrics``) brings every process's batches together, so
     each process returns the whole split. ``rows``: the split's size, when known (the rows are then
-    dataset rows below it): every batch is written straight into one array of that size. Kept as
-    one small array per batch instead, between each batch's large temporaries, they leave the heap
-    too fragmented to shrink (glibc raises its mmap threshold as large blocks are freed): on the
-    sandbox the process kept about 4 KB an image scored, 160 MB for a 40,000-image split."""
+    dataset rows below it, each seen once): every batch is written straight into one array of that
+    size, so that the pass keeps nothing per batch (small arrays kept between each batch's large
+    temporaries leave the heap fragmented: docs/scaling.md).
+    """
     buffer, filled, parts, part_rows = None, None, [], []
     for output, indices in outputs:
         value = extract(output).float()
@@ -72,8 +72,10 @@ def collect(outputs: Iterable[tuple[MethodOutput, torch.Tensor]], extract: Calla
         buffer[indices] = value
         filled[indices] = True
     if buffer is not None:
-        present = np.flatnonzero(filled)
-        return (buffer, present) if present.size == rows else (buffer[present], present)
+        if not filled.all():
+            raise ValueError(f"scored {int(filled.sum())} of the split's {rows} rows: rows must be the size of "
+                             f"the split the batches cover")
+        return buffer, np.arange(rows)
     if not parts:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
     order = np.argsort(np.concatenate(part_rows), kind="stable")

@@ -33,8 +33,7 @@ def test_collect_returns_every_row_in_order_in_an_array_of_its_own(rows):
     assert collected.dtype == np.float32 and collected.base is None  # its own memory, not a view of an output
 
 
-def test_collect_with_the_split_size_keeps_only_the_rows_it_saw():
+def test_collect_refuses_a_split_size_its_batches_do_not_cover():
     values = np.arange(12, dtype=np.float32).reshape(4, 3)
-    collected, found = collect(_batches(np.array([3, 1]), values, 1), lambda output: output.logits, rows=4)
-    np.testing.assert_array_equal(found, [1, 3])
-    np.testing.assert_array_equal(collected, values[[1, 3]])
+    with pytest.raises(ValueError, match="scored 2 of the split's 4 rows"):
+        collect(_batches(np.array([3, 1]), values, 1), lambda output: output.logits, rows=4)

@@ -23,6 +23,7 @@ replaces ``classes.txt``). Files are UTF-8, with or without a byte-order mark, a
 from __future__ import annotations
 
 import array
+import contextlib
 import csv
 import json
 import math
@@ -126,7 +127,11 @@ def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str
     """Your own data as CSV: header image,<class1>,<class2>,... and rows of 1/-1/0."""
     check_choice("missing_as", missing_as, MISSING_AS, DatasetError)
     path = labels_file(root, split, ".csv", labels)
-    body = csv_records(path)  # read a row at a time: a split's cells as strings would take ~50 bytes each
+    with contextlib.closing(csv_records(path)) as body:  # a row at a time: no split's worth of strings
+        return _csv_dataset(path, split, body, missing_as)
+
+
+def _csv_dataset(path: Path, split: str, body: Iterator[tuple[int, list[str]]], missing_as: str) -> MultiLabelDataset:
     header_line, header = next(body, (None, None))
     if header is None:
         raise DatasetError(f"{path}: empty; the first line must be the header image,<class1>,<class2>,...")
@@ -151,9 +156,7 @@ def build_csv(root: Path, split: str, labels: str | None = None, missing_as: str
         images.append(resolve_image(path, number, row[0]))
         cells.extend(LABEL_TEXT[value] if value in LABEL_TEXT else csv_value(path, number, class_names[column], value)
                      for column, value in enumerate(values))
-    if not images:
-        raise DatasetError(f"{path}: no images listed")
-    labels_matrix = np.frombuffer(cells, dtype=np.int8).reshape(len(images), len(class_names)).copy()
+    labels_matrix = stack_rows(path, np.frombuffer(cells, dtype=np.int8), len(class_names))
     if missing_as == "negative":
         labels_matrix[labels_matrix == UNKNOWN] = NEGATIVE
     return MultiLabelDataset("csv", split, class_names, images, labels_matrix)
@@ -192,11 +195,12 @@ def csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
             raise DatasetError(f"{path}: not a UTF-8 text file ({error}); save it as UTF-8") from None
 
 
-def stack_rows(path: Path, rows: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """``[N, C]`` from per-image rows; a file without any image is an error."""
-    if not rows:
+def stack_rows(path: Path, rows: list[np.ndarray] | np.ndarray, num_classes: int) -> np.ndarray:
+    """``[N, C]`` from per-image rows (or all of them flat, row after row); a file without any image
+    is an error."""
+    if not len(rows):
         raise DatasetError(f"{path}: no images listed")
-    return np.stack(rows).astype(np.int8).reshape(len(rows), num_classes)
+    return np.asarray(rows).astype(np.int8).reshape(-1, num_classes)
 
 
 def custom_splits(root: Path) -> tuple[str, ...]:

@@ -13,13 +13,21 @@ import csv
 import json
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 from promptmlr.data.custom import build_csv
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.registry import register_dataset
 from promptmlr.data.textfiles import DatasetError
-from promptmlr.data.world import NUM_CLASSES, SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, THEMES, SyntheticWorld
+from promptmlr.data.world import (
+    NUM_CLASSES,
+    SYNTHETIC_CLASS_NAMES,
+    TEST_INDEX_OFFSET,
+    THEMES,
+    SyntheticWorld,
+    write_scene_files,
+)
 from promptmlr.errors import one_line
 from promptmlr.files import atomic_directory, user_cache_dir
 from promptmlr.migrations import header, upgrade
@@ -36,7 +44,8 @@ def default_synthetic_root() -> Path:
 
     def build(folder: Path) -> None:
         print(f"generating the synthetic benchmark in {CACHE_ROOT / name} (first use only)...")
-        write_synthetic_files(folder, **STANDARD, workers=default_workers())
+        # one process: a pool would re-run an unguarded user script (no `if __name__ == "__main__":`)
+        write_synthetic_files(folder, **STANDARD)
 
     return atomic_directory(CACHE_ROOT / name, build)
 
@@ -111,15 +120,19 @@ def write_synthetic_files(out: Path, n_train: int, n_test: int, seed: int, image
     """The files of :func:`write_synthetic_dataset`, written straight into the folder ``out``
     (a temporary one: see there)."""
     (out / "classes.txt").write_text("\n".join(SYNTHETIC_CLASS_NAMES) + "\n")
-    # spawned, not forked: a fork of a process whose PyTorch threads are running can hang
-    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    tasks_at_most = -(-max(n_train, n_test) // SCENES_PER_TASK)
+    workers = min(workers, tasks_at_most)
+    # spawned, not forked: a fork of a process whose PyTorch threads are running can hang; the workers
+    # ignore Ctrl-C, which reaches the whole process group, so that only this process handles it
+    pool = (concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
             if workers > 1 else None)
     try:
         for split, count, offset in (("train", n_train, 0), ("test", n_test, TEST_INDEX_OFFSET)):
             (out / split).mkdir(exist_ok=True)
             tasks = [(out, split, offset, start, min(start + SCENES_PER_TASK, count), seed, image_size)
                      for start in range(0, count, SCENES_PER_TASK)]
-            chunks = pool.map(_write_scenes, *zip(*tasks)) if pool else map(_write_scenes, *zip(*tasks))
+            chunks = pool.map(write_scene_files, *zip(*tasks)) if pool else map(write_scene_files, *zip(*tasks))
             with open(out / f"{split}.csv", "w", newline="") as handle, \
                     progress_bar(total=count, desc=f"writing synthetic {split} scenes", leave=False) as bar:
                 writer = csv.writer(handle)
@@ -136,15 +149,3 @@ def write_synthetic_files(out: Path, n_train: int, n_test: int, seed: int, image
             "themes": {t.name: list(t.classes) for t in THEMES}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-
-def _write_scenes(out: Path, split: str, offset: int, start: int, stop: int, seed: int,
-                  image_size: int) -> list[list]:
-    """Render scenes ``start..stop-1`` of ``split`` into ``out`` and return their CSV rows (in a worker)."""
-    world = SyntheticWorld(seed, image_size)
-    rows = []
-    for i in range(start, stop):
-        scene = world.scene(offset + i)
-        name = f"{split}/{i:06d}.png"
-        world.render(scene).save(out / name)
-        rows.append([name, *(1 if v else -1 for v in world.labels(scene))])
-    return rows

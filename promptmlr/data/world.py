@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -435,3 +436,18 @@ def describe_scene(scene: Scene, rng: np.random.Generator) -> str:
 
 
 # ----------------------------------------------------------------------------------- the dataset
+
+
+def write_scene_files(out: Path, split: str, offset: int, start: int, stop: int, seed: int,
+                      image_size: int) -> list[list]:
+    """Render scenes ``offset + start`` .. ``offset + stop - 1`` of world ``seed`` as
+    ``out/<split>/<i:06d>.png`` and return their CSV rows (image, then 1/-1 per class). Here rather
+    than in :mod:`promptmlr.data.synthetic`, so that the processes that run it import no PyTorch."""
+    world = SyntheticWorld(seed, image_size)
+    rows = []
+    for i in range(start, stop):
+        scene = world.scene(offset + i)
+        name = f"{split}/{i:06d}.png"
+        world.render(scene).save(out / name)
+        rows.append([name, *(1 if v else -1 for v in world.labels(scene))])
+    return rows

@@ -61,7 +61,6 @@ IMAGES_OF: dict[str, Callable[[dict[str, int]], float]] = {
     "report": lambda n: n["test"],  # the test predictions it reads and plots
     "other": lambda n: n["train"] + n["test"],  # backbone loading, data lists again, predictions, exports
 }
-PER_RUN = ("evaluation prompts", "checkpoint")  # paid a fixed number of times per epoch, whatever the size
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -80,7 +79,8 @@ class MemoryMeter:
     """Peak resident memory per phase, sampled every ``interval`` seconds by a thread; a phase opened
     inside another counts for the inner one (as :class:`~tools.bench.recipe.PhaseClock` times them).
 
-    Where /proc is missing (not Linux) only the process's overall peak (``ru_maxrss``) is known.
+    Where /proc is missing (not Linux) only the process's overall peak (``ru_maxrss``) is known. Only
+    this process is counted: the generator's and the data loaders' worker processes are not.
     """
 
     def __init__(self, interval: float = 0.02):
@@ -113,10 +113,11 @@ class MemoryMeter:
             self._stack.pop()
 
     def _sample(self) -> None:
-        if not self.available or not self._stack:
+        innermost = self._stack[-1:]  # one read: the main thread may pop the phase meanwhile
+        if not self.available or not innermost:
             return
         values = _status_kib()
-        peak = self.peaks.setdefault(self._stack[-1], {"rss": 0.0, "anon": 0.0, "file": 0.0})
+        peak = self.peaks.setdefault(innermost[0], {"rss": 0.0, "anon": 0.0, "file": 0.0})
         for key, name in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile")):
             peak[key] = max(peak[key], values.get(name, 0) / 1024)
 
@@ -167,6 +168,7 @@ def measure_size(train_images: int, args: argparse.Namespace, device: torch.devi
                                 "recovery": {"enabled": True, "known_only_epochs": 1}}},
                      *(parse_assignment(text) for text in args.set)]
         config = resolve_config("synthetic", None, overrides)
+
         def data_lists():
             splits = load_splits(config.data)[0]
             check_images_exist(splits)
@@ -363,7 +365,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif args.generation_workers < 1:
         raise usage_error(f"--generation-workers must be at least 1, got {args.generation_workers}")
     args.sizes = sorted(args.sizes)
-    args.child_argv = [arg for arg in (argv if argv is not None else sys.argv[1:])]
+    args.child_argv = list(argv if argv is not None else sys.argv[1:])
     return args
 
 
