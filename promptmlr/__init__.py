@@ -8,6 +8,7 @@ The package-level API (imported on first use, so ``import promptmlr`` stays inst
     result.test_metrics["mAP"], result.run_dir, result.method
     promptmlr.evaluate("runs/quick").metrics
     promptmlr.predict(["photo.jpg"], prompts="runs/quick")
+    promptmlr.complete("runs/quick", "completed.jsonl", precision=0.95)  # the labels, filled in
     promptmlr.zeroshot("voc2007", data_root="/data/voc", backbone="openclip:RN101:openai")
     promptmlr.load_prompts("runs/quick").method
     promptmlr.create_backbone("sandbox"), promptmlr.list_methods(), promptmlr.list_datasets()
@@ -28,6 +29,7 @@ _API = {
     "evaluate": "promptmlr.api",
     "predict": "promptmlr.api",
     "zeroshot": "promptmlr.api",
+    "complete": "promptmlr.api",
     "load_prompts": "promptmlr.api",
     "export": "promptmlr.api",
     "describe_config": "promptmlr.api",
@@ -35,6 +37,7 @@ _API = {
     "TuneResult": "promptmlr.api",
     "EvalResult": "promptmlr.api",
     "LoadedPrompts": "promptmlr.api",
+    "CompletionResult": "promptmlr.api",
     "PromptMLRError": "promptmlr.errors",
     "create_backbone": "promptmlr.backbones",
     "list_backbones": "promptmlr.backbones",

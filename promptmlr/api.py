@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
+import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from accelerate.utils import broadcast_object_list, set_seed
 
-from promptmlr import migrations
+from promptmlr import completion, migrations
 from promptmlr.backbones import FrozenCLIP, list_backbones
 from promptmlr.backbones.factory import BACKBONE_ALIASES, BACKBONE_SOURCES
 from promptmlr.cache import check_cache_directory
@@ -42,12 +45,23 @@ from promptmlr.config import (
     run_config_from,
 )
 from promptmlr.data.dataset import MultiLabelDataset
-from promptmlr.data.protocol import DataConfig, Splits, check_images_exist, dataset_root, load_split, load_splits
+from promptmlr.data.protocol import (
+    DataConfig,
+    MaskedTraining,
+    Splits,
+    check_images_exist,
+    dataset_root,
+    load_split,
+    load_splits,
+    masked_training_split,
+    split_options,
+    training_splits,
+)
 from promptmlr.data.registry import DATASETS
 from promptmlr.data.textfiles import DatasetError
 from promptmlr.engine import PhaseHook, Trainer, learnable_state, process_state
 from promptmlr.errors import PromptMLRError, RunInterrupted, UsageError, check_number, one_line
-from promptmlr.files import atomic_write, write_json_atomic
+from promptmlr.files import atomic_write, write_json_atomic, write_texts_together
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
 from promptmlr.metrics import sigmoid
@@ -576,6 +590,238 @@ def _dataset_for(dataset: str | None, data_root: str | Path | None, options: Map
         return load_run_config(run_dir / CONFIG_FILE).data
     return DataConfig(dataset=dataset, root=str(data_root) if data_root is not None else None,
                       train_split=split, options=dict(options or {}))
+
+
+# ----------------------------------------------------------------------------------------------- complete
+@dataclass
+class CompletionResult:
+    """A completed split: the files written (by role: ``labels``, ``report_json``, ``report_md``,
+    ``classes`` or ``filled``, ``review``) and the JSON report's content."""
+
+    files: dict[str, Path]
+    report: dict
+
+    @property
+    def summary(self) -> str:
+        """One line: how much was filled, at what estimated precision, and where."""
+        return f"{completion.totals_line(self.report)}; labels: {self.files['labels']}, report: " \
+               f"{self.files['report_md']}"
+
+
+def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, precision: float = 0.95,
+             format: str | None = None, review: int = 0, cross_fit: int = 0, which: str = "best",
+             data_root: str | Path | None = None, force: bool = False, batch_size: int = 128, num_workers: int = 2,
+             log: Log = print) -> CompletionResult:
+    """Fill the unknown labels of a run's ``split`` (default: its training split, under the run's
+    mask) where the run's ``which`` model reaches ``precision`` on the validation split, into ``out``
+    (``format`` jsonl, csv, or ``same`` as the dataset; default: ``out``'s suffix), with a report
+    beside it and, with ``review``, the N entries most worth labelling (:mod:`promptmlr.completion`).
+    ``cross_fit`` K >= 2 calibrates the classes that validation cannot by K-fold cross-fitting (K
+    more trainings of the run's configuration; training split only). Everything is checked before
+    any image is scored, and nothing is written until every file is ready; the files of an earlier
+    completion are replaced only with ``force``, the dataset's own files never."""
+    check_number("--precision", precision, above=0, below=1)
+    for flag, value in (("--review", review), ("--cross-fit", cross_fit)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{flag} must be a whole number, got {value!r}")
+        check_number(flag, value, minimum=0)
+    if cross_fit == 1:
+        raise UsageError("--cross-fit must be 0 (off) or a number of folds of at least 2, got 1")
+    run_dir, out = Path(run_dir), Path(out)
+    if not is_folder(run_dir) or not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder promptmlr tune wrote")
+    config = load_run_config(run_dir / CONFIG_FILE)
+    data = config.data if data_root is None else dataclasses.replace(config.data, root=str(data_root))
+    split = split or data.train_split
+    on_training = split == data.train_split
+    chosen_format = completion.output_format(format, out, _own_format(data, split))
+    if cross_fit and not on_training:
+        raise UsageError(f"--cross-fit scores the run's training split out of fold; it cannot apply to --split "
+                         f"{split} (leave it out, or complete {data.train_split})")
+    if data.val_fraction == 0:
+        raise UsageError(f"{run_dir} was trained without a validation split (data.val_fraction=0), and the "
+                         f"thresholds are chosen on one; train a run with --set data.val_fraction=0.1")
+    path = prompts_path(run_dir, which)
+    recorded = recorded_data_identity(run_dir / CONFIG_FILE)
+    _check_prompts_are_the_runs(path, config, recorded)
+    _require_data_root(run_dir, data, "pass --data-root pointing at the run's data")
+    files = completion.companion_files(out, chosen_format, review > 0)
+    _check_completion_targets(out, files, _dataset_files(data, split), force)
+
+    training = masked_training_split(data)
+    if recorded is not None:
+        found = {**_data_identity(data, training_splits(training, None), training.mask_sha256), "test_split": None}
+        _check_data_identity(run_dir, recorded, found, "pass --data-root pointing at the run's data")
+    if cross_fit > len(training.train_rows):
+        raise UsageError(f"--cross-fit {cross_fit}: the training split has {len(training.train_rows)} training "
+                         f"images, fewer than the folds; use fewer folds")
+    target = training.dataset if on_training else _completion_split(data, split)
+    validation = training.dataset.subset(training.val_rows)
+    check_images_exist(Splits(train=target, val=validation, test=None))
+    result = _completed(config, path, training, target, on_training, precision, cross_fit, which,
+                        batch_size, num_workers, log)
+    source = {"run_dir": str(run_dir.resolve()), "method": config.model.method, "prompts": path.name,
+              "dataset": data.dataset, "split": split, "root": str(dataset_root(data)),
+              "mask_sha256": training.mask_sha256, "data_checked": recorded is not None,
+              "label_format": chosen_format}
+    record = completion.report(result, source)
+    texts = _completion_texts(files, record, result, target, training, review)
+    write_texts_together(texts)
+    own = _dataset_files(data, split)
+    for stale in completion.possible_files(out):  # --force: what an earlier completion left, not written now
+        if stale not in texts and stale.is_file() and os.path.realpath(stale) not in own:
+            stale.unlink()
+    return CompletionResult(files, record)
+
+
+def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, target: MultiLabelDataset,
+               on_training: bool, precision: float, cross_fit: int, which: str, batch_size: int,
+               num_workers: int, log: Log) -> completion.Completion:
+    """``target`` completed by the run's model, calibrated on validation, and the classes that
+    validation cannot calibrate cross-fitted when ``cross_fit`` asks for it."""
+    method = load_prompts_file(prompts, class_names=target.class_names)[0]
+    method.to(process_state().device)
+    validation = training.dataset.subset(training.val_rows)
+    probabilities = _probabilities(method, target, batch_size, num_workers)
+    val_probabilities = (probabilities[training.val_rows] if on_training
+                         else _probabilities(method, validation, batch_size, num_workers))
+    result = completion.complete_labels(probabilities, target.labels, val_probabilities, validation.labels,
+                                        precision, target.class_names)
+    lacking = completion.needs_cross_fit(result) if cross_fit else []
+    if lacking:
+        identity = {"folds": cross_fit, "which": which, "mask_sha256": training.mask_sha256,
+                    "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(),
+                    "rows": len(training.dataset), "classes": training.dataset.class_names}
+        stored = completion.out_of_fold_path(prompts.parent, cross_fit, which)
+        out_of_fold = completion.load_out_of_fold(stored, identity)
+        if out_of_fold is None:
+            log(f"cross-fitting {len(lacking)} class(es) that validation cannot calibrate: {cross_fit} trainings")
+            out_of_fold = _out_of_fold_probabilities(config, training, val_probabilities, cross_fit, which,
+                                                     batch_size, num_workers, log)
+            _keep_out_of_fold(stored, out_of_fold, identity, log)
+        else:
+            log(f"cross-fitting {len(lacking)} class(es): out-of-fold scores read back from {stored}")
+        refit = completion.complete_labels(out_of_fold, target.labels, out_of_fold, target.labels, precision,
+                                           target.class_names, evidence=f"cross-fitted ({cross_fit} folds)")
+        result = completion.with_cross_fitted(result, refit, lacking)
+    return result
+
+
+def _completion_texts(files: dict[str, Path], record: dict, result: completion.Completion,
+                      target: MultiLabelDataset, training: MaskedTraining, review: int) -> dict[Path, str]:
+    """Every file's text, by path, the label file last."""
+    folder = files["labels"].parent
+    texts = {files["report_json"]: json.dumps(record, indent=2) + "\n",
+             files["report_md"]: completion.summary_markdown(record)}
+    if "classes" in files:
+        texts[files["classes"]] = "\n".join(target.class_names) + "\n"
+    if "filled" in files:
+        texts[files["filled"]] = completion.filled_table(target.image_paths, target.class_names, result, folder)
+    if review:
+        entries = completion.review_candidates(result, training.dataset.labels, review)
+        texts[files["review"]] = completion.review_table(entries, target.image_paths, target.class_names, folder)
+    texts[files["labels"]] = completion.labels_text(files["labels"].suffix[1:], target.image_paths,
+                                                    target.class_names, result, folder)
+    return texts
+
+
+def _probabilities(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_size: int,
+                   num_workers: int) -> np.ndarray:
+    """``method``'s probabilities ``[N, C]`` for every image of ``dataset``, encoded on the fly."""
+    return score(method, dataset_batches(method.backbone, dataset, batch_size, num_workers), progress=False,
+                 rows=len(dataset))
+
+
+def _out_of_fold_probabilities(config: RunConfig, training: MaskedTraining, val_probabilities: np.ndarray,
+                               folds: int, which: str, batch_size: int, num_workers: int, log: Log) -> np.ndarray:
+    """Probabilities ``[N, C]`` of the whole training split, each row from a model that did not train
+    on it: the validation rows from the run's (given), the training rows from ``folds`` models of the
+    run's configuration, each trained without one fold (a seeded draw), selected on validation (or
+    the last epoch, with ``which`` last, as the run's model was)."""
+    probabilities = np.empty(training.dataset.labels.shape, dtype=np.float64)
+    probabilities[training.val_rows] = val_probabilities
+    held_out_folds = np.array_split(np.random.RandomState(config.train.seed).permutation(training.train_rows), folds)
+    backbone = build_backbone(config.model)
+    classes = training.dataset.class_names
+    descriptions = resolve_descriptions(config.model.descriptions, config.data.dataset, classes)[0]
+    validation = training.dataset.subset(training.val_rows)
+    train_config = dataclasses.replace(config.train, report_to="none", select_on="val")
+    for fold, held_out in enumerate(held_out_folds, 1):
+        kept = np.setdiff1d(training.train_rows, held_out)
+        log(f"cross-fitting fold {fold}/{folds}: training on {len(kept)} images, scoring {len(held_out)}")
+        set_seed(config.train.seed)
+        method = build_method(config.model.method, backbone, classes, descriptions, **config.model.options)
+        with tempfile.TemporaryDirectory(prefix="promptmlr-cross-fit-") as scratch:
+            splits = Splits(train=training.dataset.subset(kept), val=validation, test=None)
+            fitted = Trainer(method, splits, train_config, Path(scratch)).fit()
+        if which == "last":
+            fitted.method.load_state_dict(fitted.last_state)
+        probabilities[held_out] = _probabilities(fitted.method, training.dataset.subset(held_out), batch_size,
+                                                 num_workers)
+    return probabilities
+
+
+def _keep_out_of_fold(path: Path, probabilities: np.ndarray, identity: dict, log: Log) -> None:
+    """Keep out-of-fold scores in the run folder for the next completion; a folder that cannot take
+    them costs the trainings again next time, not this completion."""
+    try:
+        completion.save_out_of_fold(path, probabilities, identity)
+    except OSError as error:
+        log(f"could not keep the out-of-fold scores in {path} ({one_line(error)}); the next --cross-fit trains again")
+
+
+def _own_format(data: DataConfig, split: str) -> str | None:
+    """The format of the dataset's own label files where it can hold unknown labels, else None."""
+    if data.dataset in ("jsonl", "csv"):
+        return data.dataset
+    if data.dataset == "synthetic":
+        return "csv"
+    if data.dataset == "custom":
+        labels = split_options(data, split).get("labels")
+        if labels:
+            return "jsonl" if Path(labels).suffix == ".jsonl" else "csv"
+        return "jsonl" if (dataset_root(data) / f"{split}.jsonl").is_file() else "csv"
+    return None
+
+
+def _completion_split(data: DataConfig, split: str) -> MultiLabelDataset:
+    """A split other than the training one, labels as its file has them (no mask: the mask is the
+    training split's protocol)."""
+    try:
+        return load_split(data, split)
+    except DatasetError as error:  # an unknown split name, or one whose file is missing
+        raise type(error)(f"--split {split}: {error}") from None
+
+
+def _check_completion_targets(out: Path, files: dict[str, Path], read: set[str], force: bool) -> None:
+    """Before any work: ``out`` names a file in a folder that can take it, none of the files to write
+    is one the dataset reads (``read``, real paths; even with ``force``: its partial labels would be
+    lost), and none exists unless ``force``."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the label file to write, e.g. {out / 'completed.jsonl'}")
+    folder = Path(os.path.abspath(out.parent))
+    while not folder.exists():  # the folders to be made are made in the first that exists
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {folder} is not a writable folder; choose another --out")
+    for path in files.values():
+        if os.path.realpath(path) in read:
+            raise UsageError(f"--out {out} would overwrite {path}, a file of the dataset itself; write the "
+                             f"completion elsewhere (the partial labels must stay as they are)")
+    held = [path for path in completion.possible_files(out) if os.path.lexists(path)]
+    if held and not force:
+        raise UsageError(f"--out {out}: {', '.join(str(path) for path in held)} already exist(s); pass --force to "
+                         f"replace them, or choose another --out")
+
+
+def _dataset_files(data: DataConfig, split: str) -> set[str]:
+    """The real paths of the files the run's dataset reads for its training, test and ``split``
+    splits: those its options name, and the split, class and metadata files of its root."""
+    root = dataset_root(data)
+    named = [Path(value) for key, value in data.options.items() if key in PATH_OPTIONS and isinstance(value, str)]
+    splits = {data.train_split, data.test_split, split} - {None}
+    own = [root / f"{name}{suffix}" for name in splits for suffix in (".jsonl", ".csv", ".classes.txt")]
+    return {os.path.realpath(path) for path in [*named, *own, root / "classes.txt", root / "meta.json"]}
 
 
 # ------------------------------------------------------------------------------ prompts: load, use, export

@@ -107,14 +107,21 @@ def _disk_full_as_one_line(path: Path) -> Iterator[None]:
                             f"run again (the {path.name} already there, if any, is kept)") from None
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_path)`` then rename it over ``path`` (atomic on POSIX and Windows). If the disk
-    fills up, the temp file goes, ``path`` keeps its old content and a :class:`DiskFullError` says so."""
-    path = Path(path)
+def _temporary_beside(path: Path) -> str:
+    """A new empty temporary file in ``path``'s folder (made if missing), after the temporaries that
+    dead processes left there are removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     os.close(handle)
+    return temp
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temp_path)`` then rename it over ``path`` (atomic on POSIX and Windows). If the disk
+    fills up, the temp file goes, ``path`` keeps its old content and a :class:`DiskFullError` says so."""
+    path = Path(path)
+    temp = _temporary_beside(path)
     try:
         with _disk_full_as_one_line(path):
             write(Path(temp))
@@ -124,6 +131,26 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(temp):
             os.remove(temp)
     return path
+
+
+def write_texts_together(texts: dict[Path, str]) -> list[Path]:
+    """Write every ``path: text`` to a temporary beside its path, and only once all are written,
+    rename them into place in the order given (put the file that readers look for last): a failure
+    while writing, a full disk included, leaves every path as it was."""
+    temporaries: dict[Path, str] = {}
+    try:
+        for path, text in texts.items():
+            with _disk_full_as_one_line(path):
+                temporaries[path] = _temporary_beside(path)
+                Path(temporaries[path]).write_text(text, encoding="utf-8")
+            os.chmod(temporaries[path], 0o666 & ~_umask())
+        for path, temp in temporaries.items():
+            os.replace(temp, path)
+    finally:
+        for temp in temporaries.values():
+            if os.path.exists(temp):
+                os.remove(temp)
+    return list(texts)
 
 
 def atomic_directory(target: str | Path, build: Callable[[Path], None], done_file: str = "meta.json") -> Path:

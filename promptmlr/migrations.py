@@ -16,6 +16,10 @@ text-embeddings     promptmlr-text-embeddings    1        ``export --format text
                                                           ``.safetensors`` (metadata strings)
 feature-cache       promptmlr-feature-cache      1        ``<cache>/<key>/meta.json``
 synthetic-dataset   promptmlr-synthetic-dataset  1        a synthetic dataset's ``meta.json``
+completion          promptmlr-completion         1        ``complete``'s ``<stem>.completion.json``
+out-of-fold         promptmlr-out-of-fold        1        ``out_of_fold-k<K>-<which>.safetensors`` in a
+                                                          run folder (JSON under the metadata key
+                                                          ``promptmlr-out-of-fold``)
 ==================  ===========================  =======  ============================================
 
 **Rule: whenever what a file holds, or what its keys mean, changes, bump its version here and add
@@ -30,8 +34,9 @@ in :func:`promptmlr.checkpoint.load_checkpoint`, run configs in
 :func:`promptmlr.config.load_run_config` (the report reads a few keys through :func:`upgrade` too),
 metrics in :func:`promptmlr.runs.read_metrics`, predictions in
 :func:`promptmlr.report.loading.load_predictions`, caches in :meth:`promptmlr.cache.FeatureCache.open`,
-synthetic datasets by their loader (:mod:`promptmlr.data.synthetic`). Text embeddings and evaluation
-results are read by other tools.
+synthetic datasets by their loader (:mod:`promptmlr.data.synthetic`), out-of-fold scores in
+:func:`promptmlr.completion.load_out_of_fold`. Text embeddings, evaluation
+results and completion reports are read by other tools.
 
 A record without ``format_version`` is version 1 (run configs, metrics, cache and dataset metadata
 were written without a header at first; a version-1 checkpoint names it ``version``). Prompts files
@@ -204,6 +209,8 @@ FORMATS: dict[str, Format] = {
     "text-embeddings": Format("promptmlr-text-embeddings", 1),
     "feature-cache": Format("promptmlr-feature-cache", 1),
     "synthetic-dataset": Format("promptmlr-synthetic-dataset", 1),
+    "completion": Format("promptmlr-completion", 1),
+    "out-of-fold": Format("promptmlr-out-of-fold", 1),
 }
 
 

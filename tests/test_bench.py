@@ -362,3 +362,40 @@ def test_scale_measures_every_phase_per_size_in_its_own_process_and_per_class_co
     assert set(report["linearity"]) == set(module.IMAGES_OF)
     assert [row["classes"] for row in report["classes"]] == [3] and report["classes"][0]["train_step_seconds"] > 0
     assert sorted(path.name for path in out.iterdir()) == ["scale.json", "scale.md", "size-12.json", "size-24.json"]
+
+
+@pytest.mark.slow
+def test_complete_bench_measures_precision_fill_and_the_retraining_loop(tmp_path, capsys):
+    from promptmlr.data.synthetic import write_synthetic_dataset
+
+    bench = _load("complete")
+    root = write_synthetic_dataset(tmp_path / "world", n_train=80, n_test=24, seed=3, image_size=32)
+    out = tmp_path / "bench"
+    argv = ["--out", str(out), "--known", "0.5", "--seeds", "0", "--targets", "0.6", "0.9", "--retrain-at", "0.6",
+            "--review", "5", "--threads", "1", "--set", f"data.root={root}", "--set", f"model.backbone={TINY}",
+            "--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "train.num_workers=0",
+            "--set", "data.val_fraction=0.3", "--cross-fit", "2"]
+    assert bench.main(argv) == 0
+    result = json.loads((out / "complete.json").read_text())["results"][0]
+    assert set(result) >= {"selected_partial", "partial", "completed", "review", "random", "targets"}
+    for target in ("0.6", "0.9"):
+        measured = result["targets"][target]
+        assert 0 <= measured["fill_rate"] <= 1 and measured["unknown"] > 0
+        assert measured["precision_positive"] is None or 0 <= measured["precision_positive"] <= 1
+    assert result["review_entries"] == 5
+    assert "| 50% | 0.6 |" in (out / "complete.md").read_text()
+    assert bench.main(argv) == 0  # a second time: every run read back, the same numbers
+    assert json.loads((out / "complete.json").read_text())["results"][0]["completed"] == result["completed"]
+
+
+def test_complete_bench_scores_only_the_entries_that_were_unknown():
+    bench = _load("complete")
+    truth = np.array([[1, -1, 1], [-1, 1, -1]])
+    before = np.array([[1, 0, 0], [0, 0, -1]])
+    filled = np.array([[1, -1, -1], [0, 1, -1]])
+    measured = bench.realised(filled, before, truth)
+    assert measured["filled"] == 3 and measured["unknown"] == 4 and measured["fill_rate"] == 0.75
+    assert measured["precision_positive"] == 1.0 and measured["precision_negative"] == 0.5
+    assert measured["positives_lost"] == 0.5 and measured["recall_positive"] == 0.5  # of the 2 hidden positives
+    assert measured["all_negative_precision"] == 0.5
+    assert bench.reveal(before, truth, [(0, 1)]).tolist() == [[1, -1, 0], [0, 0, -1]]

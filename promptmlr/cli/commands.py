@@ -1,4 +1,4 @@
-"""Handlers of the top-level commands (``tune``, ``eval``, ``predict``, ``export``, ``zeroshot``,
+"""Handlers of the top-level commands (``tune``, ``eval``, ``predict``, ``complete``, ``export``, ``zeroshot``,
 ``report``, ``config``): parsed arguments in, one call of the Python API (:mod:`promptmlr.api`),
 results printed."""
 
@@ -74,6 +74,14 @@ def _finite_or_null(value: Any, replaced: list[str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite_or_null(item, replaced) for item in value]
     return value
+
+
+def complete_command(args: argparse.Namespace) -> int:
+    result = api.complete(args.run_dir, args.out, split=args.split, precision=args.precision, format=args.format,
+                          review=args.review, cross_fit=args.cross_fit, which=args.which, data_root=args.data_root,
+                          force=args.force)
+    print(result.summary)
+    return 0
 
 
 def export_command(args: argparse.Namespace) -> int:

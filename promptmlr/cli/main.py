@@ -74,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write attention overlays of predicted labels")
     predict.set_defaults(handler=_lazy("predict_command"))
 
+    complete = commands.add_parser(
+        "complete", help="fill in a dataset's unknown labels at a chosen precision",
+        description="Score every unknown label of a run's split with its selected model and fill it in (positive "
+                    "or negative) where the class's threshold reaches --precision on the validation split; the rest "
+                    "stay unknown and known labels never change. Writes the label file, a report beside it "
+                    "(<stem>.completion.md/.json) and, with --review N, the N entries most worth labelling.")
+    complete.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    complete.add_argument("--out", required=True, type=Path, metavar="FILE",
+                          help="the completed label file (.jsonl or .csv)")
+    complete.add_argument("--split", help="split to complete (default: the run's training split, under its mask)")
+    complete.add_argument("--precision", type=float, default=0.95,
+                          help="target precision of the filled labels, in (0, 1) (default 0.95)")
+    complete.add_argument("--format", choices=("jsonl", "csv", "same"),  # completion.COMPLETION_FORMATS
+                          help="jsonl, csv, or same (the dataset's own); default: --out's suffix")
+    complete.add_argument("--review", type=int, default=0, metavar="N",
+                          help="also write <stem>.review.tsv: the N unknown entries most worth labelling")
+    complete.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                          help="calibrate classes with too few validation labels by K-fold cross-fitting (K more "
+                               "trainings; default 0: such classes fill nothing)")
+    complete.add_argument("--which", choices=("best", "last"), default="best")
+    complete.add_argument("--data-root", type=Path, metavar="DIR", help="where the run's data is, if it moved")
+    complete.add_argument("--force", action="store_true", help="replace the files of an earlier completion")
+    complete.set_defaults(handler=_lazy("complete_command"))
+
     export = commands.add_parser("export", help="write a run's learned prompts to a file")
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     export.add_argument("--out", required=True, type=Path, metavar="FILE")

@@ -1,11 +1,15 @@
 """A user's own partially labelled data: JSONL or CSV files, one per split, in a data folder.
 
-JSONL (``<root>/<split>.jsonl`` and a class-names file ``<root>/classes.txt``, one name per line)::
+JSONL (``<root>/<split>.jsonl`` and a class-names file, one name per line: ``<split>.classes.txt``
+beside it if there is one, else ``<root>/classes.txt``)::
 
     {"image": "photos/001.jpg", "positive": ["dog", "sofa"], "negative": ["cat"]}
 
 Classes in neither list are unknown (0); ``missing_as="negative"`` makes them negative instead,
-for data labelled exhaustively. ``negative`` may be left out.
+for data labelled exhaustively. ``negative`` may be left out. An optional ``filled`` object maps
+labels that ``promptmlr complete`` filled in to the model's score of them (``{"sofa": 0.97}``); each
+must be a class of the line's ``positive`` or ``negative`` list and a number in [0, 1]. It is
+information for people and tools: the loader reads the labels as they are listed.
 
 CSV (``<root>/<split>.csv``; the header names the classes, values 1 / -1 / 0)::
 
@@ -39,7 +43,7 @@ from promptmlr.data.textfiles import DatasetError, SplitNotFoundError, read_clas
 from promptmlr.errors import check_choice
 
 MISSING_AS = ("unknown", "negative")
-JSONL_KEYS = ("image", "positive", "negative")
+JSONL_KEYS = ("image", "positive", "negative", "filled")
 
 
 def split_files(root: Path, suffix: str) -> tuple[str, ...]:
@@ -78,7 +82,7 @@ def build_jsonl(root: Path, split: str, classes: str | None = None, labels: str 
     """Your own data as JSONL lines {"image", "positive", "negative"} plus a class-names file."""
     check_choice("missing_as", missing_as, MISSING_AS, DatasetError)
     path = labels_file(root, split, ".jsonl", labels)
-    classes_path = Path(classes) if classes else root / "classes.txt"
+    classes_path = Path(classes) if classes else own_classes_file(path, root)
     class_names = read_class_names(classes_path)
     column_of = {name: column for column, name in enumerate(class_names)}
     default = NEGATIVE if missing_as == "negative" else UNKNOWN
@@ -100,6 +104,13 @@ def build_jsonl(root: Path, split: str, classes: str | None = None, labels: str 
     return MultiLabelDataset("jsonl", split, class_names, images, stack_rows(path, rows, len(class_names)))
 
 
+def own_classes_file(labels: Path, root: Path) -> Path:
+    """The class list of a JSONL file: ``<stem>.classes.txt`` beside it where there is one (a file
+    that carries its own classes, as ``promptmlr complete`` writes), else ``<root>/classes.txt``."""
+    beside = labels.parent / f"{labels.stem}.classes.txt"
+    return beside if beside.is_file() else root / "classes.txt"
+
+
 def parse_jsonl_record(path: Path, number: int, line: str) -> dict:
     """One JSONL line, checked: an object with a string ``image`` and lists of class names (both
     lists present in the result, the names stripped of spaces)."""
@@ -119,7 +130,24 @@ def parse_jsonl_record(path: Path, number: int, line: str) -> dict:
         if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
             raise DatasetError(f"{path}, line {number}: \"{key}\" must be a list of class names")
         record[key] = [name.strip() for name in value]  # as the names of classes.txt and of a CSV header
+    check_filled(path, number, record)
     return record
+
+
+def check_filled(path: Path, number: int, record: dict) -> None:
+    """The optional ``filled`` field: class names of the line's lists -> scores in [0, 1]."""
+    filled = record.get("filled", {})
+    if not isinstance(filled, dict):
+        raise DatasetError(f"{path}, line {number}: \"filled\" must be an object of class name -> score, "
+                           'e.g. {"sofa": 0.97}')
+    listed = {*record["positive"], *record["negative"]}
+    for name, confidence in filled.items():
+        if name.strip() not in listed:
+            raise DatasetError(f"{path}, line {number}: \"filled\" names {name!r}, which is in neither \"positive\" "
+                               "nor \"negative\"; a filled label must be one of the line's labels")
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
+            raise DatasetError(f"{path}, line {number}: \"filled\" score of {name!r} must be a number in "
+                               f"[0, 1], got {confidence!r}")
 
 
 @register_dataset("csv", splits=lambda root: split_files(root, ".csv"))

@@ -106,9 +106,21 @@ def check_images_exist(splits: Splits) -> None:
                            "restore them, or list them all with promptmlr data verify")
 
 
-def load_splits(config: DataConfig) -> tuple[Splits, str]:
-    """Training data masked by the partial-label protocol, a validation split carved from it, the
-    test split, and the SHA-256 of the mask."""
+@dataclass
+class MaskedTraining:
+    """The whole training split under the run's partial-label mask, and which of its rows train and
+    which are held out for validation (rows of ``dataset``)."""
+
+    dataset: MultiLabelDataset
+    full_labels: np.ndarray  # the labels before the mask
+    train_rows: np.ndarray
+    val_rows: np.ndarray | None
+    mask_sha256: str
+
+
+def masked_training_split(config: DataConfig) -> MaskedTraining:
+    """The training split read once, masked by the partial-label protocol, and the validation rows
+    carved from it: what training and ``promptmlr complete`` both start from."""
     train = load_split(config, config.train_split)
     if len(train) == 0:
         raise ConfigError(f"{config.dataset}/{config.train_split} has no images under {config.root}")
@@ -117,17 +129,30 @@ def load_splits(config: DataConfig) -> tuple[Splits, str]:
         raise DatasetError(f"{config.dataset}/{config.train_split}: no known positive label to learn from at "
                            f"--known {config.known} ({int((train.labels == POSITIVE).sum())} positive(s) before the "
                            "mask); raise --known, or check the label files (1 marks a positive)")
-    masked = train.with_labels(partial)
     if config.val_fraction > 0:
         train_rows, val_rows = split_validation(partial, config.val_fraction, config.val_seed)
     else:
         train_rows, val_rows = np.arange(len(train)), None
+    return MaskedTraining(train.with_labels(partial), train.labels, train_rows, val_rows, mask_sha256(partial))
+
+
+def load_splits(config: DataConfig) -> tuple[Splits, str]:
+    """Training data masked by the partial-label protocol, a validation split carved from it, the
+    test split, and the SHA-256 of the mask."""
+    training = masked_training_split(config)
     test = load_test_split(config) if config.test_split else None
-    splits = Splits(train=masked.subset(train_rows), val=masked.subset(val_rows) if val_rows is not None else None,
-                    test=test, full_train_labels=train.labels[train_rows])
-    check_scorable(config, splits, partial)
-    warn_about_repeats(train, test)
-    return splits, mask_sha256(partial)
+    splits = training_splits(training, test)
+    check_scorable(config, splits, training.dataset.labels)
+    warn_about_repeats(training.dataset.with_labels(training.full_labels), test)
+    return splits, training.mask_sha256
+
+
+def training_splits(training: MaskedTraining, test: MultiLabelDataset | None) -> Splits:
+    """The training and validation parts of ``training``, and ``test``, as one run sees them."""
+    masked = training.dataset
+    val = masked.subset(training.val_rows) if training.val_rows is not None else None
+    return Splits(train=masked.subset(training.train_rows), val=val, test=test,
+                  full_train_labels=training.full_labels[training.train_rows])
 
 
 def load_test_split(config: DataConfig) -> MultiLabelDataset:
