@@ -44,6 +44,7 @@ from promptmlr.config import (
     resolve_config,
     run_config_from,
 )
+from promptmlr.data.custom import custom_format
 from promptmlr.data.dataset import MultiLabelDataset
 from promptmlr.data.protocol import (
     DataConfig,
@@ -312,10 +313,7 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
     check_cache_directory(config.train.cache)
     backbone = build_backbone(config.model)
     class_names = splits.train.class_names
-    descriptions, descriptions_source = resolve_descriptions(config.model.descriptions, config.data.dataset,
-                                                             class_names)
-    set_seed(config.train.seed)  # random prompt contexts and embeddings start the same in every run
-    method = build_method(config.model.method, backbone, class_names, descriptions, **config.model.options)
+    method, descriptions_source = _fresh_method(config, backbone, class_names)
     if checkpoint is not None:
         _check_checkpoint_fits(run_dir / CHECKPOINT_FILE, checkpoint, method)
     locations = _locations(backbone)
@@ -369,6 +367,15 @@ def _run_locked(config: RunConfig, run_dir: Path, resume: bool, log: Log, starte
         write_summary(run_dir, f"{config.model.method} on {config.data.dataset}, {config.data.known:.0%} known "
                                f"(test set)", table, notes)
     return TuneResult(run_dir, config, metrics, table, method)
+
+
+def _fresh_method(config: RunConfig, backbone: FrozenCLIP, class_names: Sequence[str]
+                  ) -> tuple[MultiLabelMethod, str]:
+    """The run's method, untrained, on ``backbone``, and where its class descriptions came from; its
+    random prompt contexts and embeddings are drawn from the run's seed, the same in every run."""
+    descriptions, source = resolve_descriptions(config.model.descriptions, config.data.dataset, class_names)
+    set_seed(config.train.seed)
+    return build_method(config.model.method, backbone, class_names, descriptions, **config.model.options), source
 
 
 RUN_CONFIG_KEY = "run_config"  # the checkpoint's copy of the configuration the run started with
@@ -646,7 +653,8 @@ def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, 
     _check_prompts_are_the_runs(path, config, recorded)
     _require_data_root(run_dir, data, "pass --data-root pointing at the run's data")
     files = completion.companion_files(out, chosen_format, review > 0)
-    _check_completion_targets(out, files, _dataset_files(data, split), force)
+    own = _dataset_files(data, split)
+    _check_completion_targets(out, files, own, force)
 
     training = masked_training_split(data)
     if recorded is not None:
@@ -658,7 +666,7 @@ def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, 
     target = training.dataset if on_training else _completion_split(data, split)
     validation = training.dataset.subset(training.val_rows)
     check_images_exist(Splits(train=target, val=validation, test=None))
-    result = _completed(config, path, training, target, on_training, precision, cross_fit, which,
+    result = _completed(config, path, training, validation, target, on_training, precision, cross_fit, which,
                         batch_size, num_workers, log)
     source = {"run_dir": str(run_dir.resolve()), "method": config.model.method, "prompts": path.name,
               "dataset": data.dataset, "split": split, "root": str(dataset_root(data)),
@@ -667,21 +675,20 @@ def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, 
     record = completion.report(result, source)
     texts = _completion_texts(files, record, result, target, training, review)
     write_texts_together(texts)
-    own = _dataset_files(data, split)
     for stale in completion.possible_files(out):  # --force: what an earlier completion left, not written now
         if stale not in texts and stale.is_file() and os.path.realpath(stale) not in own:
             stale.unlink()
     return CompletionResult(files, record)
 
 
-def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, target: MultiLabelDataset,
-               on_training: bool, precision: float, cross_fit: int, which: str, batch_size: int,
-               num_workers: int, log: Log) -> completion.Completion:
-    """``target`` completed by the run's model, calibrated on validation, and the classes that
-    validation cannot calibrate cross-fitted when ``cross_fit`` asks for it."""
+def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, validation: MultiLabelDataset,
+               target: MultiLabelDataset, on_training: bool, precision: float, cross_fit: int, which: str,
+               batch_size: int, num_workers: int, log: Log) -> completion.Completion:
+    """``target`` completed by the run's model, calibrated on ``validation`` (the training split's
+    validation rows), and the classes that validation cannot calibrate cross-fitted when ``cross_fit``
+    asks for it."""
     method = load_prompts_file(prompts, class_names=target.class_names)[0]
     method.to(process_state().device)
-    validation = training.dataset.subset(training.val_rows)
     probabilities = _probabilities(method, target, batch_size, num_workers)
     val_probabilities = (probabilities[training.val_rows] if on_training
                          else _probabilities(method, validation, batch_size, num_workers))
@@ -696,8 +703,8 @@ def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, targe
         out_of_fold = completion.load_out_of_fold(stored, identity)
         if out_of_fold is None:
             log(f"cross-fitting {len(lacking)} class(es) that validation cannot calibrate: {cross_fit} trainings")
-            out_of_fold = _out_of_fold_probabilities(config, training, val_probabilities, cross_fit, which,
-                                                     batch_size, num_workers, log)
+            out_of_fold = _out_of_fold_probabilities(config, training, validation, val_probabilities, cross_fit,
+                                                     which, batch_size, num_workers, log)
             _keep_out_of_fold(stored, out_of_fold, identity, log)
         else:
             log(f"cross-fitting {len(lacking)} class(es): out-of-fold scores read back from {stored}")
@@ -732,8 +739,9 @@ def _probabilities(method: MultiLabelMethod, dataset: MultiLabelDataset, batch_s
                  rows=len(dataset))
 
 
-def _out_of_fold_probabilities(config: RunConfig, training: MaskedTraining, val_probabilities: np.ndarray,
-                               folds: int, which: str, batch_size: int, num_workers: int, log: Log) -> np.ndarray:
+def _out_of_fold_probabilities(config: RunConfig, training: MaskedTraining, validation: MultiLabelDataset,
+                               val_probabilities: np.ndarray, folds: int, which: str, batch_size: int,
+                               num_workers: int, log: Log) -> np.ndarray:
     """Probabilities ``[N, C]`` of the whole training split, each row from a model that did not train
     on it: the validation rows from the run's (given), the training rows from ``folds`` models of the
     run's configuration, each trained without one fold (a seeded draw), selected on validation (or
@@ -742,15 +750,11 @@ def _out_of_fold_probabilities(config: RunConfig, training: MaskedTraining, val_
     probabilities[training.val_rows] = val_probabilities
     held_out_folds = np.array_split(np.random.RandomState(config.train.seed).permutation(training.train_rows), folds)
     backbone = build_backbone(config.model)
-    classes = training.dataset.class_names
-    descriptions = resolve_descriptions(config.model.descriptions, config.data.dataset, classes)[0]
-    validation = training.dataset.subset(training.val_rows)
     train_config = dataclasses.replace(config.train, report_to="none", select_on="val")
     for fold, held_out in enumerate(held_out_folds, 1):
         kept = np.setdiff1d(training.train_rows, held_out)
         log(f"cross-fitting fold {fold}/{folds}: training on {len(kept)} images, scoring {len(held_out)}")
-        set_seed(config.train.seed)
-        method = build_method(config.model.method, backbone, classes, descriptions, **config.model.options)
+        method = _fresh_method(config, backbone, training.dataset.class_names)[0]
         with tempfile.TemporaryDirectory(prefix="promptmlr-cross-fit-") as scratch:
             splits = Splits(train=training.dataset.subset(kept), val=validation, test=None)
             fitted = Trainer(method, splits, train_config, Path(scratch)).fit()
@@ -777,10 +781,7 @@ def _own_format(data: DataConfig, split: str) -> str | None:
     if data.dataset == "synthetic":
         return "csv"
     if data.dataset == "custom":
-        labels = split_options(data, split).get("labels")
-        if labels:
-            return "jsonl" if Path(labels).suffix == ".jsonl" else "csv"
-        return "jsonl" if (dataset_root(data) / f"{split}.jsonl").is_file() else "csv"
+        return custom_format(dataset_root(data), split, split_options(data, split).get("labels"))
     return None
 
 

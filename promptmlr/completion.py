@@ -39,7 +39,9 @@ known labels (Laplace-smoothed), so that rare classes, whose thresholds rest on 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -356,16 +358,17 @@ def image_text(image: Path, folder: Path) -> str:
 
 def labels_text(format: str, images: Sequence[Path], class_names: Sequence[str], completion: Completion,
                 folder: Path) -> str:
-    """The completed labels as a ``jsonl`` file (a ``filled`` field: class -> confidence) or a ``csv``
-    file (1 / -1 / 0), each readable by its loader as it is; image paths as :func:`image_text` writes them."""
-    labels, confidence = completion.labels, completion.confidence
+    """The completed labels as a ``jsonl`` file (a ``filled`` field: class -> score) or a ``csv`` file
+    (1 / -1 / 0), each readable by its loader as it is; image paths as :func:`image_text` writes them."""
+    labels = completion.labels
     if format == "csv":
-        lines = [",".join(["image", *(_csv_cell(name) for name in class_names)])]
-        lines += [",".join([_csv_cell(image_text(image, folder)), *map(str, row.tolist())])
-                  for image, row in zip(images, labels)]
-        return "\n".join(lines) + "\n"
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["image", *class_names])
+        writer.writerows([image_text(image, folder), *row] for image, row in zip(images, labels.tolist()))
+        return text.getvalue()
     lines = []
-    for image, row, certainty in zip(images, labels, confidence):
+    for image, row, certainty in zip(images, labels, completion.confidence):
         record = {"image": image_text(image, folder),
                   "positive": [class_names[c] for c in np.flatnonzero(row == POSITIVE)],
                   "negative": [class_names[c] for c in np.flatnonzero(row == NEGATIVE)]}
@@ -374,10 +377,6 @@ def labels_text(format: str, images: Sequence[Path], class_names: Sequence[str],
             record["filled"] = {class_names[c]: round(float(certainty[c]), 6) for c in filled}
         lines.append(json.dumps(record, ensure_ascii=False))
     return "\n".join(lines) + "\n"
-
-
-def _csv_cell(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(mark in text for mark in ',"\n\r') else text
 
 
 def filled_table(images: Sequence[Path], class_names: Sequence[str], completion: Completion, folder: Path) -> str:

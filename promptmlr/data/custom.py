@@ -141,13 +141,13 @@ def check_filled(path: Path, number: int, record: dict) -> None:
         raise DatasetError(f"{path}, line {number}: \"filled\" must be an object of class name -> score, "
                            'e.g. {"sofa": 0.97}')
     listed = {*record["positive"], *record["negative"]}
-    for name, confidence in filled.items():
+    for name, score in filled.items():
         if name.strip() not in listed:
             raise DatasetError(f"{path}, line {number}: \"filled\" names {name!r}, which is in neither \"positive\" "
                                "nor \"negative\"; a filled label must be one of the line's labels")
-        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
             raise DatasetError(f"{path}, line {number}: \"filled\" score of {name!r} must be a number in "
-                               f"[0, 1], got {confidence!r}")
+                               f"[0, 1], got {score!r}")
 
 
 @register_dataset("csv", splits=lambda root: split_files(root, ".csv"))
@@ -235,12 +235,19 @@ def custom_splits(root: Path) -> tuple[str, ...]:
     return tuple(sorted({*split_files(root, ".jsonl"), *split_files(root, ".csv")}))
 
 
+def custom_format(root: Path, split: str, labels: str | None = None) -> str:
+    """``jsonl`` or ``csv``: the format a ``custom`` split is read in, by the suffix of ``labels`` if
+    given, else by whether ``<root>/<split>.jsonl`` exists."""
+    if labels:
+        return "jsonl" if Path(labels).suffix == ".jsonl" else "csv"
+    return "jsonl" if (root / f"{split}.jsonl").is_file() else "csv"
+
+
 @register_dataset("custom", splits=custom_splits)
 def build_custom(root: Path, split: str, classes: str | None = None, labels: str | None = None,
                  missing_as: str = "unknown") -> MultiLabelDataset:
     """Your own data, JSONL or CSV: whichever of <split>.jsonl / <split>.csv (or --labels FILE) exists."""
-    suffix = Path(labels).suffix if labels else (".jsonl" if (root / f"{split}.jsonl").is_file() else ".csv")
-    if suffix == ".jsonl":
+    if custom_format(root, split, labels) == "jsonl":
         return build_jsonl(root, split, classes, labels, missing_as)
     if classes:
         raise DatasetError("--classes applies to JSONL data; a CSV file names its classes in its header")
