@@ -30,7 +30,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from promptmlr import completion, migrations
 from promptmlr.backbones import FrozenCLIP, list_backbones
-from promptmlr.backbones.factory import BACKBONE_ALIASES, BACKBONE_SOURCES
+from promptmlr.backbones.factory import BACKBONE_ALIASES, BACKBONE_SOURCES, check_image_size, create_backbone
 from promptmlr.cache import check_cache_directory
 from promptmlr.checkpoint import CheckpointError, load_checkpoint
 from promptmlr.config import (
@@ -95,6 +95,15 @@ from promptmlr.runs import (
     write_summary,
 )
 from promptmlr.scoring import dataset_batches, score
+from promptmlr.tagger import (
+    DEFAULT_OPSET,
+    OnnxTagger,
+    check_opset,
+    export_tagger,
+    predict_with_tagger,
+    require_export_packages,
+    tagger_metadata,
+)
 from promptmlr.tracking import check_trackers
 
 Overrides = Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None
@@ -835,19 +844,30 @@ def load_prompts(source: str | Path, *, which: str = "best", backbone: FrozenCLI
     return LoadedPrompts(method, header, path)
 
 
-def predict(images: str | Path | Iterable[str | Path], prompts: str | Path, *, which: str = "best",
-            threshold: float | None = None, topk: int | None = None, heatmaps: str | Path | None = None,
-            batch_size: int = 32) -> list[Prediction]:
-    """Labels for image files and folders of images; an unreadable image carries an ``error``
-    instead of stopping the others. Default threshold: the prompts file's, else 0.5."""
+def predict(images: str | Path | Iterable[str | Path], prompts: str | Path | None = None, *,
+            model: str | Path | None = None, which: str = "best", threshold: float | None = None,
+            topk: int | None = None, heatmaps: str | Path | None = None, batch_size: int = 32) -> list[Prediction]:
+    """Labels for image files and folders of images, from ``prompts`` (a prompts file or run folder,
+    run by PyTorch) or ``model`` (an ONNX tagger from ``export(format="onnx")``, run by onnxruntime
+    alone); an unreadable image carries an ``error`` instead of stopping the others. Default
+    threshold: the file's, else 0.5."""
+    if (prompts is None) == (model is None):
+        raise UsageError("predict: give --prompts (a prompts file or run folder) or --model (an exported .onnx "
+                         "tagger), one of the two")
     if topk is not None:
         check_number("--topk", topk, minimum=1)
     if threshold is not None:
         check_number("--threshold", threshold, minimum=0, maximum=1)
+    if model is not None and heatmaps is not None:
+        raise UsageError("--heatmaps needs --prompts: an ONNX tagger gives label scores, not attention maps")
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
     paths = expand_images(inputs)
     if not paths:
         raise UsageError(f"no images found in {', '.join(map(str, inputs))}")
+    if model is not None:
+        tagger = OnnxTagger(model)
+        chosen = threshold if threshold is not None else tagger.thresholds
+        return predict_with_tagger(tagger, paths, threshold=chosen, top_k=topk, batch_size=batch_size)
     loaded = load_prompts(prompts, which=which)
     loaded.method.to(process_state().device)
     chosen = threshold if threshold is not None else loaded.header.get("thresholds")
@@ -855,23 +875,45 @@ def predict(images: str | Path | Iterable[str | Path], prompts: str | Path, *, w
                           heatmap_dir=Path(heatmaps) if heatmaps is not None else None, batch_size=batch_size)
 
 
-def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", which: str = "best") -> Path:
-    """Write a run's learned prompts to ``out``: ``promptmlr`` copies the prompts file (everything,
-    reloadable), ``text-embeddings`` writes a plain ``[C, D]`` classifier (.safetensors or .npy)."""
-    run_dir = Path(run_dir)
+EXPORT_FORMATS = ("promptmlr", "text-embeddings", "onnx")
+
+
+def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", which: str = "best",
+           image_size: int | None = None, opset: int | None = None, force: bool = False) -> Path:
+    """Write a run's learned model to ``out``: ``promptmlr`` copies the prompts file (everything,
+    reloadable), ``text-embeddings`` writes a plain ``[C, D]`` classifier (.safetensors or .npy),
+    ``onnx`` one graph from images to logits with its metadata (see :mod:`promptmlr.tagger`), at the
+    run's input size or ``image_size``, in ONNX ``opset``. An existing ``out`` is replaced only with
+    ``force``."""
+    run_dir, out = Path(run_dir), Path(out)
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if format != "onnx" and (image_size is not None or opset is not None):
+        raise UsageError(f"--image-size and --opset apply to --format onnx only, not {format}")
+    if image_size is not None:
+        check_image_size("--image-size", image_size)
+    if opset is not None:
+        check_opset(opset)
+    if format == "onnx":
+        require_export_packages()
     if not is_folder(run_dir):
         raise UsageError(f"{run_dir} is not a run folder")
     source = prompts_path(run_dir, which)
-    if format not in ("promptmlr", "text-embeddings"):
-        raise UsageError(f"format must be promptmlr or text-embeddings, got {format!r}")
-    out = Path(out)
     try:
         if out.is_dir():
-            raise UsageError(f"export --out {out} is a folder; name the file to write, e.g. {out / source.name}")
+            example = "tagger.onnx" if format == "onnx" else source.name
+            raise UsageError(f"export --out {out} is a folder; name the file to write, e.g. {out / example}")
+        if format == "onnx" and out.suffix != ".onnx":
+            raise UsageError(f"export --out {out}: an ONNX tagger's file name ends in .onnx")
+        if os.path.lexists(out) and not force:
+            raise UsageError(f"export --out {out} already exists; pass --force to replace it, or choose another "
+                             f"--out")
         if format == "promptmlr":
             read_header(source)  # refuse to copy something that is not a prompts file
             return atomic_write(out, lambda temp: shutil.copyfile(source, temp))
         header = read_header(source)  # refused from the header, before any backbone is loaded
+        if format == "onnx":
+            return _export_onnx(source, header, out, which, image_size, opset)
         method_type = method_class(header["method"])
         refuse_text_embeddings(method_type, method_type.Config(**header.get("method_config", {})))
         return export_text_embeddings(load_prompts_file(source)[0], out)
@@ -879,6 +921,21 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", w
         raise
     except OSError as error:  # a file where a folder should be, a read-only folder, a name too long
         raise UsageError(f"export --out {out}: cannot write it ({one_line(error)}); choose another --out") from None
+
+
+def _export_onnx(source: Path, header: dict[str, Any], out: Path, which: str, image_size: int | None,
+                 opset: int | None) -> Path:
+    """The prompts file ``source`` as an ONNX tagger, its method rebuilt on its backbone at
+    ``image_size`` (default: the size it was trained at)."""
+    stored = header["backbone"]
+    backbone = create_backbone(stored["spec"], image_size=image_size or stored["image_size"],
+                               dense_mode=stored["dense_mode"])
+    method, header = load_prompts_file(source, backbone)
+    run = {"folder": source.parent.name, "which": which, "epoch": header.get("epoch"),
+           "selected_on": header.get("selected_on"), "mask_sha256": header.get("mask_sha256"),
+           "prompts_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+           "trained_image_size": stored["image_size"], "metrics": header.get("metrics")}
+    return export_tagger(method, out, tagger_metadata(method, header, run), opset or DEFAULT_OPSET)
 
 
 # ------------------------------------------------------------------------------ configuration, registries

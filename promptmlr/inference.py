@@ -82,12 +82,10 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
     opened: dict[int, Image.Image] = {}  # the current batch's images, kept for their heatmaps
     for output, rows in method_outputs(method, _readable_batches(method, predictions, opened, batch_size)):
         logits = output.logits.float().cpu().numpy()
-        probabilities = sigmoid(logits)
         maps = output.attention_maps()
         for position, row in enumerate(rows.tolist()):
             prediction, image = predictions[row], opened.pop(row)
-            prediction.probabilities = dict(zip(method.class_names, map(float, probabilities[position])))
-            prediction.labels = choose_labels(logits[position], method.class_names, threshold, top_k)
+            record_scores(prediction, logits[position], method.class_names, threshold, top_k)
             if heatmap_dir is not None and maps is not None and prediction.labels:
                 heat = maps[position].float().cpu().numpy()
                 target = Path(heatmap_dir) / heatmap_name(prediction.image)
@@ -99,23 +97,38 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
     return predictions
 
 
-def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], opened: dict[int, Image.Image],
-                      batch_size: int) -> Iterator[FeatureBatch]:
-    """Encoded batches of the images that load; the others get their error and are skipped."""
-    transform = method.backbone.transform(train=False)
-    device = method.backbone.token_embedding.weight.device
+def record_scores(prediction: Prediction, logits: np.ndarray, class_names: Sequence[str],
+                  threshold: float | Sequence[float] | None, top_k: int | None) -> None:
+    """Set one image's probabilities and labels from its logits ``[C]``."""
+    prediction.probabilities = dict(zip(class_names, map(float, sigmoid(logits))))
+    prediction.labels = choose_labels(logits, class_names, threshold, top_k)
+
+
+def image_batches(predictions: list[Prediction], batch_size: int, draft_size: int
+                  ) -> Iterator[tuple[list[int], list[Image.Image]]]:
+    """``(rows, images)`` for each batch of ``batch_size`` predictions: the images that load, upright
+    and in RGB (see :func:`load_image`), and their rows; the others get their error and are skipped."""
     for start in range(0, len(predictions), batch_size):
-        rows = []
+        rows, images = [], []
         for row in range(start, min(start + batch_size, len(predictions))):
             try:
-                opened[row] = load_image(predictions[row].image, draft_size=method.backbone.image_size,
-                                         damaged="warn")
+                images.append(load_image(predictions[row].image, draft_size=draft_size, damaged="warn"))
                 rows.append(row)
             except ImageLoadError as error:
                 predictions[row].error = str(error)
         if rows:
-            pixels = torch.stack([transform(opened[row]) for row in rows]).to(device)
-            yield encode(method.backbone, pixels), torch.tensor(rows)
+            yield rows, images
+
+
+def _readable_batches(method: MultiLabelMethod, predictions: list[Prediction], opened: dict[int, Image.Image],
+                      batch_size: int) -> Iterator[FeatureBatch]:
+    """Encoded batches of the images that load, each image kept in ``opened`` for its heatmap."""
+    transform = method.backbone.transform(train=False)
+    device = method.backbone.token_embedding.weight.device
+    for rows, images in image_batches(predictions, batch_size, draft_size=method.backbone.image_size):
+        opened.update(zip(rows, images))
+        pixels = torch.stack([transform(image) for image in images]).to(device)
+        yield encode(method.backbone, pixels), torch.tensor(rows)
 
 
 def heatmap_name(image: Path) -> str:

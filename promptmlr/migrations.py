@@ -20,6 +20,8 @@ completion          promptmlr-completion         1        ``complete``'s ``<stem
 out-of-fold         promptmlr-out-of-fold        1        ``out_of_fold-k<K>-<which>.safetensors`` in a
                                                           run folder (JSON under the metadata key
                                                           ``promptmlr-out-of-fold``)
+onnx-tagger         promptmlr-onnx-tagger        1        ``export --format onnx``'s ``.onnx`` (JSON
+                                                          under the metadata key ``promptmlr``)
 ==================  ===========================  =======  ============================================
 
 **Rule: whenever what a file holds, or what its keys mean, changes, bump its version here and add
@@ -35,8 +37,8 @@ in :func:`promptmlr.checkpoint.load_checkpoint`, run configs in
 metrics in :func:`promptmlr.runs.read_metrics`, predictions in
 :func:`promptmlr.report.loading.load_predictions`, caches in :meth:`promptmlr.cache.FeatureCache.open`,
 synthetic datasets by their loader (:mod:`promptmlr.data.synthetic`), out-of-fold scores in
-:func:`promptmlr.completion.load_out_of_fold`. Text embeddings, evaluation
-results and completion reports are read by other tools.
+:func:`promptmlr.completion.load_out_of_fold`, ONNX taggers by :class:`promptmlr.tagger.OnnxTagger`.
+Text embeddings, evaluation results and completion reports are read by other tools.
 
 A record without ``format_version`` is version 1 (run configs, metrics, cache and dataset metadata
 were written without a header at first; a version-1 checkpoint names it ``version``). Prompts files
@@ -211,6 +213,7 @@ FORMATS: dict[str, Format] = {
     "synthetic-dataset": Format("promptmlr-synthetic-dataset", 1),
     "completion": Format("promptmlr-completion", 1),
     "out-of-fold": Format("promptmlr-out-of-fold", 1),
+    "onnx-tagger": Format("promptmlr-onnx-tagger", 1, named=True),
 }
 
 

@@ -305,6 +305,24 @@ def test_cache_bench_reports_bytes_and_throughputs_per_dtype_and_cleans_up(tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cache.json", "cache.md"]
 
 
+@pytest.mark.slow
+def test_onnx_bench_times_both_runtimes_on_the_same_images(tmp_path):
+    module = _load("onnx")
+    threads = torch.get_num_threads()
+    try:
+        report = module.main(["--out", str(tmp_path), "--methods", "linear", "--backbones", "sandbox-vit",
+                              "--images", "6", "--batch", "4", "--rounds", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the benchmark fixes the thread count for the whole process
+    (row,) = report["rows"]
+    assert row["method"] == "linear" and row["file_mib"] > 0 and row["max_logit_difference"] < 1e-4
+    assert all(row[f"{name}_{runtime}_images_per_s"] > 0 for name in ("predict", "model")
+               for runtime in ("pytorch", "onnxruntime"))
+    assert "| sandbox-vit | linear |" in (tmp_path / "onnx.md").read_text()
+    assert len(list((tmp_path / "images").iterdir())) == 6
+    assert (tmp_path / "models" / "sandbox-vit-linear.onnx").is_file()
+
+
 def test_run_comparison_skips_options_a_switched_off_component_ignores(accuracy):
     train = {"lr": 0.01}
     sarl = {"model": {"method": "sarl", "options": {"enhance": False, "enhance_text": "prompts"}}, "train": train}

@@ -391,7 +391,10 @@ def test_export_names_a_file_it_can_write(run, tmp_path):
     assert nested.read_bytes() == (run / "best.safetensors").read_bytes()  # missing folders are made
     existing = tmp_path / "existing.safetensors"
     existing.write_text("an earlier export")
-    promptmlr.export(run, existing)  # replaced whole, as any write
+    with pytest.raises(UsageError, match="already exists; pass --force"):
+        promptmlr.export(run, existing)
+    assert existing.read_text() == "an earlier export"
+    promptmlr.export(run, existing, force=True)  # replaced whole, as any write
     assert existing.read_bytes() == (run / "best.safetensors").read_bytes()
     (tmp_path / "a-file").write_text("mine")
     for out, message in ((tmp_path, "is a folder; name the file to write"),

@@ -37,8 +37,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    predictions = api.predict(args.images, args.prompts, which=args.which, threshold=args.threshold,
-                              topk=args.topk, heatmaps=args.heatmaps)
+    predictions = api.predict(args.images, args.prompts, model=args.model, which=args.which,
+                              threshold=args.threshold, topk=args.topk, heatmaps=args.heatmaps)
     for prediction in predictions:
         if args.json:
             print(strict_json(prediction.as_dict()))
@@ -85,7 +85,8 @@ def complete_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    path = api.export(args.run_dir, args.out, format=args.format, which=args.which)
+    path = api.export(args.run_dir, args.out, format=args.format, which=args.which, image_size=args.image_size,
+                      opset=args.opset, force=args.force)
     print(f"wrote {path} ({args.format}, {args.which} epoch of {args.run_dir})")
     return 0
 

@@ -62,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--which", choices=("best", "last"), default="best", help="with a run folder")
     evaluate.set_defaults(handler=_lazy("eval_command"))
 
-    predict = commands.add_parser("predict", help="label images with learned prompts")
+    predict = commands.add_parser("predict", help="label images with learned prompts or an exported ONNX tagger")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE|DIR")
-    predict.add_argument("--prompts", required=True, type=Path, metavar="FILE|RUN_DIR")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", type=Path, metavar="FILE|RUN_DIR", help="a prompts file or run folder")
+    source.add_argument("--model", type=Path, metavar="FILE.onnx",
+                        help="a tagger from `export --format onnx`, run with onnxruntime alone")
     choice = predict.add_mutually_exclusive_group()
     choice.add_argument("--threshold", type=float, help="probability threshold (default: the file's, else 0.5)")
     choice.add_argument("--topk", type=int, help="report the K most probable labels instead")
@@ -98,13 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--force", action="store_true", help="replace the files of an earlier completion")
     complete.set_defaults(handler=_lazy("complete_command"))
 
-    export = commands.add_parser("export", help="write a run's learned prompts to a file")
+    export = commands.add_parser("export", help="write a run's learned model to a file")
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     export.add_argument("--out", required=True, type=Path, metavar="FILE")
-    export.add_argument("--format", choices=("promptmlr", "text-embeddings"), default="promptmlr",
+    export.add_argument("--format", choices=("promptmlr", "text-embeddings", "onnx"),  # api.EXPORT_FORMATS
+                        default="promptmlr",
                         help="promptmlr: everything, reloadable; text-embeddings: a [C, D] classifier "
-                             "(.safetensors or .npy), for zeroshot and linear runs only")
+                             "(.safetensors or .npy), for zeroshot and linear runs only; onnx: one graph from "
+                             "images to label logits, for onnxruntime (pip install 'promptmlr[onnx]')")
     export.add_argument("--which", choices=("best", "last"), default="best")
+    export.add_argument("--image-size", type=int, metavar="N", help="onnx: input size (default: the run's)")
+    export.add_argument("--opset", type=int, metavar="N", help="onnx: ONNX opset, 14 to 20 (default 17)")
+    export.add_argument("--force", action="store_true", help="replace --out if it exists")
     export.set_defaults(handler=_lazy("export_command"))
 
     zeroshot = commands.add_parser("zeroshot", help="zero-shot multi-label scores for a dataset")
