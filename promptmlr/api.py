@@ -61,8 +61,8 @@ from promptmlr.data.protocol import (
 from promptmlr.data.registry import DATASETS
 from promptmlr.data.textfiles import DatasetError
 from promptmlr.engine import PhaseHook, Trainer, learnable_state, process_state
-from promptmlr.errors import PromptMLRError, RunInterrupted, UsageError, check_number, one_line
-from promptmlr.files import atomic_write, write_json_atomic, write_texts_together
+from promptmlr.errors import RunInterrupted, UsageError, check_number, one_line
+from promptmlr.files import atomic_write, check_writable_target, write_json_atomic, write_texts_together
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
 from promptmlr.metrics import sigmoid
@@ -807,13 +807,7 @@ def _check_completion_targets(out: Path, files: dict[str, Path], read: set[str],
     """Before any work: ``out`` names a file in a folder that can take it, none of the files to write
     is one the dataset reads (``read``, real paths; even with ``force``: its partial labels would be
     lost), and none exists unless ``force``."""
-    if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; name the label file to write, e.g. {out / 'completed.jsonl'}")
-    folder = Path(os.path.abspath(out.parent))
-    while not folder.exists():  # the folders to be made are made in the first that exists
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: {folder} is not a writable folder; choose another --out")
+    check_writable_target("--out", out, "completed.jsonl")
     for path in files.values():
         if os.path.realpath(path) in read:
             raise UsageError(f"--out {out} would overwrite {path}, a file of the dataset itself; write the "
@@ -845,12 +839,12 @@ def load_prompts(source: str | Path, *, which: str = "best", backbone: FrozenCLI
 
 
 def predict(images: str | Path | Iterable[str | Path], prompts: str | Path | None = None, *,
-            model: str | Path | None = None, which: str = "best", threshold: float | None = None,
+            model: str | Path | None = None, which: str | None = None, threshold: float | None = None,
             topk: int | None = None, heatmaps: str | Path | None = None, batch_size: int = 32) -> list[Prediction]:
-    """Labels for image files and folders of images, from ``prompts`` (a prompts file or run folder,
-    run by PyTorch) or ``model`` (an ONNX tagger from ``export(format="onnx")``, run by onnxruntime
-    alone); an unreadable image carries an ``error`` instead of stopping the others. Default
-    threshold: the file's, else 0.5."""
+    """Labels for image files and folders of images, from ``prompts`` (a prompts file, or a run
+    folder's ``which`` prompts, default best; run by PyTorch) or ``model`` (an ONNX tagger from
+    ``export(format="onnx")``, run by onnxruntime alone); an unreadable image carries an ``error``
+    instead of stopping the others. Default threshold: the file's, else 0.5."""
     if (prompts is None) == (model is None):
         raise UsageError("predict: give --prompts (a prompts file or run folder) or --model (an exported .onnx "
                          "tagger), one of the two")
@@ -860,6 +854,8 @@ def predict(images: str | Path | Iterable[str | Path], prompts: str | Path | Non
         check_number("--threshold", threshold, minimum=0, maximum=1)
     if model is not None and heatmaps is not None:
         raise UsageError("--heatmaps needs --prompts: an ONNX tagger gives label scores, not attention maps")
+    if model is not None and which is not None:
+        raise UsageError("--which applies to --prompts RUN_DIR; an ONNX tagger holds the epoch it was exported from")
     inputs = [images] if isinstance(images, (str, Path)) else list(images)
     paths = expand_images(inputs)
     if not paths:
@@ -868,7 +864,7 @@ def predict(images: str | Path | Iterable[str | Path], prompts: str | Path | Non
         tagger = OnnxTagger(model)
         chosen = threshold if threshold is not None else tagger.thresholds
         return predict_with_tagger(tagger, paths, threshold=chosen, top_k=topk, batch_size=batch_size)
-    loaded = load_prompts(prompts, which=which)
+    loaded = load_prompts(prompts, which=which or "best")
     loaded.method.to(process_state().device)
     chosen = threshold if threshold is not None else loaded.header.get("thresholds")
     return predict_images(loaded.method, paths, threshold=chosen, top_k=topk,
@@ -879,17 +875,21 @@ EXPORT_FORMATS = ("promptmlr", "text-embeddings", "onnx")
 
 
 def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", which: str = "best",
-           image_size: int | None = None, opset: int | None = None, force: bool = False) -> Path:
+           image_size: int | None = None, opset: int | None = None, backbone: str | None = None,
+           force: bool = False) -> Path:
     """Write a run's learned model to ``out``: ``promptmlr`` copies the prompts file (everything,
     reloadable), ``text-embeddings`` writes a plain ``[C, D]`` classifier (.safetensors or .npy),
     ``onnx`` one graph from images to logits with its metadata (see :mod:`promptmlr.tagger`), at the
-    run's input size or ``image_size``, in ONNX ``opset``. An existing ``out`` is replaced only with
-    ``force``."""
+    run's input size or ``image_size``, in ONNX ``opset``. ``backbone``: the spec of the run's
+    weights where they are now, if they moved (refused unless its weights are the run's). An
+    existing ``out`` is replaced only with ``force``."""
     run_dir, out = Path(run_dir), Path(out)
     if format not in EXPORT_FORMATS:
         raise UsageError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
     if format != "onnx" and (image_size is not None or opset is not None):
         raise UsageError(f"--image-size and --opset apply to --format onnx only, not {format}")
+    if format == "promptmlr" and backbone is not None:
+        raise UsageError("--backbone applies to --format onnx and text-embeddings, which load the run's weights")
     if image_size is not None:
         check_image_size("--image-size", image_size)
     if opset is not None:
@@ -899,43 +899,42 @@ def export(run_dir: str | Path, out: str | Path, *, format: str = "promptmlr", w
     if not is_folder(run_dir):
         raise UsageError(f"{run_dir} is not a run folder")
     source = prompts_path(run_dir, which)
-    try:
-        if out.is_dir():
-            example = "tagger.onnx" if format == "onnx" else source.name
-            raise UsageError(f"export --out {out} is a folder; name the file to write, e.g. {out / example}")
-        if format == "onnx" and out.suffix != ".onnx":
+    with _writing(out):
+        check_writable_target("export --out", out, "tagger.onnx" if format == "onnx" else source.name)
+        if format == "onnx" and out.suffix.lower() != ".onnx":
             raise UsageError(f"export --out {out}: an ONNX tagger's file name ends in .onnx")
         if os.path.lexists(out) and not force:
-            raise UsageError(f"export --out {out} already exists; pass --force to replace it, or choose another "
-                             f"--out")
-        if format == "promptmlr":
-            read_header(source)  # refuse to copy something that is not a prompts file
+            raise UsageError(f"export --out {out} already exists; pass --force to replace it, or choose another --out")
+    header = read_header(source)  # a file that is not a prompts file is refused before anything is loaded
+    if format == "promptmlr":
+        with _writing(out):
             return atomic_write(out, lambda temp: shutil.copyfile(source, temp))
-        header = read_header(source)  # refused from the header, before any backbone is loaded
-        if format == "onnx":
-            return _export_onnx(source, header, out, which, image_size, opset)
+    if format == "text-embeddings":
         method_type = method_class(header["method"])
         refuse_text_embeddings(method_type, method_type.Config(**header.get("method_config", {})))
-        return export_text_embeddings(load_prompts_file(source)[0], out)
-    except PromptMLRError:
-        raise
-    except OSError as error:  # a file where a folder should be, a read-only folder, a name too long
-        raise UsageError(f"export --out {out}: cannot write it ({one_line(error)}); choose another --out") from None
-
-
-def _export_onnx(source: Path, header: dict[str, Any], out: Path, which: str, image_size: int | None,
-                 opset: int | None) -> Path:
-    """The prompts file ``source`` as an ONNX tagger, its method rebuilt on its backbone at
-    ``image_size`` (default: the size it was trained at)."""
     stored = header["backbone"]
-    backbone = create_backbone(stored["spec"], image_size=image_size or stored["image_size"],
-                               dense_mode=stored["dense_mode"])
-    method, header = load_prompts_file(source, backbone)
-    run = {"folder": source.parent.name, "which": which, "epoch": header.get("epoch"),
+    weights = create_backbone(backbone or stored["spec"], image_size=image_size or stored["image_size"],
+                              dense_mode=stored["dense_mode"])
+    method, header = load_prompts_file(source, weights)
+    if format == "text-embeddings":
+        with _writing(out):
+            return export_text_embeddings(method, out)
+    run = {"folder": run_dir.resolve().name, "which": which, "epoch": header.get("epoch"),
            "selected_on": header.get("selected_on"), "mask_sha256": header.get("mask_sha256"),
            "prompts_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
            "trained_image_size": stored["image_size"], "metrics": header.get("metrics")}
-    return export_tagger(method, out, tagger_metadata(method, header, run), opset or DEFAULT_OPSET)
+    with _writing(out):
+        return export_tagger(method, out, tagger_metadata(method, header, run), opset or DEFAULT_OPSET)
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An ``OSError`` while ``out`` is checked or written (a file where a folder should be, a
+    read-only folder, a name too long) as one line that names ``--out``."""
+    try:
+        yield
+    except OSError as error:
+        raise UsageError(f"export --out {out}: cannot write it ({one_line(error)}); choose another --out") from None
 
 
 # ------------------------------------------------------------------------------ configuration, registries

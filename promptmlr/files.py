@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from promptmlr.errors import PromptMLRError
+from promptmlr.errors import PromptMLRError, UsageError
 
 
 def _pid_space() -> str:
@@ -219,3 +220,31 @@ def shipped_file(folder: str, name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def finite_or_null(value: Any, replaced: list[str] | None = None) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) made None, so
+    that ``json.dumps(..., allow_nan=False)`` writes JSON that every parser reads; each value
+    replaced is appended to ``replaced``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if replaced is not None:
+            replaced.append(str(value))
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item, replaced) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item, replaced) for item in value]
+    return value
+
+
+def check_writable_target(option: str, path: Path, example: str) -> None:
+    """Refuse, before any work, an output ``path`` that is a folder (``example``: a file name to
+    suggest in it) or that cannot be made: the folders to be made are made in the first folder up
+    the path that exists, which must be a folder this process may write in."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; name the file to write, e.g. {path / example}")
+    folder = Path(os.path.abspath(path.parent))
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {folder} is not a writable folder; choose another {option}")

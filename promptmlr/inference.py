@@ -35,6 +35,7 @@ class Prediction:
     image: Path
     labels: list[tuple[str, float]] = field(default_factory=list)  # (class, probability), most probable first
     probabilities: dict[str, float] = field(default_factory=dict)
+    logits: dict[str, float] = field(default_factory=dict, repr=False)  # the raw scores; as_dict leaves them out
     error: str | None = None
     heatmap: Path | None = None
     heatmap_error: str | None = None  # why a heatmap asked for was not written; the labels stand
@@ -99,7 +100,8 @@ def predict_images(method: MultiLabelMethod, images: Sequence[Path], threshold: 
 
 def record_scores(prediction: Prediction, logits: np.ndarray, class_names: Sequence[str],
                   threshold: float | Sequence[float] | None, top_k: int | None) -> None:
-    """Set one image's probabilities and labels from its logits ``[C]``."""
+    """Set one image's logits, probabilities and labels from its logits ``[C]``."""
+    prediction.logits = dict(zip(class_names, map(float, logits)))
     prediction.probabilities = dict(zip(class_names, map(float, sigmoid(logits))))
     prediction.labels = choose_labels(logits, class_names, threshold, top_k)
 

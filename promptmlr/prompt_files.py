@@ -90,7 +90,7 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
     and, when ``class_names`` are given, a file learned for other classes.
     """
     header = read_header(path)
-    _check_thresholds(path, header)
+    check_thresholds(path, header)
     with safe_open(str(path), framework="pt") as handle:
         state = {name: handle.get_tensor(name) for name in handle.keys()}
     _refuse_non_finite(path, state)  # before a backbone is loaded for it: nothing it scores would be a number
@@ -109,17 +109,18 @@ def load_prompts(path: str | Path, backbone: FrozenCLIP | None = None,
     return method, header
 
 
-def _check_thresholds(path: str | Path, header: dict[str, Any]) -> None:
-    """``thresholds``: null, or one probability in [0, 1] per class. A NaN one would silently admit no
-    label, and one too many or too few would end in numpy's broadcasting error when predicting."""
+def check_thresholds(path: str | Path, header: dict[str, Any], error: type[PromptMLRError] = PromptsFileError) -> None:
+    """``thresholds`` of a prompts file's or a tagger's header: null, or one probability in [0, 1] per
+    class. A NaN one would silently admit no label, and one too many or too few would end in numpy's
+    broadcasting error when predicting."""
     thresholds, classes = header.get("thresholds"), header.get("class_names") or []
     if thresholds is None:
         return
     if (not isinstance(thresholds, list) or len(thresholds) != len(classes)
             or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)):
-        raise PromptsFileError(f"{path}: its header's thresholds must be null or {len(classes)} probabilities in "
-                               f"[0, 1], one per class, got {str(thresholds)[:80]}; the header was edited: export "
-                               f"it again from its run folder")
+        raise error(f"{path}: its header's thresholds must be null or {len(classes)} probabilities in [0, 1], one "
+                    f"per class, got {str(thresholds)[:80]}; the header was edited: export it again from its run "
+                    f"folder")
 
 
 def _refuse_non_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -40,9 +41,10 @@ from promptmlr import __version__, migrations
 from promptmlr.backbones.preprocess import PreprocessConfig
 from promptmlr.cache import encode
 from promptmlr.errors import PromptMLRError, UsageError, one_line
-from promptmlr.files import atomic_write
+from promptmlr.files import atomic_write, finite_or_null
 from promptmlr.inference import Prediction, image_batches, record_scores
 from promptmlr.models import MultiLabelMethod
+from promptmlr.prompt_files import check_thresholds
 
 METADATA_KEY = "promptmlr"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -52,7 +54,9 @@ OPSET_RANGE = (14, 20)
 DEFAULT_OPSET = 17
 TRACE_BATCH, CHECK_BATCH = 2, 3  # traced at one batch size, checked at another: the batch axis is free
 CHECK_TOLERANCE = 1e-4  # largest logit difference allowed at export, relative to max(1, largest |logit|)
+ONNX_FILE_LIMIT = 2**31  # bytes: protobuf's limit on one file; larger graphs need external-data files
 EXTRA_HINT = "pip install 'promptmlr[onnx]'"
+RESAMPLING = {mode.name.lower(): mode for mode in Image.Resampling}  # Pillow's filters: nearest, bilinear, bicubic, ...
 
 
 class TaggerFileError(PromptMLRError, ValueError):
@@ -72,12 +76,16 @@ def require(package: str, purpose: str) -> ModuleType:
 
 
 def require_export_packages() -> ModuleType:
-    """The ``onnx`` module, once both it and onnxruntime (which checks every export) are found."""
+    """The ``onnx`` module, once onnx, onnxruntime (which checks every export) and a PyTorch whose
+    exporter takes ``dynamo=`` (2.5 and later) are found."""
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise UsageError(f"ONNX export needs PyTorch 2.5 or later, found {torch.__version__}: pip install -U torch")
     require("onnxruntime", "ONNX export (the exported graph is checked with it)")
     return require("onnx", "ONNX export")
 
 
 def check_opset(opset: object) -> None:
+    """Refuse an opset the exporter cannot write (see :data:`OPSET_RANGE`)."""
     low, high = OPSET_RANGE
     if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
         raise UsageError(f"--opset must be a whole number from {low} to {high}, got {opset!r}")
@@ -112,7 +120,7 @@ def tagger_metadata(method: MultiLabelMethod, header: dict[str, Any], run: dict[
                        "std": list(preprocess.std)},
         "thresholds": header.get("thresholds"),
         **method.describe(),
-        "backbone": method.backbone.describe(),
+        "backbone": {**method.backbone.describe(), "spec": method.backbone.weights_source},  # no local paths
         "run": run,
         "promptmlr_version": __version__,
     }
@@ -124,23 +132,44 @@ def export_tagger(method: MultiLabelMethod, out: Path, metadata: dict[str, Any],
     onnx = require_export_packages()
     check_opset(opset)
     method = method.cpu().eval()
+    _refuse_oversize(method)
+    if method.backbone.preprocess.interpolation not in RESAMPLING:
+        raise UsageError(f"the backbone resizes images with {method.backbone.preprocess.interpolation!r}, which "
+                         f"Pillow has no filter for: a tagger's users could not preprocess as it does")
     size = method.backbone.image_size
     images = torch.randn(TRACE_BATCH + CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    stored = json.dumps(finite_or_null(metadata), allow_nan=False)  # NaN metrics as null: JSON every reader takes
 
     def write(temp: Path) -> None:
-        with _exportable(method):
-            graph = ImagesToLogits(method)
-            expected = graph(images[TRACE_BATCH:]).numpy()
-            torch.onnx.export(graph, (images[:TRACE_BATCH],), str(temp), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        model = onnx.load(str(temp))
-        model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
-        onnx.checker.check_model(model)
-        onnx.save(model, str(temp))
+        try:
+            with _exportable(method):
+                graph = ImagesToLogits(method)
+                expected = graph(images[TRACE_BATCH:]).numpy()
+                torch.onnx.export(graph, (images[:TRACE_BATCH],), str(temp), dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            model = onnx.load(str(temp))
+            model.metadata_props.add(key=METADATA_KEY, value=stored)
+            onnx.checker.check_model(model)
+            onnx.save(model, str(temp))
+        except (RuntimeError, ValueError, TypeError, onnx.checker.ValidationError) as error:
+            # an operator the opset cannot express, a graph the checker refuses
+            raise TaggerCheckError(f"the ONNX export failed at opset {opset}: {one_line(error)}; nothing was "
+                                   f"written") from None
         check_tagger(temp, images[TRACE_BATCH:].numpy(), expected)
 
     return atomic_write(out, write)
+
+
+def _refuse_oversize(method: MultiLabelMethod) -> None:
+    """Refuse a model whose float32 weights (the text encoder's included, an upper bound on the
+    graph's) would pass :data:`ONNX_FILE_LIMIT`: the exporter would write them as external-data files
+    beside the graph, which this export does not manage."""
+    tensors = [*method.parameters(), *method.buffers()]
+    weight_bytes = sum(4 * tensor.numel() for tensor in tensors if tensor.is_floating_point())
+    if weight_bytes >= ONNX_FILE_LIMIT:
+        raise UsageError(f"the model's weights take {weight_bytes / 2**30:.1f} GiB in float32, more than one ONNX "
+                         f"file holds (2 GiB); export a smaller backbone, or use the prompts file with promptmlr")
 
 
 @contextlib.contextmanager
@@ -162,7 +191,13 @@ def _exportable(method: MultiLabelMethod) -> Iterator[None]:
 def check_tagger(path: Path, images: np.ndarray, expected: np.ndarray) -> None:
     """Refuse a graph whose logits for ``images`` differ from ``expected`` (PyTorch's) by more than
     :data:`CHECK_TOLERANCE` of the logits' scale."""
-    found = OnnxTagger.session(path, threads=None).run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    runtime = require("onnxruntime", "ONNX export (the exported graph is checked with it)")
+    try:  # on the CPU, where the logits are comparable with PyTorch's; a GPU provider rounds otherwise
+        session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        found = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    except Exception as error:  # onnxruntime raises its own exception types for graphs it cannot run
+        raise TaggerCheckError(f"onnxruntime cannot run the exported graph: {one_line(error)}; nothing was "
+                               f"written") from None
     if found.shape != expected.shape:
         raise TaggerCheckError(f"the exported graph gives logits of shape {found.shape} for a batch of "
                                f"{len(images)}, PyTorch {expected.shape}; nothing was written")
@@ -174,9 +209,6 @@ def check_tagger(path: Path, images: np.ndarray, expected: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------- run a tagger
-RESAMPLING = {mode.name.lower(): mode for mode in Image.Resampling}  # nearest, bilinear, bicubic, ...
-
-
 def preprocess_image(image: Image.Image, preprocess: PreprocessConfig) -> np.ndarray:
     """An RGB image as the graph takes it, ``[3, S, S]`` float32: the same values as
     ``build_transform(preprocess)`` gives, with Pillow and numpy only (see the module docstring)."""
@@ -196,34 +228,34 @@ class OnnxTagger:
         if not self.path.is_file():
             raise TaggerFileError(f"--model {self.path} does not exist; give the .onnx file `promptmlr export "
                                   f"--format onnx` wrote")
-        self._session = self.session(self.path, threads)
+        self._session = _open_session(self.path, threads)
         stored = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if stored is None:
             raise TaggerFileError(f"{self.path} has no promptmlr metadata; give a file written by `promptmlr export "
                                   f"--format onnx`")
         try:
             record = json.loads(stored)
-        except ValueError as error:
-            raise TaggerFileError(f"{self.path}: its promptmlr metadata is damaged ({one_line(error)})") from None
-        self.metadata = migrations.upgrade("onnx-tagger", record, self.path, TaggerFileError)
-        self.class_names: list[str] = list(self.metadata["class_names"])
+            if not isinstance(record, dict):
+                raise ValueError("it is not a JSON object")
+            self.metadata = migrations.upgrade("onnx-tagger", record, self.path, TaggerFileError)
+            self.class_names: list[str] = [str(name) for name in self.metadata["class_names"]]
+            stored_preprocess = self.metadata["preprocess"]
+            self.preprocess = PreprocessConfig(int(stored_preprocess["image_size"]),
+                                               tuple(map(float, stored_preprocess["mean"])),
+                                               tuple(map(float, stored_preprocess["std"])),
+                                               stored_preprocess["interpolation"])
+            if (self.preprocess.interpolation not in RESAMPLING or len(self.preprocess.mean) != 3
+                    or len(self.preprocess.std) != 3 or self.preprocess.image_size < 1):
+                raise ValueError(f"its preprocessing {stored_preprocess} is not one Pillow applies")
+        except (ValueError, KeyError, TypeError) as error:
+            raise TaggerFileError(f"{self.path}: its promptmlr metadata is damaged ({one_line(error)}); export it "
+                                  f"again from its run folder") from None
+        check_thresholds(self.path, self.metadata, TaggerFileError)
         self.thresholds: list[float] | None = self.metadata.get("thresholds")
-        stored_preprocess = self.metadata["preprocess"]
-        self.preprocess = PreprocessConfig(stored_preprocess["image_size"], tuple(stored_preprocess["mean"]),
-                                           tuple(stored_preprocess["std"]), stored_preprocess["interpolation"])
-
-    @staticmethod
-    def session(path: Path, threads: int | None) -> Any:
-        """An onnxruntime session for ``path`` on the providers installed (a GPU where onnxruntime-gpu
-        is), on ``threads`` CPU threads (None: onnxruntime's default, every core)."""
-        runtime = require("onnxruntime", "an ONNX tagger")
-        options = runtime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            return runtime.InferenceSession(str(path), options, providers=runtime.get_available_providers())
-        except Exception as error:  # onnxruntime raises its own exception types for files it cannot run
-            raise TaggerFileError(f"{path} is not an ONNX model onnxruntime can run: {one_line(error)}") from None
+        width = self._session.get_outputs()[0].shape[-1]
+        if width != len(self.class_names):
+            raise TaggerFileError(f"{self.path}: its graph gives {width} logits per image but its metadata names "
+                                  f"{len(self.class_names)} classes; export it again from its run folder")
 
     @property
     def image_size(self) -> int:
@@ -232,6 +264,19 @@ class OnnxTagger:
     def logits(self, images: np.ndarray) -> np.ndarray:
         """``[N, C]`` logits for preprocessed images ``[N, 3, S, S]``."""
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+def _open_session(path: Path, threads: int | None) -> Any:
+    """An onnxruntime session for ``path`` on the providers installed (a GPU where onnxruntime-gpu
+    is), on ``threads`` CPU threads (None: onnxruntime's default, every core)."""
+    runtime = require("onnxruntime", "an ONNX tagger")
+    options = runtime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return runtime.InferenceSession(str(path), options, providers=runtime.get_available_providers())
+    except Exception as error:  # onnxruntime raises its own exception types for files it cannot run
+        raise TaggerFileError(f"{path} is not an ONNX model onnxruntime can run: {one_line(error)}") from None
 
 
 def predict_with_tagger(tagger: OnnxTagger, images: Sequence[Path], threshold: float | Sequence[float] | None = None,

@@ -1,7 +1,8 @@
-"""``export --format onnx`` and ``predict --model``: for every method on the sandbox, onnxruntime's
-logits equal those of ``promptmlr predict`` within 1e-4, through the API and through the plain
-snippet of docs/deploy.md (run with promptmlr and PyTorch unimportable); weights from local files,
-open_clip and transformers, ResNet and ViT; and the refusals, each before anything is written."""
+"""``export --format onnx`` and ``predict --model``: for every method on the sandbox, the logits of
+``promptmlr predict --model`` (onnxruntime) equal those of ``--prompts`` (PyTorch) within 1e-4, and
+so do those of the plain snippet of docs/deploy.md (run with promptmlr and PyTorch unimportable);
+weights from local files, open_clip and transformers, ResNet and ViT; and the refusals, each before
+anything is written."""
 
 from __future__ import annotations
 
@@ -17,31 +18,32 @@ import numpy as np
 import onnx  # the [onnx] extra, part of [dev]
 import pytest
 import torch
+from PIL import Image
 
 import promptmlr
-from promptmlr import tagger
+from promptmlr import api, tagger
 from promptmlr.backbones import create_backbone
 from promptmlr.backbones.factory import WEIGHTS_DIR
-from promptmlr.cache import encode
 from promptmlr.cli import main
-from promptmlr.data.images import load_image
 from promptmlr.data.world import SYNTHETIC_CLASS_NAMES as CLASSES
 from promptmlr.data.world import SyntheticWorld
 from promptmlr.errors import PromptMLRError
+from promptmlr.inference import Prediction, predict_images
 from promptmlr.models import build_method
 from promptmlr.models.factory import METHODS
 from promptmlr.prompt_files import save_prompts
-from promptmlr.scoring import method_outputs
 
 pytestmark = pytest.mark.slow
 DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 IMAGES = 64
 TOLERANCE = 1e-4
+EXIF_ORIENTATION = 0x0112
 
 
 @pytest.fixture(scope="module")
 def world_images(tmp_path_factory) -> list[Path]:
-    """64 sandbox scenes: PNG and JPEG, square and not, so that the resize is exercised."""
+    """64 sandbox scenes: PNG and JPEG, square and not, one grey-scale and one turned by its EXIF
+    orientation, so that the resize and the decoding are exercised."""
     folder = tmp_path_factory.mktemp("world")
     world = SyntheticWorld(seed=5)
     paths = []
@@ -50,9 +52,23 @@ def world_images(tmp_path_factory) -> list[Path]:
         if index % 4 == 1:
             image = image.resize((160, 112))
         path = folder / f"scene{index:02d}.{'jpg' if index % 2 else 'png'}"
-        image.save(path)
+        if index == 2:
+            image = image.convert("L")
+        exif = Image.Exif()
+        if index == 3:
+            exif[EXIF_ORIENTATION] = 6  # stored on its side: upright after a quarter turn
+        image.save(path, exif=exif)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="module")
+def large_jpeg(tmp_path_factory) -> Path:
+    """A JPEG large enough for predict to decode at reduced size (4 times the input side)."""
+    path = tmp_path_factory.mktemp("large") / "large.jpg"
+    world = SyntheticWorld(seed=6)
+    world.render(world.scene(0), image_size=128).resize((600, 520)).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +76,8 @@ def sandbox():
     return create_backbone("sandbox")
 
 
-def _prompts_run(folder: Path, method_name: str, backbone, classes=CLASSES, seed: int = 0) -> Path:
+def _prompts_run(folder: Path, method_name: str, backbone, classes=CLASSES, seed: int = 0,
+                 metrics: dict | None = None) -> Path:
     """A run folder holding ``method_name``'s prompts with every learned tensor moved off its
     initial value (a zero-initialised head would make every image score alike)."""
     torch.manual_seed(seed)
@@ -70,50 +87,45 @@ def _prompts_run(folder: Path, method_name: str, backbone, classes=CLASSES, seed
             if parameter.requires_grad:
                 parameter.add_(torch.randn_like(parameter) * 0.05)
     thresholds = np.linspace(0.3, 0.7, len(classes)).tolist()
-    save_prompts(method, folder / "best.safetensors", thresholds=thresholds, metrics={"mAP": 50.0},
+    save_prompts(method, folder / "best.safetensors", thresholds=thresholds, metrics=metrics or {"mAP": 50.0},
                  mask_sha256="0" * 64, extra={"epoch": 3, "selected_on": "val"})
     return folder
 
 
-def _pytorch_logits(run: Path, images: list[Path], backbone=None) -> np.ndarray:
-    """The logits ``promptmlr predict --prompts`` scores: the same loading, transform and scoring."""
-    method = promptmlr.load_prompts(run, backbone=backbone).method
-    transform = method.backbone.transform(train=False)
-    pixels = torch.stack([transform(load_image(path, draft_size=method.backbone.image_size)) for path in images])
-    batches = [(encode(method.backbone, pixels), torch.arange(len(images)))]
-    with torch.no_grad():
-        return np.concatenate([output.logits.numpy() for output, _ in method_outputs(method, batches)])
+def _logits(predictions: list[Prediction]) -> np.ndarray:
+    assert not any(prediction.error for prediction in predictions)
+    return np.array([list(prediction.logits.values()) for prediction in predictions])
 
 
-def _onnx_logits(model: Path, images: list[Path]) -> np.ndarray:
-    opened = tagger.OnnxTagger(model)
-    return opened.logits(np.stack([tagger.preprocess_image(load_image(path, draft_size=opened.image_size),
-                                                           opened.preprocess) for path in images]))
+def _pytorch_logits(run: Path, images: list[Path], backbone) -> np.ndarray:
+    """``promptmlr predict --prompts``'s logits, its method rebuilt on ``backbone``."""
+    return _logits(predict_images(promptmlr.load_prompts(run, backbone=backbone).method, images))
 
 
 def _assert_same_predictions(run: Path, model: Path, images: list[Path]) -> None:
-    """``predict --prompts`` and ``predict --model``: the same labels, the same probabilities."""
-    by_torch = promptmlr.predict(images, run, batch_size=32)
-    by_onnx = promptmlr.predict(images, model=model, batch_size=32)
+    """``predict --prompts`` and ``predict --model``: the same logits (within 1e-4), the same labels."""
+    by_torch = promptmlr.predict(images, run)
+    by_onnx = promptmlr.predict(images, model=model)
+    np.testing.assert_allclose(_logits(by_onnx), _logits(by_torch), rtol=0, atol=TOLERANCE)
+    assert list(by_onnx[0].logits) == list(by_torch[0].logits)  # the same classes, in the same order
     for torch_prediction, onnx_prediction in zip(by_torch, by_onnx, strict=True):
         assert [name for name, _ in torch_prediction.labels] == [name for name, _ in onnx_prediction.labels]
-        assert onnx_prediction.probabilities == pytest.approx(torch_prediction.probabilities, abs=1e-5)
 
 
 @pytest.mark.parametrize("method_name", METHODS.names())
-def test_every_method_exports_the_logits_predict_gives(method_name, sandbox, world_images, tmp_path):
+def test_every_method_exports_the_logits_predict_gives(method_name, sandbox, world_images, large_jpeg, tmp_path):
     run = _prompts_run(tmp_path / "run", method_name, sandbox)
     model = promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx")
-    expected = _pytorch_logits(run, world_images, backbone=sandbox)
-    found = _onnx_logits(model, world_images)
-    assert found.shape == (IMAGES, len(CLASSES)) and np.ptp(expected, axis=0).min() > 0  # images score apart
-    np.testing.assert_allclose(found, expected, rtol=0, atol=TOLERANCE)
-    _assert_same_predictions(run, model, world_images)
+    by_torch = _logits(promptmlr.predict(world_images, run))
+    assert by_torch.shape == (IMAGES, len(CLASSES)) and np.ptp(by_torch, axis=0).min() > 0  # images score apart
+    _assert_same_predictions(run, model, [*world_images, large_jpeg])
     metadata = tagger.OnnxTagger(model).metadata
     assert metadata["method"] == method_name and metadata["class_names"] == list(CLASSES)
     assert metadata["thresholds"] == pytest.approx(np.linspace(0.3, 0.7, len(CLASSES)))
     assert metadata["run"]["epoch"] == 3 and metadata["run"]["mask_sha256"] == "0" * 64
+    assert metadata["run"]["folder"] == "run" and metadata["run"]["selected_on"] == "val"
     assert metadata["preprocess"]["image_size"] == 128 and metadata["backbone"]["fingerprint"] == sandbox.fingerprint
+    assert str(WEIGHTS_DIR) not in json.dumps(metadata)  # where the weights lie stays on this machine
 
 
 def _deploy_snippet() -> str:
@@ -137,11 +149,11 @@ def test_the_plain_snippet_of_the_docs_gives_the_same_logits(sandbox, world_imag
     done = subprocess.run([sys.executable, "-c", guard, str(model), *map(str, world_images)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    np.testing.assert_allclose(np.load(dump), _pytorch_logits(run, world_images, sandbox), rtol=0, atol=TOLERANCE)
+    by_torch = promptmlr.predict(world_images, run)
+    np.testing.assert_allclose(np.load(dump), _logits(by_torch), rtol=0, atol=TOLERANCE)
     printed = done.stdout.splitlines()
-    predicted = promptmlr.predict(world_images, model=model)
     assert len(printed) == IMAGES
-    for line, prediction in zip(printed, predicted):
+    for line, prediction in zip(printed, by_torch):
         assert line.startswith(str(prediction.image))
         assert [name for name, _ in ast.literal_eval(line[len(str(prediction.image)):].strip())] == sorted(
             (name for name, _ in prediction.labels), key=list(CLASSES).index)
@@ -168,14 +180,33 @@ def test_a_run_on_a_local_open_clip_vit_file_exports_and_predicts_through_the_cl
     assert main(["export", str(run), "--format", "onnx", "--out", str(model)]) == 0
     assert "wrote" in capsys.readouterr().out
     images = sorted((colour_data / "images").iterdir())
-    np.testing.assert_allclose(_onnx_logits(model, images), _pytorch_logits(run, images), rtol=0, atol=TOLERANCE)
+    _assert_same_predictions(run, model, images)
     assert main(["predict", *map(str, images), "--model", str(model), "--json"]) == 0
     by_onnx = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["predict", *map(str, images), "--prompts", str(run), "--json"]) == 0
     by_torch = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [[label["class"] for label in record["labels"]] for record in by_onnx] == [
         [label["class"] for label in record["labels"]] for record in by_torch]
-    assert tagger.OnnxTagger(model).metadata["run"]["folder"] == "run"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(model), "--image-size", "96", "--opset",
+                 "20", "--which", "last", "--force"]) == 0
+    metadata = tagger.OnnxTagger(model).metadata
+    assert metadata["preprocess"]["image_size"] == 96 and metadata["run"]["which"] == "last"
+    assert onnx.load(str(model)).opset_import[0].version == 20
+    assert main(["predict", str(images[0]), "--model", str(model), "--which", "best"]) == 1
+    assert "--which applies to --prompts" in capsys.readouterr().err
+
+
+def test_weights_that_moved_export_with_backbone_and_only_the_same_weights(colour_data, tmp_path):
+    weights = shutil.copy(WEIGHTS_DIR / "sandbox-vit.safetensors", tmp_path / "my-vit.safetensors")
+    run = _tune(colour_data, tmp_path / "run", f"openclip:promptmlr-sandbox-vit:{weights}", method="linear")
+    moved = Path(shutil.move(weights, tmp_path / "moved.safetensors"))
+    with pytest.raises(PromptMLRError, match="my-vit.safetensors"):
+        promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx")
+    with pytest.raises(PromptMLRError, match="was learned on .*, not on 'sandbox'"):
+        promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx", backbone="sandbox")
+    assert not (tmp_path / "tagger.onnx").exists()
+    promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx", backbone=f"openclip:promptmlr-sandbox-vit:{moved}")
+    assert tagger.OnnxTagger(tmp_path / "tagger.onnx").metadata["backbone"]["spec"].endswith("<local>")
 
 
 def test_a_transformers_clip_from_a_local_folder_exports(tiny_hf_dir, world_images, tmp_path):
@@ -183,19 +214,19 @@ def test_a_transformers_clip_from_a_local_folder_exports(tiny_hf_dir, world_imag
     for method_name in ("zeroshot", "promptmlr"):
         run = _prompts_run(tmp_path / method_name, method_name, backbone, classes=("red", "green", "blue"))
         model = promptmlr.export(run, tmp_path / f"{method_name}.onnx", format="onnx")
-        np.testing.assert_allclose(_onnx_logits(model, world_images[:16]),
-                                   _pytorch_logits(run, world_images[:16], backbone), rtol=0, atol=TOLERANCE)
+        _assert_same_predictions(run, model, world_images[:16])
 
 
 def test_another_image_size_and_opset(sandbox, world_images, tmp_path):
-    run = _prompts_run(tmp_path / "run", "sst", sandbox)
+    run = _prompts_run(tmp_path / "run", "sst", sandbox, metrics={"mAP": 50.0, "AP": [float("nan"), 1.0]})
     model = promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx", image_size=160, opset=14)
     opened = tagger.OnnxTagger(model)
     assert opened.image_size == 160 and opened.metadata["run"]["trained_image_size"] == 128
+    assert opened.metadata["run"]["metrics"]["AP"] == [None, 1.0]  # strict JSON: NaN written as null
     assert onnx.load(str(model)).opset_import[0].version == 14
     at_160 = create_backbone("sandbox", image_size=160)
-    np.testing.assert_allclose(_onnx_logits(model, world_images[:8]), _pytorch_logits(run, world_images[:8], at_160),
-                               rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(_logits(promptmlr.predict(world_images[:8], model=model)),
+                               _pytorch_logits(run, world_images[:8], at_160), rtol=0, atol=TOLERANCE)
 
 
 def test_the_batch_size_is_free_and_an_unreadable_image_does_not_stop_the_others(sandbox, world_images, tmp_path):
@@ -208,7 +239,7 @@ def test_the_batch_size_is_free_and_an_unreadable_image_does_not_stop_the_others
     one_by_one = promptmlr.predict(images, model=model, batch_size=1)
     assert whole[1].error and one_by_one[1].error and not whole[0].error
     for a, b in zip(whole, one_by_one):
-        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+        assert a.logits == pytest.approx(b.logits, abs=TOLERANCE)
     assert promptmlr.predict(images, model=model, topk=2)[0].labels[0] == max(whole[0].probabilities.items(),
                                                                               key=lambda item: item[1])
 
@@ -240,7 +271,22 @@ def test_the_onnx_options_belong_to_the_onnx_format(small_run, tmp_path):
         promptmlr.export(small_run, tmp_path / "tagger.bin", format="onnx")
     with pytest.raises(PromptMLRError, match="is a folder"):
         promptmlr.export(small_run, tmp_path, format="onnx")
+    with pytest.raises(PromptMLRError, match="--backbone applies to --format onnx and text-embeddings"):
+        promptmlr.export(small_run, tmp_path / "prompts.safetensors", backbone="sandbox")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_weights_load(small_run, tmp_path, monkeypatch):
+    def no_loading(*arguments, **options):
+        raise AssertionError("the backbone was loaded before --out was checked")
+
+    monkeypatch.setattr(api, "create_backbone", no_loading)
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(PromptMLRError, match="a-file is not a writable folder; choose another export --out"):
+        promptmlr.export(small_run, tmp_path / "a-file" / "tagger.onnx", format="onnx")
+    with pytest.raises(PromptMLRError, match="cannot write it .*; choose another --out") as refused:
+        promptmlr.export(small_run, tmp_path / ("x" * 300 + ".onnx"), format="onnx")
+    assert "\n" not in str(refused.value) and (tmp_path / "a-file").read_text() == "mine"
 
 
 def test_an_existing_file_is_replaced_with_force_only(small_run, tmp_path):
@@ -292,3 +338,25 @@ def test_predict_refuses_what_is_not_a_tagger_it_reads(small_run, world_images, 
     onnx.save(stored, str(tmp_path / "newer.onnx"))
     with pytest.raises(PromptMLRError, match="version 99, newer than promptmlr .* upgrade promptmlr"):
         promptmlr.predict(world_images[:1], model=tmp_path / "newer.onnx")
+    for damage, message in (({"thresholds": [0.5, 2.0]}, "thresholds must be null or 2 probabilities"),
+                            ({"class_names": ["red", "green", "blue"], "thresholds": None},
+                             "gives 2 logits per image but its metadata names 3 classes"),
+                            ({"preprocess": {"image_size": 32}}, "metadata is damaged .*mean"),
+                            ({"preprocess": {**record["preprocess"], "interpolation": "sharpest"}},
+                             "not one Pillow applies")):
+        del stored.metadata_props[:]
+        stored.metadata_props.add(key="promptmlr", value=json.dumps({**record, **damage}))
+        onnx.save(stored, str(tmp_path / "damaged.onnx"))
+        with pytest.raises(PromptMLRError, match=message):
+            promptmlr.predict(world_images[:1], model=tmp_path / "damaged.onnx")
+    with pytest.raises(PromptMLRError, match="--which applies to --prompts RUN_DIR"):
+        promptmlr.predict(world_images[:1], model=model, which="last")
+
+
+def test_the_cli_offers_what_the_api_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "{" + ",".join(api.EXPORT_FORMATS) + "}" in text
+    low, high = tagger.OPSET_RANGE
+    assert f"ONNX opset, {low} to {high} (default {tagger.DEFAULT_OPSET})" in text

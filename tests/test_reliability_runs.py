@@ -398,7 +398,7 @@ def test_export_names_a_file_it_can_write(run, tmp_path):
     assert existing.read_bytes() == (run / "best.safetensors").read_bytes()
     (tmp_path / "a-file").write_text("mine")
     for out, message in ((tmp_path, "is a folder; name the file to write"),
-                         (tmp_path / "a-file" / "x.safetensors", "cannot write it"),
+                         (tmp_path / "a-file" / "x.safetensors", "a-file is not a writable folder"),
                          (tmp_path / ("x" * 300 + ".safetensors"), "cannot write it")):
         with pytest.raises(UsageError, match=message) as refused:
             promptmlr.export(run, out)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
 from promptmlr import api
 from promptmlr.cli.arguments import dataset_options
+from promptmlr.files import finite_or_null
 from promptmlr.options import as_text
 
 CELL_WIDTH = 26  # the widest value, default or allowed column; a longer cell pushes the rest of its row on
@@ -58,22 +58,11 @@ def strict_json(value: Any, **options: Any) -> str:
     print as a bare ``NaN`` (not JSON), is written as ``null``, and said once on stderr. Loading a
     prompts file refuses NaN and inf weights, so a probability should never be one."""
     replaced: list[str] = []
-    text = json.dumps(_finite_or_null(value, replaced), allow_nan=False, **options)
+    text = json.dumps(finite_or_null(value, replaced), allow_nan=False, **options)
     if replaced:
         print(f"warning: {len(replaced)} value(s) that are not finite numbers ({replaced[0]}) written as null",
               file=sys.stderr)
     return text
-
-
-def _finite_or_null(value: Any, replaced: list[str]) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        replaced.append(str(value))
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item, replaced) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item, replaced) for item in value]
-    return value
 
 
 def complete_command(args: argparse.Namespace) -> int:
@@ -86,7 +75,7 @@ def complete_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     path = api.export(args.run_dir, args.out, format=args.format, which=args.which, image_size=args.image_size,
-                      opset=args.opset, force=args.force)
+                      opset=args.opset, backbone=args.backbone, force=args.force)
     print(f"wrote {path} ({args.format}, {args.which} epoch of {args.run_dir})")
     return 0
 

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice = predict.add_mutually_exclusive_group()
     choice.add_argument("--threshold", type=float, help="probability threshold (default: the file's, else 0.5)")
     choice.add_argument("--topk", type=int, help="report the K most probable labels instead")
-    predict.add_argument("--which", choices=("best", "last"), default="best", help="with a run folder")
+    predict.add_argument("--which", choices=("best", "last"), help="with --prompts RUN_DIR (default best)")
     predict.add_argument("--json", action="store_true", help="print JSON lines instead of text (strict JSON: "
                                                              "a non-finite number is null)")
     predict.add_argument("--heatmaps", type=Path, metavar="DIR", help="write attention overlays of predicted labels")
@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "images to label logits, for onnxruntime (pip install 'promptmlr[onnx]')")
     export.add_argument("--which", choices=("best", "last"), default="best")
     export.add_argument("--image-size", type=int, metavar="N", help="onnx: input size (default: the run's)")
-    export.add_argument("--opset", type=int, metavar="N", help="onnx: ONNX opset, 14 to 20 (default 17)")
+    export.add_argument("--opset", type=int, metavar="N",
+                        help="onnx: ONNX opset, 14 to 20 (default 17)")  # tagger.OPSET_RANGE, DEFAULT_OPSET
+    export.add_argument("--backbone", metavar="SPEC",
+                        help="onnx, text-embeddings: the run's weights where they are now, if they moved "
+                             "(checked to be the same weights)")
     export.add_argument("--force", action="store_true", help="replace --out if it exists")
     export.set_defaults(handler=_lazy("export_command"))
 
