@@ -1,4 +1,5 @@
-"""Partial-label losses: only known entries count, and the loss is normalised by how many there are.
+"""Partial-label losses: only known entries count, and the loss is normalised by how many there are
+(ASL can instead sum them, as DualCoOp's and PositiveCoOp's code does: ``loss.reduction``).
 
 Every loss takes per-class logits ``[B, C]`` (sigmoid = P(positive)), targets in {1, -1, 0} and an
 optional per-entry weight (1 for true labels, lower for recovered pseudo-labels, 0 for unknown).
@@ -23,6 +24,7 @@ from promptmlr.options import check_fields, option
 
 EPS = 1e-8
 LOSSES = ("asl", "partial-bce", "bce")
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -33,9 +35,15 @@ class LossConfig:
                                    "setting)", minimum=0)
     gamma_pos: float = option(1.0, "ASL focusing exponent on positives", minimum=0)
     clip: float = option(0.05, "ASL probability margin on negatives (probability shift)", minimum=0, below=1)
+    reduction: str = option("mean", "ASL over the known entries: their mean, or their sum (DualCoOp's and "
+                                    "PositiveCoOp's code, whose learning rates assume it)", choices=REDUCTIONS)
+    detach_focusing: bool = option(False, "ASL's focusing weights held constant in the gradient, as DualCoOp's and "
+                                          "PositiveCoOp's copy of ASL (disable_torch_grad_focal_loss)")
 
     def __post_init__(self) -> None:
         check_fields(self, "loss.")
+        if self.name != "asl" and (self.reduction != "mean" or self.detach_focusing):
+            raise ConfigError(f"loss.reduction and loss.detach_focusing apply to loss.name asl, not {self.name}")
 
 
 def _known_weights(targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -48,18 +56,24 @@ def _normalised(entry_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 
 
 def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
-                    gamma_neg: float = 2.0, gamma_pos: float = 1.0, clip: float = 0.05) -> torch.Tensor:
-    """ASL (Ridnik et al., ICCV 2021) over known entries.
+                    gamma_neg: float = 2.0, gamma_pos: float = 1.0, clip: float = 0.05, reduction: str = "mean",
+                    detach_focusing: bool = False) -> torch.Tensor:
+    """ASL (Ridnik et al., ICCV 2021) over known entries: their weighted mean, or their weighted sum.
 
     Positives: ``-(1-p)^gamma_pos log p``. Negatives: with the shifted probability
-    ``p_m = max(p - clip, 0)``, ``-p_m^gamma_neg log(1 - p_m)``.
+    ``p_m = max(p - clip, 0)``, ``-p_m^gamma_neg log(1 - p_m)``. ``detach_focusing``: the factors
+    ``(1-p)^gamma_pos`` and ``p_m^gamma_neg`` pass no gradient, as in DualCoOp's copy of ASL.
     """
     probability = torch.sigmoid(logits.float())
     shifted = (probability - clip).clamp(min=0) if clip > 0 else probability
-    positive = -((1 - probability) ** gamma_pos) * torch.log(probability.clamp(min=EPS))
-    negative = -(shifted ** gamma_neg) * torch.log((1 - shifted).clamp(min=EPS))
+    positive_focus, negative_focus = (1 - probability) ** gamma_pos, shifted ** gamma_neg
+    if detach_focusing:
+        positive_focus, negative_focus = positive_focus.detach(), negative_focus.detach()
+    positive = -positive_focus * torch.log(probability.clamp(min=EPS))
+    negative = -negative_focus * torch.log((1 - shifted).clamp(min=EPS))
     entry_loss = torch.where(targets > 0, positive, torch.where(targets < 0, negative, torch.zeros_like(positive)))
-    return _normalised(entry_loss, _known_weights(targets, weights))
+    weights = _known_weights(targets, weights)
+    return (entry_loss * weights).sum() if reduction == "sum" else _normalised(entry_loss, weights)
 
 
 def partial_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +96,8 @@ def build_loss(config: LossConfig) -> Callable[..., torch.Tensor]:
     """``loss(logits, targets, weights=None)`` for a config."""
     if config.name == "asl":
         return lambda logits, targets, weights=None: asymmetric_loss(
-            logits, targets, weights, config.gamma_neg, config.gamma_pos, config.clip)
+            logits, targets, weights, config.gamma_neg, config.gamma_pos, config.clip, config.reduction,
+            config.detach_focusing)
     if config.name == "partial-bce":
         return partial_bce
     if config.name == "bce":

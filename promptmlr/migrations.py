@@ -4,11 +4,11 @@ versions are read here, by steps that turn a record of version N into version N 
 ==================  ===========================  =======  ============================================
 kind                ``format``                   version  file (where the header is)
 ==================  ===========================  =======  ============================================
-prompts             promptmlr-prompts            2        ``best``/``last.safetensors``, exports
+prompts             promptmlr-prompts            3        ``best``/``last.safetensors``, exports
                                                           (JSON under the metadata key ``promptmlr``)
 checkpoint          promptmlr-checkpoint         3        ``checkpoint.safetensors`` (JSON under the
                                                           metadata key ``promptmlr-checkpoint``)
-run-config          promptmlr-run-config         3        a run folder's ``config.yaml`` (top-level keys)
+run-config          promptmlr-run-config         4        a run folder's ``config.yaml`` (top-level keys)
 metrics             promptmlr-metrics            1        a run folder's ``metrics.json`` (top-level keys)
 evaluation          promptmlr-evaluation         1        ``eval_<dataset>_<split>.json`` (top-level keys)
 predictions         promptmlr-predictions        1        ``predictions_test.npz`` (two 0-d arrays)
@@ -63,6 +63,11 @@ Version 2 of checkpoints names its version ``format_version``, as every other fi
 Version 3 of run configs records the run's data identity (``data_identity``), and version 3 of
 checkpoints the configuration the run started with; older files are read without them.
 
+Version 3 of prompts and version 4 of run configs: methods train as their authors' code does, with
+options that did not exist before (PositiveCoOp's positive offsets, the scale its vectors are drawn
+at, its contexts' learning rate). An older record lacks them and ran without them: each takes the
+value it had before (:data:`OPTION_VALUES_BEFORE_AUTHORS_TRAINING`), as in version 2.
+
 Checkpoint format 0 is a pickle, ``checkpoint.pt`` (:data:`LEGACY_CHECKPOINT`): pickles can run
 code, so it is recognised and refused (:func:`refuse_legacy_checkpoint`), never read.
 
@@ -102,6 +107,11 @@ V1_OPTION_VALUES: dict[str, dict[str, Any]] = {
     "sarl": {"enhance": False, "instance_alpha": 0.5, "prototype_beta": 0.5, "regions": 2,
              "prototype_momentum": 0.9},
 }
+# method -> {option: the value it had before it existed}: options added with the authors' training
+# (prompts version 3, run configs version 4)
+OPTION_VALUES_BEFORE_AUTHORS_TRAINING: dict[str, dict[str, Any]] = {
+    "positivecoop": {"positive_offset": False, "embedding_init_std": 0.02, "context_lr_scale": 1.0},
+}
 # run-config section (dotted path) -> {old key: new key}
 RENAMED_IN_V2: dict[str, dict[str, str]] = {
     "train": {"warmup_epochs": "lr_warmup_epochs"},
@@ -127,12 +137,12 @@ def _rename(section: Any, renamed: dict[str, str]) -> None:
                 section[new] = section.pop(old)
 
 
-def _with_v1_option_values(method: Any, options: Any) -> Any:
-    """``options`` with the value each option of :data:`V1_OPTION_VALUES` had before it existed,
-    where they lack it; options that are empty (a record that holds none) are left as they are."""
+def _with_option_values(table: dict[str, dict[str, Any]], method: Any, options: Any) -> Any:
+    """``options`` with the value each option of ``table[method]`` had before it existed, where they
+    lack it; options that are empty (a record that holds none) are left as they are."""
     if not isinstance(options, dict) or not options or not isinstance(method, str):
         return options
-    added = V1_OPTION_VALUES.get(method, {})
+    added = table.get(method, {})
     return {**{key: value for key, value in added.items() if key not in options}, **options}
 
 
@@ -154,14 +164,15 @@ def _rename_settings_v1_to_v2(values: dict) -> dict:
 def _run_config_v1_to_v2(config: dict) -> dict:
     model = config.get("model")
     if isinstance(model, dict) and "options" in model:
-        model["options"] = _with_v1_option_values(model.get("method", V1_DEFAULT_METHOD), model["options"])
+        method = model.get("method", V1_DEFAULT_METHOD)
+        model["options"] = _with_option_values(V1_OPTION_VALUES, method, model["options"])
     return _rename_settings_v1_to_v2(config)
 
 
 def _prompts_v1_to_v2(header: dict) -> dict:
     method = header.get("method")
     if "method_config" in header:
-        header["method_config"] = _with_v1_option_values(method, header["method_config"])
+        header["method_config"] = _with_option_values(V1_OPTION_VALUES, method, header["method_config"])
         if isinstance(method, str):
             _rename(header["method_config"], RENAMED_OPTIONS_IN_V2.get(method, {}))
     backbone = header.get("backbone")
@@ -180,6 +191,21 @@ def _records_added_in_v3(record: dict) -> dict:
     reader does without: the run's data identity (``config.yaml``) and its starting configuration
     (the checkpoint). Nothing else changed, so the step keeps the record as it is."""
     return record
+
+
+def _prompts_v2_to_v3(header: dict) -> dict:
+    if "method_config" in header:
+        header["method_config"] = _with_option_values(OPTION_VALUES_BEFORE_AUTHORS_TRAINING, header.get("method"),
+                                                      header["method_config"])
+    return header
+
+
+def _run_config_v3_to_v4(config: dict) -> dict:
+    model = config.get("model")
+    if isinstance(model, dict) and "options" in model:
+        model["options"] = _with_option_values(OPTION_VALUES_BEFORE_AUTHORS_TRAINING,
+                                               model.get("method", V1_DEFAULT_METHOD), model["options"])
+    return config
 
 
 def pool_resize_learned_on(backbone: dict, resized_here: bool) -> str | None:
@@ -201,10 +227,11 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "prompts": Format("promptmlr-prompts", 2, {1: _prompts_v1_to_v2}, named=True),
+    "prompts": Format("promptmlr-prompts", 3, {1: _prompts_v1_to_v2, 2: _prompts_v2_to_v3}, named=True),
     "checkpoint": Format("promptmlr-checkpoint", 3, {1: _checkpoint_v1_to_v2, 2: _records_added_in_v3},
                          named=True, old_version_key="version"),
-    "run-config": Format("promptmlr-run-config", 3, {1: _run_config_v1_to_v2, 2: _records_added_in_v3}),
+    "run-config": Format("promptmlr-run-config", 4, {1: _run_config_v1_to_v2, 2: _records_added_in_v3,
+                                                     3: _run_config_v3_to_v4}),
     "metrics": Format("promptmlr-metrics", 1),
     "evaluation": Format("promptmlr-evaluation", 1),
     "predictions": Format("promptmlr-predictions", 1),

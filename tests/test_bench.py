@@ -282,6 +282,13 @@ def test_anchor_bench_refuses_a_folder_that_is_not_a_dualcoop_checkout(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+def test_parity_bench_refuses_a_folder_that_is_not_a_positivecoop_checkout(tmp_path):
+    module = _load("parity_positivecoop")
+    with pytest.raises(SystemExit, match="is not a PositiveCoOp checkout .*github.com/SamyakR99/PositiveCoOp"):
+        module.main(["--anchor-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_anchor_recipe_counts_steps_at_batch_32_and_the_anchors_prompts_per_test_batch():
     module = _load("anchor")
     per_step = {"anchor_train": 10.0, "anchor_image": 8.0, "anchor_text": 2.0, "encoder": 4.0, "ours_cached": 1.0,

@@ -45,6 +45,30 @@ def test_asl_clip_zeroes_easy_negatives():
     assert loss.item() == 0.0
 
 
+def test_asl_summed_is_the_mean_times_the_known_entries_and_detaching_changes_only_the_gradient():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 1.5, -2.0]], requires_grad=True)
+    targets = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 1.0]])
+    mean = asymmetric_loss(logits, targets)
+    summed = asymmetric_loss(logits, targets, reduction="sum")
+    torch.testing.assert_close(summed, mean * 5)  # five known entries
+    detached = asymmetric_loss(logits, targets, reduction="sum", detach_focusing=True)
+    torch.testing.assert_close(detached, summed)
+    (full,) = torch.autograd.grad(summed, logits)
+    (partial,) = torch.autograd.grad(detached, logits)
+    # a positive's gradient without its factor's: -(1 - p) * (1 - p) instead of d/dx[-(1-p) log p]
+    p = torch.sigmoid(logits.detach())
+    torch.testing.assert_close(partial[0, 0], -(1 - p[0, 0]) ** 2)
+    assert not torch.allclose(full, partial) and full[0, 2] == partial[0, 2] == 0  # the unknown entry: none
+
+
+def test_sum_and_detached_focusing_are_asl_options():
+    assert build_loss(LossConfig(reduction="sum"))(torch.zeros(1, 2), torch.tensor([[1.0, -1.0]])) > 0
+    with pytest.raises(ConfigError, match="loss.reduction and loss.detach_focusing apply to loss.name asl"):
+        LossConfig(name="bce", reduction="sum")
+    with pytest.raises(ConfigError, match="reduction"):
+        LossConfig(reduction="max")
+
+
 def test_dualcoop_softmax_form_equals_the_margin_sigmoid_form():
     """DualCoOp's ASL on softmax([s-, s+]) is the sigmoid form on s+ - s-."""
     scores = torch.randn(4, 2, 5)  # (negative, positive) scores

@@ -176,3 +176,35 @@ def test_transfer_terms_join_after_the_warm_up(backbone, name, options, late_ter
     late = method.auxiliary_losses(method(features), targets, asymmetric_loss)
     assert not late_terms & set(early) and late_terms <= set(late)
     assert all(torch.isfinite(value) for value in late.values())
+
+
+# ----------------------------------------------------------------------------------- PositiveCoOp
+def test_positivecoop_scores_as_its_authors_formula(backbone):
+    """models/positivecoop.py of SamyakR99/PositiveCoOp: the learned offset is added to the positive
+    text feature before it is normalised; the negative is a learned vector; DualCoOp's 20 * cos maps,
+    softmax over the positive map's locations, 5 * (positive - negative)."""
+    torch.manual_seed(0)
+    method = build_method("positivecoop", backbone, CLASSES, mean_token=False).eval()
+    features = backbone.encode_image(torch.randn(2, 3, backbone.image_size, backbone.image_size))
+    with torch.no_grad():
+        positive = F.normalize(method.positive._encode() + method.positive.text_offset, dim=-1)
+        negative = F.normalize(method.negative.embedding, dim=-1)
+        dense = F.normalize(features.dense_features, dim=-1)
+        positive_map = 20 * torch.einsum("bld,cd->bcl", dense, positive)
+        negative_map = 20 * torch.einsum("bld,cd->bcl", dense, negative)
+        weights = positive_map.softmax(dim=-1)
+        expected = 5 * ((weights * positive_map).sum(-1) - (weights * negative_map).sum(-1))
+        torch.testing.assert_close(method(features).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_positivecoop_draws_its_vectors_at_one_and_trains_its_contexts_slower(backbone):
+    torch.manual_seed(0)
+    method = build_method("positivecoop", backbone, CLASSES)
+    for vectors in (method.positive.text_offset, method.negative.embedding):  # torch.randn, as the authors'
+        assert vectors.shape == (len(CLASSES), backbone.embed_dim) and 0.7 < float(vectors.std()) < 1.3
+    contexts, others = method.parameter_groups()
+    assert contexts == {"params": [method.positive.context], "lr_scale": 0.01}
+    assert {id(p) for p in others["params"]} == {id(method.positive.text_offset), id(method.negative.embedding)}
+    assert others["lr_scale"] == 1.0
+    plain = build_method("positivecoop", backbone, CLASSES, positive_offset=False, context_lr_scale=1.0)
+    assert plain.positive.text_offset is None and "positive.text_offset" not in plain.state_dict()

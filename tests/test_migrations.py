@@ -59,7 +59,7 @@ def test_upgrade_leaves_the_record_it_is_given_unchanged():
     assert upgraded == {"model": {"method": "promptmlr", "options": {"known_only_epochs": 3, "n_ctx": 4,
                                                                      "enhance": False, **blender}},
                         "train": {"lr_warmup_epochs": 2.0, "recovery": {"known_only_epochs": 1}},
-                        "format": "promptmlr-run-config", "format_version": 3}
+                        "format": "promptmlr-run-config", "format_version": migrations.FORMATS["run-config"].version}
 
 
 # ------------------------------------------------------------------------------------ run configs
@@ -97,7 +97,8 @@ def test_a_run_config_written_now_carries_its_header_and_reads_back_as_it_was(tm
     config = resolve_config("synthetic", overrides=[{"model": {"method": "sst"}}])
     write_config(tmp_path, config.to_dict())
     text = (tmp_path / "config.yaml").read_text()
-    assert text.startswith("format: promptmlr-run-config\nformat_version: 3\n")
+    version = migrations.FORMATS["run-config"].version
+    assert text.startswith(f"format: promptmlr-run-config\nformat_version: {version}\n")
     assert load_run_config(tmp_path / "config.yaml") == config
     assert resolve_config(None, tmp_path / "config.yaml") == config  # re-runnable with --config
 
@@ -164,11 +165,34 @@ def test_an_old_prompts_file_loads_into_the_same_method(tmp_path, vit, method):
         loaded, read = load_prompts(path, backbone=vit, class_names=CLASSES)
     assert loaded.config == original.config
     assert read["method_config"].items() <= dataclasses.asdict(original.config).items()  # today's names
-    assert read["format_version"] == 2 and read["thresholds"] == [0.4] * len(CLASSES)
+    assert read["format_version"] == migrations.FORMATS["prompts"].version
+    assert read["thresholds"] == [0.4] * len(CLASSES)
     for name, tensor in original.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     features = vit.encode_image(torch.randn(2, 3, vit.image_size, vit.image_size, generator=torch.Generator()))
     torch.testing.assert_close(loaded(features).logits, original(features).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", sorted(migrations.OPTION_VALUES_BEFORE_AUTHORS_TRAINING))
+def test_a_prompts_file_from_before_the_authors_training_loads_as_it_was_trained(tmp_path, vit, method):
+    before = migrations.OPTION_VALUES_BEFORE_AUTHORS_TRAINING[method]
+    torch.manual_seed(0)
+    original = build_method(method, vit, CLASSES, **before)
+    path = save_prompts(original, tmp_path / "old.safetensors")
+    header = _header(path)
+    header["format_version"] = 2
+    for option in before:
+        del header["method_config"][option]
+    _rewrite_header(path, header)
+    loaded, read = load_prompts(path, backbone=vit, class_names=CLASSES)
+    assert loaded.config == original.config and read["format_version"] == migrations.FORMATS["prompts"].version
+    features = vit.encode_image(torch.randn(2, 3, vit.image_size, vit.image_size))
+    torch.testing.assert_close(loaded(features).logits, original(features).logits, rtol=0, atol=0)
+    config = {"format": "promptmlr-run-config", "format_version": 3,
+              "model": {"method": method, "options": {"n_ctx": 4}}}
+    upgraded = migrations.upgrade("run-config", config, "config.yaml")
+    assert upgraded["model"]["options"] == {**before, "n_ctx": 4}
+    assert build_method(method, vit, CLASSES).config != original.config  # today's default is the authors'
 
 
 def test_an_old_resnet_prompts_file_warns_only_where_the_pool_resize_differs(tmp_path):
@@ -190,7 +214,7 @@ def test_an_old_resnet_prompts_file_warns_only_where_the_pool_resize_differs(tmp
 
 
 @pytest.mark.parametrize("change, error", [
-    ({"format_version": 3}, NEWER),
+    ({"format_version": migrations.FORMATS["prompts"].version + 1}, NEWER),
     ({"format_version": "two"}, "is not a version number; the file is damaged"),
     ({"format": "promptmlr-checkpoint"}, "is not a promptmlr-prompts file"),
     ({"format": None}, "is not a promptmlr-prompts file .*no format"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod
@@ -58,10 +59,14 @@ class RegionPromptMethod(MultiLabelMethod):
 
     def __init__(self, backbone, class_names, config: CoOpConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        self.positive = positive_prompts(backbone, class_names, config, self.descriptions)
-        self.negative = negative_branch(self.negative_kind, backbone, class_names, config)
+        self.positive, self.negative = self.branches(backbone, class_names, config)
         offset = backbone.mean_token_offset() if config.mean_token else None
         self.register_buffer("mean_token_offset", offset, persistent=False)
+
+    def branches(self, backbone, class_names, config: CoOpConfig) -> tuple[nn.Module, nn.Module]:
+        """The positive prompts and the negative branch (``negative_kind``), built in this order."""
+        return (positive_prompts(backbone, class_names, config, self.descriptions),
+                negative_branch(self.negative_kind, backbone, class_names, config))
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         dense = features.dense_features

@@ -53,7 +53,7 @@ class PromptLearner(nn.Module):
 
     def __init__(self, backbone: FrozenCLIP, class_names: Sequence[str], n_ctx: int = 16,
                  class_specific: bool = True, init: str = "phrase", init_phrase: str = "a photo of a",
-                 descriptions: Mapping[str, Sequence[str]] | None = None):
+                 descriptions: Mapping[str, Sequence[str]] | None = None, text_offset_std: float | None = None):
         super().__init__()
         check_choice("prompt init", init, PROMPT_INITS)
         if init.startswith("descriptions") and not descriptions:
@@ -78,6 +78,10 @@ class PromptLearner(nn.Module):
         self.feature_offset = None
         if init == "descriptions-features":
             self.feature_offset = nn.Parameter(self._offset_to_descriptions(class_names, descriptions))
+        # PositiveCoOp's per-class vector added to the text feature before it is normalised
+        self.text_offset = None
+        if text_offset_std is not None:
+            self.text_offset = nn.Parameter(torch.randn(len(class_names), backbone.embed_dim) * text_offset_std)
         self._fixed_features: torch.Tensor | None = None
 
     def _initial_context(self, shape: tuple[int, ...], init: str, phrase: str, class_names: Sequence[str],
@@ -136,37 +140,44 @@ class PromptLearner(nn.Module):
     def forward(self) -> torch.Tensor:
         if self._fixed_features is not None and not torch.is_grad_enabled():
             return self._fixed_features
-        features = F.normalize(self._encode(), dim=-1)
+        features = self._encode()
+        if self.text_offset is not None:
+            features = features + self.text_offset.to(features.dtype)
+        features = F.normalize(features, dim=-1)
         if self.feature_offset is not None:
             features = F.normalize(features + self.feature_offset, dim=-1)
         return features
 
 
 def positive_prompts(backbone: FrozenCLIP, class_names: Sequence[str], config: PromptConfig,
-                     descriptions: Mapping[str, Sequence[str]] | None) -> PromptLearner:
-    """The positive prompts every prompt method starts from, as ``config`` describes them."""
+                     descriptions: Mapping[str, Sequence[str]] | None,
+                     text_offset_std: float | None = None) -> PromptLearner:
+    """The positive prompts every prompt method starts from, as ``config`` describes them, with a
+    per-class text-feature offset drawn at ``text_offset_std`` where one is given."""
     return PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, config.init,
-                         config.init_phrase, descriptions)
+                         config.init_phrase, descriptions, text_offset_std)
 
 
 def negative_branch(kind: str, backbone: FrozenCLIP, class_names: Sequence[str],
-                    config: PromptConfig) -> nn.Module | None:
+                    config: PromptConfig, embedding_std: float = CONTEXT_INIT_STD) -> nn.Module | None:
     """``text``: DualCoOp's learned negative prompts (random start); ``embedding``: PositiveCoOp's
-    joint-space vector per class; ``none``: no negative (a learned threshold stands in)."""
+    joint-space vector per class, drawn at ``embedding_std``; ``none``: no negative (a learned
+    threshold stands in)."""
     check_choice("negative", kind, NEGATIVE_BRANCHES)
     if kind == "text":
         return PromptLearner(backbone, class_names, config.n_ctx, config.class_specific, init="random")
     if kind == "embedding":
-        return NegativeEmbedding(len(class_names), backbone.embed_dim)
+        return NegativeEmbedding(len(class_names), backbone.embed_dim, embedding_std)
     return None
 
 
 class NegativeEmbedding(nn.Module):
-    """PositiveCoOp's negative branch: a learned joint-space vector per class, no text encoder."""
+    """PositiveCoOp's negative branch: a learned joint-space vector per class, no text encoder. Only
+    its direction scores; its scale sets how far a step of the optimiser turns it."""
 
-    def __init__(self, num_classes: int, embed_dim: int):
+    def __init__(self, num_classes: int, embed_dim: int, init_std: float = CONTEXT_INIT_STD):
         super().__init__()
-        self.embedding = nn.Parameter(torch.randn(num_classes, embed_dim) * CONTEXT_INIT_STD)
+        self.embedding = nn.Parameter(torch.randn(num_classes, embed_dim) * init_std)
 
     def forward(self) -> torch.Tensor:
         return F.normalize(self.embedding, dim=-1)
