@@ -1,5 +1,7 @@
 """Partial-label losses: only known entries count, and the loss is normalised by how many there are
-(ASL can instead sum them, as DualCoOp's and PositiveCoOp's code does: ``loss.reduction``).
+(ASL can instead sum them, as DualCoOp's and PositiveCoOp's code does: ``loss.reduction``; the sum
+is over the batch one process sees at one step, which accelerate then averages over accumulated
+steps and processes, so the learning rate of a summed loss assumes one process and no accumulation).
 
 Every loss takes per-class logits ``[B, C]`` (sigmoid = P(positive)), targets in {1, -1, 0} and an
 optional per-entry weight (1 for true labels, lower for recovered pseudo-labels, 0 for unknown).
@@ -39,6 +41,8 @@ class LossConfig:
                                     "PositiveCoOp's code, whose learning rates assume it)", choices=REDUCTIONS)
     detach_focusing: bool = option(False, "ASL's focusing weights held constant in the gradient, as DualCoOp's and "
                                           "PositiveCoOp's copy of ASL (disable_torch_grad_focal_loss)")
+    weight: float = option(1.0, "a factor on the loss (DualCoOp's and PositiveCoOp's loss_w, which their code "
+                                "sets per known proportion)", above=0)
 
     def __post_init__(self) -> None:
         check_fields(self, "loss.")
@@ -93,13 +97,17 @@ def naive_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
 
 
 def build_loss(config: LossConfig) -> Callable[..., torch.Tensor]:
-    """``loss(logits, targets, weights=None)`` for a config."""
+    """``loss(logits, targets, weights=None)`` for a config, times ``config.weight``."""
     if config.name == "asl":
-        return lambda logits, targets, weights=None: asymmetric_loss(
-            logits, targets, weights, config.gamma_neg, config.gamma_pos, config.clip, config.reduction,
-            config.detach_focusing)
-    if config.name == "partial-bce":
-        return partial_bce
-    if config.name == "bce":
-        return naive_bce
-    raise ConfigError(f"loss.name must be one of {', '.join(LOSSES)}, got {config.name!r}")
+        def loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+            return asymmetric_loss(logits, targets, weights, config.gamma_neg, config.gamma_pos, config.clip,
+                                   config.reduction, config.detach_focusing)
+    elif config.name == "partial-bce":
+        loss = partial_bce
+    elif config.name == "bce":
+        loss = naive_bce
+    else:
+        raise ConfigError(f"loss.name must be one of {', '.join(LOSSES)}, got {config.name!r}")
+    if config.weight == 1.0:
+        return loss
+    return lambda logits, targets, weights=None: config.weight * loss(logits, targets, weights)

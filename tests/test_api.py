@@ -206,10 +206,13 @@ def test_each_method_runs_its_own_recipe_and_the_config_names_the_files(tmp_path
     from promptmlr import config as config_module
     from promptmlr.config import resolve_config
 
+    general = yaml.safe_load((REPO / "configs" / "methods" / "dualcoop.yaml").read_text())
     recipes = yaml.safe_load((REPO / "configs" / "methods" / "synthetic" / "dualcoop.yaml").read_text())
     dualcoop = resolve_config("synthetic", overrides=[{"model": {"method": "dualcoop"}}])
-    assert dualcoop.train.lr == recipes["train"]["lr"]
-    assert dualcoop.recipes == ["configs/synthetic.yaml", "configs/methods/synthetic/dualcoop.yaml"]
+    assert dualcoop.train.lr == general["train"]["lr"] and dualcoop.train.optimizer == general["train"]["optimizer"]
+    assert dualcoop.train.loss.weight == recipes["train"]["loss"]["weight"]  # the dataset's recipe after the general
+    assert dualcoop.recipes == ["configs/synthetic.yaml", "configs/methods/dualcoop.yaml",
+                                "configs/methods/synthetic/dualcoop.yaml"]
     linear = resolve_config("synthetic", overrides=[{"model": {"method": "linear"}}])
     assert linear.train.lr != dualcoop.train.lr and linear.recipes[-1] == "configs/methods/synthetic/linear.yaml"
     # the method a user's file names picks the recipe; the user's file and flags still win over it
@@ -218,7 +221,7 @@ def test_each_method_runs_its_own_recipe_and_the_config_names_the_files(tmp_path
     assert resolve_config(None, user).recipes[-1] == "configs/methods/synthetic/linear.yaml"
     assert resolve_config("synthetic", overrides=[{"model": {"method": "dualcoop"}},
                                                   {"train": {"lr": 0.3}}]).train.lr == 0.3
-    assert resolve_config("voc2007").recipes == ["configs/voc2007.yaml"]  # no recipe shipped: none merged
+    assert resolve_config("voc2007").recipes == ["configs/voc2007.yaml"]  # promptmlr has no recipe: none merged
     # general recipes come first, dataset-specific ones after; a recipe with a bad key names its file
     (tmp_path / "configs" / "methods" / "synthetic").mkdir(parents=True)
     (tmp_path / "configs" / "methods" / "zeroshot.yaml").write_text("train: {epochs: 3}\n")

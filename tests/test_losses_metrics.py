@@ -61,8 +61,14 @@ def test_asl_summed_is_the_mean_times_the_known_entries_and_detaching_changes_on
     assert not torch.allclose(full, partial) and full[0, 2] == partial[0, 2] == 0  # the unknown entry: none
 
 
-def test_sum_and_detached_focusing_are_asl_options():
-    assert build_loss(LossConfig(reduction="sum"))(torch.zeros(1, 2), torch.tensor([[1.0, -1.0]])) > 0
+def test_sum_and_detached_focusing_are_asl_options_and_the_weight_scales_any_loss():
+    logits, targets = torch.tensor([[0.2, -0.4]]), torch.tensor([[1.0, -1.0]])
+    assert build_loss(LossConfig(reduction="sum"))(logits, targets) > 0
+    for name in ("asl", "partial-bce", "bce"):
+        plain = build_loss(LossConfig(name=name))(logits, targets)
+        torch.testing.assert_close(build_loss(LossConfig(name=name, weight=0.03))(logits, targets), 0.03 * plain)
+    with pytest.raises(ConfigError, match="weight"):
+        LossConfig(weight=0)
     with pytest.raises(ConfigError, match="loss.reduction and loss.detach_focusing apply to loss.name asl"):
         LossConfig(name="bce", reduction="sum")
     with pytest.raises(ConfigError, match="reduction"):

@@ -208,3 +208,34 @@ def test_positivecoop_draws_its_vectors_at_one_and_trains_its_contexts_slower(ba
     assert others["lr_scale"] == 1.0
     plain = build_method("positivecoop", backbone, CLASSES, positive_offset=False, context_lr_scale=1.0)
     assert plain.positive.text_offset is None and "positive.text_offset" not in plain.state_dict()
+    # at a scale of 1 the one group of before: an optimiser state from then loads
+    (group,) = plain.parameter_groups()
+    assert group["lr_scale"] == 1.0 and group["params"] == [p for p in plain.parameters() if p.requires_grad]
+
+
+def _their_asl(scores: torch.Tensor, labels: torch.Tensor, gamma_neg: float = 2, gamma_pos: float = 1,
+               clip: float = 0.05, eps: float = 1e-6) -> torch.Tensor:
+    """The ASL of DualCoOp's and PositiveCoOp's ``utils/asymmetric_loss.py``, written out: a softmax over
+    ``scores [B, 2, C]`` (negative, positive), labels 1 / 0 / -1 (unknown, left out), the negatives'
+    probability shifted by ``clip``, focusing weights computed without gradient, summed."""
+    probabilities = scores.softmax(dim=1)
+    known = labels != -1
+    positive, negative, y = probabilities[:, 1][known], probabilities[:, 0][known], labels[known]
+    negative = (negative + clip).clamp(max=1)
+    loss = y * positive.clamp(min=eps).log() + (1 - y) * negative.clamp(min=eps).log()
+    with torch.no_grad():
+        truth = positive * y + negative * (1 - y)
+        focus = (1 - truth) ** (gamma_pos * y + gamma_neg * (1 - y))
+    return -(loss * focus).sum()
+
+
+def test_asl_summed_with_detached_focusing_is_the_anchors_loss_and_gradient():
+    scores = torch.randn(6, 2, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    labels = torch.randint(-1, 2, (6, 5), generator=torch.Generator().manual_seed(1)).float()
+    targets = torch.where(labels == 1, 1.0, torch.where(labels == 0, -1.0, 0.0))  # ours: 1 / -1 / 0 unknown
+    theirs = _their_asl(scores, labels)
+    ours = asymmetric_loss(scores[:, 1] - scores[:, 0], targets, reduction="sum", detach_focusing=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    (their_gradient,) = torch.autograd.grad(theirs, scores)
+    (our_gradient,) = torch.autograd.grad(ours, scores)
+    torch.testing.assert_close(our_gradient, their_gradient, rtol=1e-5, atol=1e-6)

@@ -181,9 +181,11 @@ def test_shared_context_has_one_set_of_vectors(vit):
 def test_description_feature_init_starts_at_the_description_ensemble(vit):
     from promptmlr.models.text import class_text_features
 
-    learner = PromptLearner(vit, CLASSES, init="descriptions-features", descriptions=DESCRIPTIONS)
-    torch.testing.assert_close(learner(), class_text_features(vit, CLASSES, descriptions=DESCRIPTIONS),
-                               rtol=0, atol=1e-5)
+    target = class_text_features(vit, CLASSES, descriptions=DESCRIPTIONS)
+    for offset_std in (None, 1.0):  # with PositiveCoOp's text offset too: the description features still
+        learner = PromptLearner(vit, CLASSES, init="descriptions-features", descriptions=DESCRIPTIONS,
+                                text_offset_std=offset_std)
+        torch.testing.assert_close(learner(), target, rtol=0, atol=1e-5)
 
 
 def test_description_token_init_copies_the_description_tokens(vit):

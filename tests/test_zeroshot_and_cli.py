@@ -159,7 +159,7 @@ def _config_lines(capsys, *argv: str) -> dict[str, str]:
 
 def test_config_command_shows_value_default_allowed_values_and_help(capsys):
     lines = _config_lines(capsys, "dualcoop", "--dataset", "synthetic", "--set", "model.options.n_ctx=8")
-    assert lines["train.optimizer"].split()[:5] == ["adamw", "adamw", "adamw", "|", "sgd"]
+    assert lines["train.optimizer"].split()[:5] == ["sgd", "adamw", "adamw", "|", "sgd"]  # its recipe: the authors' SGD
     assert "optimiser of the method's learnable parameters" in lines["train.optimizer"]
     assert lines["model.options.n_ctx"].split()[:4] == ["8", "16", ">=", "1"]
     assert "context tokens" in lines["model.options.n_ctx"]

@@ -12,6 +12,11 @@ attention pool's mean token as an extra location 0, and the softmax runs over it
 differ from the anchor's by up to 0.19 on the same weights and input; with it they agree to
 float precision (``tools/bench/anchor.py`` checks this against a DualCoOp checkout). PositiveCoOp
 is built on DualCoOp's code and keeps the token too. Heatmaps show the grid's weights, renormalised.
+
+Both codes start the contexts at random, N(0, 0.02) (``init: random``), and train with SGD on ASL
+summed over the known labels, its focusing weights held constant in the gradient, times a loss
+weight (``--loss_w``): ``configs/methods/dualcoop.yaml`` and ``positivecoop.yaml`` set that training
+(``tools/bench/anchor.py`` checks DualCoOp's steps against its code).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from torch import nn
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.models.base import BYTES_PER_FLOAT, MethodOutput, MultiLabelMethod
 from promptmlr.models.factory import register_method
-from promptmlr.models.prompts import PromptConfig, negative_branch, positive_prompts
+from promptmlr.models.prompts import PROMPT_INITS, PromptConfig, negative_branch, positive_prompts
 from promptmlr.options import option
 
 
 @dataclass
 class CoOpConfig(PromptConfig):
+    init: str = option("random", "how the context starts: at random (DualCoOp's and PositiveCoOp's code: N(0, "
+                                 "0.02)), init_phrase, a class's first description's tokens, or phrase plus its "
+                                 "description features", choices=PROMPT_INITS)
     map_scale: float = option(20.0, "similarity maps are map_scale times the cosine (DualCoOp's 20)", above=0)
     output_scale: float = option(5.0, "logits are output_scale times the aggregated region scores (DualCoOp's 5)",
                                  above=0)

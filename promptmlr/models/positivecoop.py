@@ -11,9 +11,10 @@ As the authors' ``models/positivecoop.py`` and ``train.py`` (SamyakR99/PositiveC
 * the prompt contexts train at 0.01 times the learning rate of those vectors (their ``prompt_group``
   at ``OPTIM.LR * 0.01``, ``text_group`` at ``OPTIM.LR``): ``context_lr_scale``.
 
-Their ASL is summed over the batch and ours is the mean over known entries, so a learning rate
-carries over divided by the number of known entries per batch (``tools/bench/parity_positivecoop.py``
-shows both, and the rest of the comparison).
+Their loss is ASL summed over the known labels, with its focusing weights held constant in the
+gradient, times ``--loss_w``, trained with SGD: ``configs/methods/positivecoop.yaml`` sets that
+(``loss.reduction: sum``, ``loss.detach_focusing``, ``loss.weight``); the contexts start at random,
+as theirs. ``tools/bench/parity_positivecoop.py`` compares the two codes part by part.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class PositiveCoOp(RegionPromptMethod):
                 negative_branch(self.negative_kind, backbone, class_names, config, config.embedding_init_std))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The prompt contexts at ``context_lr_scale``; the offsets and negative embeddings at 1."""
+        """The prompt contexts at ``context_lr_scale``; the offsets and negative embeddings at 1. At a
+        scale of 1, one group, as before the option existed: a checkpoint of then resumes."""
+        if self.config.context_lr_scale == 1.0:
+            return super().parameter_groups()
         contexts = [self.positive.context]
         vectors = [p for p in self.parameters() if p.requires_grad and all(p is not c for c in contexts)]
         return [{"params": contexts, "lr_scale": self.config.context_lr_scale},

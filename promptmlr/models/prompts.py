@@ -75,13 +75,13 @@ class PromptLearner(nn.Module):
         self.register_buffer("suffix", suffix, persistent=False)
         shape = (len(class_names), n_ctx) if class_specific else (n_ctx,)
         self.context = nn.Parameter(self._initial_context(shape, init, init_phrase, class_names, descriptions))
-        self.feature_offset = None
-        if init == "descriptions-features":
-            self.feature_offset = nn.Parameter(self._offset_to_descriptions(class_names, descriptions))
         # PositiveCoOp's per-class vector added to the text feature before it is normalised
         self.text_offset = None
         if text_offset_std is not None:
             self.text_offset = nn.Parameter(torch.randn(len(class_names), backbone.embed_dim) * text_offset_std)
+        self.feature_offset = None
+        if init == "descriptions-features":
+            self.feature_offset = nn.Parameter(self._offset_to_descriptions(class_names, descriptions))
         self._fixed_features: torch.Tensor | None = None
 
     def _initial_context(self, shape: tuple[int, ...], init: str, phrase: str, class_names: Sequence[str],
@@ -112,7 +112,7 @@ class PromptLearner(nn.Module):
     def _offset_to_descriptions(self, class_names: Sequence[str],
                                 descriptions: Mapping[str, Sequence[str]]) -> torch.Tensor:
         target = class_text_features(self.backbone, class_names, descriptions=descriptions)
-        return target - F.normalize(self._encode(), dim=-1)
+        return target - F.normalize(self._offset_features(), dim=-1)
 
     def _encode(self) -> torch.Tensor:
         context = self.context.to(self.prefix.dtype)
@@ -121,6 +121,12 @@ class PromptLearner(nn.Module):
                                                                 self.eot)
         embeddings = torch.cat([self.prefix, context, self.suffix], dim=1)
         return self.backbone.encode_text_embeddings(embeddings, self.eot)
+
+    def _offset_features(self) -> torch.Tensor:
+        """The encoded prompts plus the per-class text offset, where there is one (in float32, as
+        PositiveCoOp adds its float32 vectors to the text features)."""
+        features = self._encode()
+        return features if self.text_offset is None else features.float() + self.text_offset
 
     @contextlib.contextmanager
     def fixed(self, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> Iterator[None]:
@@ -140,10 +146,7 @@ class PromptLearner(nn.Module):
     def forward(self) -> torch.Tensor:
         if self._fixed_features is not None and not torch.is_grad_enabled():
             return self._fixed_features
-        features = self._encode()
-        if self.text_offset is not None:
-            features = features + self.text_offset.to(features.dtype)
-        features = F.normalize(features, dim=-1)
+        features = F.normalize(self._offset_features(), dim=-1)
         if self.feature_offset is not None:
             features = F.normalize(features + self.feature_offset, dim=-1)
         return features

@@ -138,6 +138,19 @@ def interleaved_seconds(steps: dict[Any, Callable[[], Any]], warmup: int, rounds
     return seconds
 
 
+# ---------------------------------------------------------------------------------- partial targets
+def partial_targets(batch: int, classes: int, known: float = 0.5) -> torch.Tensor:
+    """Labels as promptmlr takes them, 1 / -1 / 0 (unknown), seeded, about ``known`` of them known."""
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (batch, classes), generator=generator).float() * 2 - 1
+    return labels * (torch.rand(batch, classes, generator=generator) < known)
+
+
+def anchor_targets(targets: torch.Tensor) -> torch.Tensor:
+    """The same labels as DualCoOp's and PositiveCoOp's code takes them: 1, 0 negative, -1 unknown."""
+    return torch.where(targets > 0, 1.0, torch.where(targets < 0, 0.0, -1.0))
+
+
 # --------------------------------------------------------------------------------------- methods
 def class_names(count: int) -> list[str]:
     """``count`` class names: VOC's, then ``object 20``, ``object 21``, ..."""

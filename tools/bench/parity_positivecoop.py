@@ -49,11 +49,10 @@ from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 from tools.bench.anchor import ARCH, anchor_config, fp16_rounded_rn101
-from tools.bench.common import class_names, device_info
+from tools.bench.common import anchor_targets, class_names, device_info, partial_targets
 
 ANCHOR_FILES = ("clip/model.py", "models/positivecoop.py", "utils/asymmetric_loss.py")
 LEARNING_RATE = 0.01
-KNOWN = 0.5  # the share of known labels in the batch's targets
 
 
 class AnchorError(SystemExit):
@@ -95,7 +94,7 @@ def build_pair(anchor, image_size: int, classes: list[str], n_ctx: int) -> tuple
         for parameter in theirs.backbone_params() + theirs.attn_params():
             parameter.requires_grad_(False)
     backbone = OpenCLIPBackbone(f"openclip:{ARCH}", model, image_size=image_size)
-    ours = build_method("positivecoop", backbone, classes, n_ctx=n_ctx, init="random")
+    ours = build_method("positivecoop", backbone, classes, n_ctx=n_ctx)
     with torch.no_grad():
         ours.positive.context.copy_(theirs.prompt_learner.ctx_pos)
         ours.positive.text_offset.copy_(theirs.txt_prompt_learn)
@@ -112,18 +111,6 @@ def their_parameters(theirs: torch.nn.Module) -> dict[str, torch.Tensor]:
 def their_margin(theirs: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     output = theirs(images)  # [B, 2, C]: negative, positive
     return output[:, 1] - output[:, 0]
-
-
-def partial_targets(batch: int, classes: int) -> torch.Tensor:
-    """Ours: 1 / -1 / 0 (unknown), seeded, about ``KNOWN`` of them known."""
-    generator = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, 2, (batch, classes), generator=generator).float() * 2 - 1
-    return labels * (torch.rand(batch, classes, generator=generator) < KNOWN)
-
-
-def their_targets(targets: torch.Tensor) -> torch.Tensor:
-    """The same labels in their convention: 1 positive, 0 negative, -1 unknown."""
-    return torch.where(targets > 0, 1.0, torch.where(targets < 0, 0.0, -1.0))
 
 
 def compare(anchor, image_size: int, batch: int, classes: int, n_ctx: int, steps: int) -> dict[str, Any]:
@@ -145,7 +132,7 @@ def compare(anchor, image_size: int, batch: int, classes: int, n_ctx: int, steps
     their_loss_fn = anchor.AsymmetricLoss(gamma_neg=2, gamma_pos=1)
     summed = build_loss(LossConfig(reduction="sum", detach_focusing=True))
     with torch.no_grad():
-        their_loss = their_loss_fn(theirs(images), their_targets(targets))
+        their_loss = their_loss_fn(theirs(images), anchor_targets(targets))
         our_logits = ours(features).logits
         rows["loss (sum, focusing detached)"] = float((summed(our_logits, targets) - their_loss).abs())
         known = int((targets != 0).sum())
@@ -164,7 +151,7 @@ def compare(anchor, image_size: int, batch: int, classes: int, n_ctx: int, steps
     undetached_loss = build_loss(LossConfig(reduction="sum"))
     for _ in range(steps):
         their_optimizer.zero_grad()
-        their_loss_fn(theirs(images), their_targets(targets)).backward()
+        their_loss_fn(theirs(images), anchor_targets(targets)).backward()
         their_optimizer.step()
         for model, optimizer, loss_fn in ((ours, our_optimizer, summed),
                                           (undetached, undetached_optimizer, undetached_loss)):
