@@ -67,6 +67,7 @@ from tools.bench.common import (
     autocast,
     class_names,
     device_info,
+    import_checkout,
     interleaved_seconds,
     partial_targets,
     pick_device,
@@ -74,7 +75,6 @@ from tools.bench.common import (
 
 ARCH = "RN101-quickgelu"
 TARGET_SPEEDUP = 50
-ANCHOR_FILES = ("clip/model.py", "models/dualcoop.py", "utils/asymmetric_loss.py")
 ANCHOR_EVAL_BATCH = 100  # DualCoOp's DATALOADER.TEST.BATCH_SIZE
 STEPS = {"anchor_train": "(a) DualCoOp's training step", "ours_uncached": "(b) ours, no cache",
          "ours_cached": "(c) ours, cached", "encoder": "(d) our encoder alone, at the cache builder's batch",
@@ -82,28 +82,12 @@ STEPS = {"anchor_train": "(a) DualCoOp's training step", "ours_uncached": "(b) o
          "ours_test_pass": "(f) ours, the whole test set scored on the cache"}
 
 
-class AnchorError(SystemExit):
-    """The anchor checkout cannot be used; the message says why and what to pass."""
-
-
 # ------------------------------------------------------------------------------------------ anchor
 def import_anchor(anchor_dir: Path) -> types.SimpleNamespace:
-    """DualCoOp's modules from its checkout (its top-level packages ``clip``, ``models``, ``utils``)."""
-    missing = [name for name in ANCHOR_FILES if not (anchor_dir / name).is_file()]
-    if missing:
-        raise AnchorError(f"anchor.py: error: --anchor-dir {anchor_dir} is not a DualCoOp checkout (no "
-                          f"{', '.join(missing)}); clone https://github.com/sunxm2357/DualCoOp and pass its folder")
-    sys.path.insert(0, str(anchor_dir.resolve()))
-    try:
-        from clip.model import build_model_conv_proj
-        from models.dualcoop import DualCoop
-        from utils.asymmetric_loss import AsymmetricLoss
-    except ImportError as error:
-        raise AnchorError(f"anchor.py: error: importing DualCoOp from {anchor_dir} failed: {error}") from None
-    finally:
-        sys.path.remove(str(anchor_dir.resolve()))  # its generic package names stay out of later imports
-    return types.SimpleNamespace(build_model_conv_proj=build_model_conv_proj, DualCoop=DualCoop,
-                                 AsymmetricLoss=AsymmetricLoss)
+    """DualCoOp's model, CLIP builder and loss from its checkout."""
+    return import_checkout("anchor.py", anchor_dir, "DualCoOp", "https://github.com/sunxm2357/DualCoOp",
+                           {"build_model_conv_proj": "clip.model", "DualCoop": "models.dualcoop",
+                            "AsymmetricLoss": "utils.asymmetric_loss"})
 
 
 def anchor_config(image_size: int, class_specific: bool, n_ctx: int) -> types.SimpleNamespace:

@@ -8,11 +8,14 @@ The benchmarks are modules of the ``tools.bench`` package, run from the reposito
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
 import os
 import platform
 import resource
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -136,6 +139,34 @@ def interleaved_seconds(steps: dict[Any, Callable[[], Any]], warmup: int, rounds
             log(f"round {round_index - warmup + 1}/{rounds}: " +
                 ", ".join(f"{name} {times[-1]:.2f} s" for name, times in seconds.items()))
     return seconds
+
+
+# ------------------------------------------------------------------------------ the authors' code
+class AnchorError(SystemExit):
+    """An authors' checkout cannot be used; the message says why and what to pass."""
+
+
+def import_checkout(script: str, anchor_dir: Path, name: str, url: str, wanted: dict[str, str]
+                    ) -> types.SimpleNamespace:
+    """``wanted`` (attribute -> its module, e.g. ``"clip.model"``) imported from the authors'
+    checkout ``anchor_dir``, whose top-level packages (``clip``, ``models``, ``utils``) are on the
+    path only while they load, so that their generic names stay out of later imports; what the
+    modules print as they load is dropped. ``script``, ``name`` and ``url`` word the refusals."""
+    files = sorted({module.replace(".", "/") + ".py" for module in wanted.values()})
+    missing = [file for file in files if not (anchor_dir / file).is_file()]
+    if missing:
+        raise AnchorError(f"{script}: error: --anchor-dir {anchor_dir} is not a {name} checkout (no "
+                          f"{', '.join(missing)}); clone {url} and pass its folder")
+    sys.path.insert(0, str(anchor_dir.resolve()))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            found = {attribute: getattr(importlib.import_module(module), attribute)
+                     for attribute, module in wanted.items()}
+    except ImportError as error:
+        raise AnchorError(f"{script}: error: importing {name} from {anchor_dir} failed: {error}") from None
+    finally:
+        sys.path.remove(str(anchor_dir.resolve()))
+    return types.SimpleNamespace(**found)
 
 
 # ---------------------------------------------------------------------------------- partial targets

@@ -49,36 +49,17 @@ from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 from tools.bench.anchor import ARCH, anchor_config, fp16_rounded_rn101
-from tools.bench.common import anchor_targets, class_names, device_info, partial_targets
+from tools.bench.common import anchor_targets, class_names, device_info, import_checkout, partial_targets
 
-ANCHOR_FILES = ("clip/model.py", "models/positivecoop.py", "utils/asymmetric_loss.py")
 LEARNING_RATE = 0.01
 
 
-class AnchorError(SystemExit):
-    """The checkout cannot be used; the message says why and what to pass."""
-
-
 def import_anchor(anchor_dir: Path) -> types.SimpleNamespace:
-    """PositiveCoOp's modules from its checkout (its top-level packages ``clip``, ``models``, ``utils``)."""
-    missing = [name for name in ANCHOR_FILES if not (anchor_dir / name).is_file()]
-    if missing:
-        raise AnchorError(f"parity_positivecoop.py: error: --anchor-dir {anchor_dir} is not a PositiveCoOp checkout "
-                          f"(no {', '.join(missing)}); clone https://github.com/SamyakR99/PositiveCoOp and pass its "
-                          f"folder")
-    sys.path.insert(0, str(anchor_dir.resolve()))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # its modules print as they load
-            from clip.model import build_model_conv_proj
-            from models.positivecoop import PositiveCoop
-            from utils.asymmetric_loss import AsymmetricLoss
-    except ImportError as error:
-        raise AnchorError(f"parity_positivecoop.py: error: importing PositiveCoOp from {anchor_dir} failed: "
-                          f"{error}") from None
-    finally:
-        sys.path.remove(str(anchor_dir.resolve()))
-    return types.SimpleNamespace(build_model_conv_proj=build_model_conv_proj, PositiveCoop=PositiveCoop,
-                                 AsymmetricLoss=AsymmetricLoss)
+    """PositiveCoOp's model, CLIP builder and loss from its checkout."""
+    return import_checkout("parity_positivecoop.py", anchor_dir, "PositiveCoOp",
+                           "https://github.com/SamyakR99/PositiveCoOp",
+                           {"build_model_conv_proj": "clip.model", "PositiveCoop": "models.positivecoop",
+                            "AsymmetricLoss": "utils.asymmetric_loss"})
 
 
 def build_pair(anchor, image_size: int, classes: list[str], n_ctx: int) -> tuple[torch.nn.Module, torch.nn.Module]:
