@@ -51,7 +51,8 @@ from promptmlr.tracking import (
     parse_trackers,
 )
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("cosine", "step", "onecycle")
 PRECISIONS = ("no", "bf16", "fp16")
 # What a Trainer tells its hooks, in the order a run first reaches each; a phase spans all of its work.
 PHASES = (
@@ -79,12 +80,20 @@ class TrainConfig:
     epochs: int = option(20, "training epochs", minimum=1)
     batch_size: int = option(32, "training images per batch", minimum=1)
     eval_batch_size: int = option(128, "images per batch when scoring (evaluation, recovery)", minimum=1)
-    optimizer: str = option("adamw", "optimiser of the method's learnable parameters", choices=OPTIMIZERS)
+    optimizer: str = option("adamw", "optimiser of the method's learnable parameters (adam: weight decay as an L2 "
+                                     "term in the gradient, as HCP-MLR-PL's and CLSL's Adam)", choices=OPTIMIZERS)
     lr: float = option(2e-3, "peak learning rate (a method's parts may scale it, e.g. enhance_lr_scale)", above=0)
     weight_decay: float = option(1e-4, "weight decay of the optimiser", minimum=0)
     momentum: float = option(0.9, "SGD momentum (optimizer sgd only)", minimum=0, below=1)
-    lr_warmup_epochs: float = option(1.0, "linear learning-rate warm-up before the cosine decay, in epochs",
-                                     minimum=0)
+    lr_warmup_epochs: float = option(1.0, "linear learning-rate warm-up before the cosine or step decay, in epochs "
+                                          "(onecycle rises by lr_pct_start instead)", minimum=0)
+    lr_schedule: str = option("cosine", "learning-rate schedule after the warm-up: cosine decay to 0; step: times "
+                                        "lr_step_gamma every lr_step_epochs (HCP-MLR-PL's StepLR); onecycle: "
+                                        "torch's OneCycleLR (CLSL's), whose own warm-up is lr_pct_start",
+                              choices=LR_SCHEDULES)
+    lr_step_epochs: int = option(10, "epochs between the step schedule's decays", minimum=1)
+    lr_step_gamma: float = option(0.1, "factor of each of the step schedule's decays", above=0, maximum=1)
+    lr_pct_start: float = option(0.2, "fraction of the steps the onecycle schedule spends rising", above=0, below=1)
     grad_accum: int = option(1, "batches whose gradients are accumulated into one optimiser step", minimum=1)
     mixed_precision: str = option("no", "autocast precision: no (fp32), bf16 or fp16 (fp16 needs a GPU)",
                                   choices=PRECISIONS)
@@ -168,7 +177,28 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
     groups = [{"params": group["params"], "lr": config.lr * group["lr_scale"]} for group in groups]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_steps: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    """``train.lr_schedule`` over ``train.epochs`` epochs, stepped once per optimiser step. The step
+    schedule counts its decays in whole epochs from the start, as ``StepLR(step_size=lr_step_epochs)``
+    stepped per epoch does in HCP-MLR-PL's training loops."""
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    if config.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+                                                   total_steps=total_steps, pct_start=config.lr_pct_start)
+    if config.lr_schedule == "step":
+        step_length = config.lr_step_epochs * steps_per_epoch
+
+        def factor(step: int) -> float:
+            warmup = step / warmup_steps if step < warmup_steps else 1.0  # as the cosine schedule's warm-up
+            return warmup * config.lr_step_gamma ** (step // step_length)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
 
 
 class Trainer:
@@ -230,13 +260,15 @@ class Trainer:
         if optimizer is not None:
             warmup_steps, total_steps = (int(config.lr_warmup_epochs * steps_per_epoch),
                                          max(1, config.epochs * steps_per_epoch))
+            if config.lr_schedule == "onecycle":
+                warmup_steps = 0  # OneCycleLR's own rise (lr_pct_start) is its warm-up
             if total_steps == 1 and warmup_steps > 0:
                 # a warm-up's first step is at learning rate 0: the only step of a run would change nothing
                 warmup_steps = 0
                 self._print(f"this run makes one optimiser step ({config.epochs} epoch of {len(train_loader)} "
                             f"batch(es), grad_accum {config.grad_accum}): it is taken at train.lr, without the "
                             f"warm-up, which would take it at 0 and learn nothing")
-            scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+            scheduler = build_scheduler(config, optimizer, steps_per_epoch, warmup_steps)
             self.method, optimizer, scheduler = accelerator.prepare(self.method, optimizer, scheduler)
         ema = ParameterEMA(self._unwrapped, config.ema_decay) if config.ema_decay > 0 and parameters else None
         result = TrainResult(select_on=config.select_on)
@@ -319,13 +351,16 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, loader, optimizer, scheduler, ema, checkpoint_path: Path) -> float:
         accelerator = self.accelerator
-        self.method.train()
         self._unwrapped.set_epoch(epoch)
         self.features.start_epoch(loader, epoch)
+        if self._unwrapped.wants_training_pass():
+            self._training_pass(loader)
+        self.method.train()
         total, batches = 0.0, 0
         progress = progress_bar(loader, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
                                 disable=not accelerator.is_local_main_process)
         for step, batch in enumerate(progress):
+            self._unwrapped.set_epoch_fraction(step / len(loader))
             features, indices = self.features.from_batch(batch)
             targets, weights = self._targets(indices)
             with accelerator.accumulate(self.method), accelerator.autocast():
@@ -347,6 +382,20 @@ class Trainer:
             batches += 1
             progress.set_postfix(loss=f"{total / batches:.4f}")
         return total / max(batches, 1)
+
+    @torch.no_grad()
+    def _training_pass(self, loader) -> None:
+        """The method's pass over the training batches before an epoch (:meth:`MultiLabelMethod.training_pass`:
+        DSRB's prototypes), with their known labels, in evaluation mode, as HCP-MLR-PL's prototype pass runs.
+        Each process reads the batches it trains on."""
+        method = self._unwrapped
+        method.eval()
+        labels = self.labels
+        batches = ((features, labels[indices.to(labels.device)].float())
+                   for features, indices in self.features.batches(loader))
+        with self.accelerator.autocast():
+            method.training_pass(progress_bar(batches, desc="training-set pass", total=len(loader), leave=False,
+                                              disable=not self.accelerator.is_local_main_process))
 
     @torch.no_grad()
     def _check_finite_state(self, epoch: int, ema: ParameterEMA | None, checkpoint_path: Path) -> None:

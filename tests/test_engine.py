@@ -47,12 +47,16 @@ def _quiet(*_args, **_kwargs) -> None:
 
 
 # SST's memory of positives and DSRB's prototypes live in buffers and their warm-ups follow the
-# epoch: both must come back from the checkpoint (their transfer terms start at epoch 2, before the crash)
+# epoch: both must come back from the checkpoint (their transfer terms start at epoch 2, before the crash);
+# so must each learning-rate schedule's position, and Adam's moments
 @pytest.mark.slow
-@pytest.mark.parametrize("cache, method", [("on", "promptmlr"), ("off", "promptmlr"), ("on", "sst"), ("on", "dsrb")])
-def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, cache, method):
+@pytest.mark.parametrize("cache, method, schedule", [
+    ("on", "promptmlr", {}), ("off", "promptmlr", {}), ("on", "sst", {}), ("on", "dsrb", {}),
+    ("on", "promptmlr", {"lr_schedule": "step", "lr_step_epochs": 2, "optimizer": "adam"}),
+    ("on", "promptmlr", {"lr_schedule": "onecycle", "optimizer": "adam"})])
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, cache, method, schedule):
     train = {"cache": {"enabled": cache, "directory": str(tmp_path / "cache")}, "ema_decay": 0.5,
-             "recovery": {"enabled": True, "known_only_epochs": 1}}
+             "recovery": {"enabled": True, "known_only_epochs": 1}, **schedule}
     options = {} if method == "promptmlr" else {"known_only_epochs": 1}
     uninterrupted = run(_config(colour_data, tmp_path, method, options, **train), tmp_path / "full", log=_quiet)
 
@@ -471,3 +475,28 @@ def test_the_cache_encodes_in_small_batches_on_a_cpu_and_in_evaluation_batches_o
     assert CacheConfig(batch_size=16).encode_batch_size(128, torch.device("cpu")) == 16
     with pytest.raises(ConfigError, match="train.cache.batch_size"):
         CacheConfig(batch_size=0)
+
+
+def _learning_rates(schedule: str, steps: int, **settings) -> list[float]:
+    from promptmlr.engine import TrainConfig, build_optimizer, build_scheduler
+    config = TrainConfig(lr=1.0, epochs=3, lr_schedule=schedule, **settings)
+    optimizer = build_optimizer(config, [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 1.0}])
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=4, warmup_steps=0)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_step_schedule_decays_by_gamma_at_each_epoch_boundary_as_steplr():
+    rates = _learning_rates("step", 12, lr_step_epochs=1, lr_step_gamma=0.5)
+    assert rates == pytest.approx([1.0] * 4 + [0.5] * 4 + [0.25] * 4)
+
+
+def test_the_onecycle_schedule_rises_to_the_learning_rate_then_falls_as_torchs():
+    rates = _learning_rates("onecycle", 12, lr_pct_start=0.25)
+    peak = int(np.argmax(rates))
+    assert rates[peak] == pytest.approx(1.0) and peak == 2  # the rise ends at 25 % of 12 steps, less one
+    assert rates[0] == pytest.approx(1 / 25) and rates[-1] < rates[0]  # torch's div_factor 25, then far lower
