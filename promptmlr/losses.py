@@ -68,7 +68,7 @@ def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.
     ``p_m = max(p - clip, 0)``, ``-p_m^gamma_neg log(1 - p_m)``. ``detach_focusing``: the factors
     ``(1-p)^gamma_pos`` and ``p_m^gamma_neg`` pass no gradient, as in DualCoOp's copy of ASL.
     """
-    probability = torch.sigmoid(logits.float())
+    probability = torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32)))  # float64 stays
     shifted = (probability - clip).clamp(min=0) if clip > 0 else probability
     positive_focus, negative_focus = (1 - probability) ** gamma_pos, shifted ** gamma_neg
     if detach_focusing:

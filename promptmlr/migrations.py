@@ -4,11 +4,11 @@ versions are read here, by steps that turn a record of version N into version N 
 ==================  ===========================  =======  ============================================
 kind                ``format``                   version  file (where the header is)
 ==================  ===========================  =======  ============================================
-prompts             promptmlr-prompts            3        ``best``/``last.safetensors``, exports
+prompts             promptmlr-prompts            4        ``best``/``last.safetensors``, exports
                                                           (JSON under the metadata key ``promptmlr``)
 checkpoint          promptmlr-checkpoint         3        ``checkpoint.safetensors`` (JSON under the
                                                           metadata key ``promptmlr-checkpoint``)
-run-config          promptmlr-run-config         4        a run folder's ``config.yaml`` (top-level keys)
+run-config          promptmlr-run-config         5        a run folder's ``config.yaml`` (top-level keys)
 metrics             promptmlr-metrics            1        a run folder's ``metrics.json`` (top-level keys)
 evaluation          promptmlr-evaluation         1        ``eval_<dataset>_<split>.json`` (top-level keys)
 predictions         promptmlr-predictions        1        ``predictions_test.npz`` (two 0-d arrays)
@@ -68,6 +68,12 @@ options that did not exist before (PositiveCoOp's positive offsets, the scale it
 at, its contexts' learning rate). An older record lacks them and ran without them: each takes the
 value it had before (:data:`OPTION_VALUES_BEFORE_AUTHORS_TRAINING`), as in version 2.
 
+Version 4 of prompts and version 5 of run configs: SST, DSRB and CLSL train as their authors' code
+does, through options that did not exist before (SST's and DSRB's head and loss terms, DSRB's
+blend, CLSL's layers and recovery). An older record takes the values it ran with
+(:data:`OPTION_VALUES_BEFORE_HCP_AND_CLSL_TRAINING`); the options promptmlr and SARL gained then
+default to what they did before, so their records need none.
+
 Checkpoint format 0 is a pickle, ``checkpoint.pt`` (:data:`LEGACY_CHECKPOINT`): pickles can run
 code, so it is recognised and refused (:func:`refuse_legacy_checkpoint`), never read.
 
@@ -111,6 +117,17 @@ V1_OPTION_VALUES: dict[str, dict[str, Any]] = {
 # (prompts version 3, run configs version 4)
 OPTION_VALUES_BEFORE_AUTHORS_TRAINING: dict[str, dict[str, Any]] = {
     "positivecoop": {"positive_offset": False, "embedding_init_std": 0.02, "context_lr_scale": 1.0},
+}
+# the same for the options added when SST, DSRB and CLSL took their authors' training (prompts version
+# 4, run configs version 5); the options promptmlr and SARL gained then default to what they did before
+OPTION_VALUES_BEFORE_HCP_AND_CLSL_TRAINING: dict[str, dict[str, Any]] = {
+    "sst": {"head": "clip", "contrastive_pairs": "positive", "ramp_epochs": 0.0, "cooccurrence_head": "ordered",
+            "cooccurrence_targets": "known", "pseudo_targets": "pseudo_only", "memory": "filled"},
+    "dsrb": {"head": "clip", "contrastive_pairs": "positive", "ramp_epochs": 0.0, "blend_shares": "fixed",
+             "blend_targets": "hard", "blend_entries": "blended", "blend_features": "unit",
+             "region_peak": "attention", "prototype_region": "own", "prototype_update": "moving_average"},
+    "clsl": {"enhancement": "promptmlr", "template": "a photo of a {}.", "recovered_label": "sigmoid",
+             "recovery_loss": "bce"},
 }
 # run-config section (dotted path) -> {old key: new key}
 RENAMED_IN_V2: dict[str, dict[str, str]] = {
@@ -193,19 +210,25 @@ def _records_added_in_v3(record: dict) -> dict:
     return record
 
 
-def _prompts_v2_to_v3(header: dict) -> dict:
-    if "method_config" in header:
-        header["method_config"] = _with_option_values(OPTION_VALUES_BEFORE_AUTHORS_TRAINING, header.get("method"),
-                                                      header["method_config"])
-    return header
+def _prompts_adding(table: dict[str, dict[str, Any]]) -> Step:
+    """The step of a prompts header to the version that added the options of ``table``: each takes
+    the value it had before it existed."""
+    def step(header: dict) -> dict:
+        if "method_config" in header:
+            header["method_config"] = _with_option_values(table, header.get("method"), header["method_config"])
+        return header
+    return step
 
 
-def _run_config_v3_to_v4(config: dict) -> dict:
-    model = config.get("model")
-    if isinstance(model, dict) and "options" in model:
-        model["options"] = _with_option_values(OPTION_VALUES_BEFORE_AUTHORS_TRAINING,
-                                               model.get("method", V1_DEFAULT_METHOD), model["options"])
-    return config
+def _run_config_adding(table: dict[str, dict[str, Any]]) -> Step:
+    """The step of a run config to the version that added the options of ``table``, as
+    :func:`_prompts_adding`."""
+    def step(config: dict) -> dict:
+        model = config.get("model")
+        if isinstance(model, dict) and "options" in model:
+            model["options"] = _with_option_values(table, model.get("method", V1_DEFAULT_METHOD), model["options"])
+        return config
+    return step
 
 
 def pool_resize_learned_on(backbone: dict, resized_here: bool) -> str | None:
@@ -227,11 +250,16 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "prompts": Format("promptmlr-prompts", 3, {1: _prompts_v1_to_v2, 2: _prompts_v2_to_v3}, named=True),
+    "prompts": Format("promptmlr-prompts", 4, {1: _prompts_v1_to_v2,
+                                               2: _prompts_adding(OPTION_VALUES_BEFORE_AUTHORS_TRAINING),
+                                               3: _prompts_adding(OPTION_VALUES_BEFORE_HCP_AND_CLSL_TRAINING)},
+                      named=True),
     "checkpoint": Format("promptmlr-checkpoint", 3, {1: _checkpoint_v1_to_v2, 2: _records_added_in_v3},
                          named=True, old_version_key="version"),
-    "run-config": Format("promptmlr-run-config", 4, {1: _run_config_v1_to_v2, 2: _records_added_in_v3,
-                                                     3: _run_config_v3_to_v4}),
+    "run-config": Format("promptmlr-run-config", 5,
+                         {1: _run_config_v1_to_v2, 2: _records_added_in_v3,
+                          3: _run_config_adding(OPTION_VALUES_BEFORE_AUTHORS_TRAINING),
+                          4: _run_config_adding(OPTION_VALUES_BEFORE_HCP_AND_CLSL_TRAINING)}),
     "metrics": Format("promptmlr-metrics", 1),
     "evaluation": Format("promptmlr-evaluation", 1),
     "predictions": Format("promptmlr-predictions", 1),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from promptmlr.backbones import create_backbone
 from promptmlr.losses import asymmetric_loss
 from promptmlr.models import build_method
-from promptmlr.models.blending import RegionPrototypes, attention_regions, instance_blend, prototype_blend
+from promptmlr.models.blending import RegionPrototypes, instance_blend, peak_regions, prototype_blend, unknown_picks
 from promptmlr.models.category import category_contrastive_loss
 from promptmlr.models.clsl import recovered_targets
 from promptmlr.models.enhancement import SemanticEnhancement
@@ -60,7 +60,7 @@ def test_threshold_schedule_falls_after_the_warm_up_to_its_floor():
 
 
 def test_memory_is_first_in_first_out_and_transfers_to_similar_unknowns():
-    memory = PositiveMemory(num_classes=2, size=2, embed_dim=2)
+    memory = PositiveMemory(num_classes=2, size=2, embed_dim=2, rule="filled")
     assert torch.all(memory.mean_similarity(_unit([1, 0], [1, 0])[None]) == -1)  # nothing stored: no evidence
     batch = torch.stack([_unit([1, 0], [0, 1]), _unit([0, 1], [0, 1]), _unit([1, 1], [1, 0])])
     memory.push(batch, torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]))
@@ -75,23 +75,22 @@ def test_memory_is_first_in_first_out_and_transfers_to_similar_unknowns():
 
 
 # -------------------------------------------------------------------------------------- blending
-def test_instance_blend_moves_the_unknown_label_toward_the_donor_and_labels_it_positive():
+def test_instance_blend_moves_the_unknown_label_toward_the_donor():
     category = torch.stack([_unit([1, 0], [1, 0]), _unit([0, 1], [0, 1])])  # 2 images x 2 classes
     targets = torch.tensor([[0.0, 1.0], [1.0, -1.0]])  # class 0 unknown in image 0, known in image 1
-    blended, labels = instance_blend(category, targets, alpha=0.5)
-    assert labels.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    blended, entries = instance_blend(category, targets, alpha=0.5)
+    assert entries.tolist() == [[True, False], [False, False]]
     donor = category[1, 0]
     assert (blended[0, 0] @ donor) > (category[0, 0] @ donor)
-    torch.testing.assert_close(blended[0, 0], _unit([1, 1])[0])
-    untouched = labels == 0
-    assert torch.equal(blended[untouched], category[untouched])
+    torch.testing.assert_close(F.normalize(blended[0, 0], dim=-1), _unit([1, 1])[0])
+    assert torch.equal(blended[~entries], category[~entries])
 
 
-def test_attention_regions_split_the_grid_into_cells():
+def test_peak_regions_split_the_grid_into_cells():
     attention = torch.zeros(1, 4, 16)
     for c, location in enumerate([0, 3, 12, 15]):  # the corners of a 4 x 4 grid
         attention[0, c, location] = 1
-    assert attention_regions(attention, (4, 4), regions=2).tolist() == [[0, 1, 2, 3]]
+    assert peak_regions(attention, (4, 4), regions=2).tolist() == [[0, 1, 2, 3]]
 
 
 def test_prototypes_average_known_positives_and_blend_into_an_unknown_class():
@@ -105,12 +104,16 @@ def test_prototypes_average_known_positives_and_blend_into_an_unknown_class():
     assert bank.prototypes[0, 0, 0] > bank.prototypes[0, 0, 1]
 
     category = torch.stack([_unit([0, 1], [1, 0]), _unit([0, 1], [0, 1])])
-    blended, labels = prototype_blend(category, region, torch.tensor([[0.0, 1.0], [0.0, -1.0]]), bank, beta=0.5)
-    assert labels.tolist() == [[1.0, 0.0], [1.0, 0.0]]  # the only unknown class of each image
+    images, classes = unknown_picks(torch.tensor([[0.0, 1.0], [0.0, -1.0]]))
+    assert classes.tolist() == [0, 0]  # the only unknown class of each image
+    cells = region[images, classes]
+    blended, entries = prototype_blend(category, images, classes, cells, bank, beta=0.5)
+    assert entries.tolist() == [[True, False], [True, False]]
     prototype = bank.prototypes[0, 0]
     assert torch.all(blended[:, 0] @ prototype > category[:, 0] @ prototype)
-    _, labels = prototype_blend(category, region, torch.tensor([[1.0, 0.0], [1.0, 0.0]]), bank, beta=0.5)
-    assert labels.sum() == 0  # class 1's prototype is not filled: nothing to blend
+    images, classes = unknown_picks(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    _, entries = prototype_blend(category, images, classes, region[images, classes], bank, beta=0.5)
+    assert entries.sum() == 0  # class 1's prototype is not filled: nothing to blend
 
 
 # ---------------------------------------------------------------------------- contrastive, CLSL

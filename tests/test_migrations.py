@@ -23,7 +23,7 @@ from promptmlr.backbones import create_backbone
 from promptmlr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from promptmlr.config import load_run_config, parse_assignment, resolve_config
 from promptmlr.errors import ConfigError, PromptMLRError
-from promptmlr.models import build_method
+from promptmlr.models import build_method, method_options
 from promptmlr.prompt_files import HEADER_KEY, PromptsFileError, export_text_embeddings, load_prompts, save_prompts
 from promptmlr.runs import holds_run, read_metrics, write_config, write_metrics, write_predictions
 from tests.conftest import TINY_SPECS
@@ -170,28 +170,38 @@ def test_an_old_prompts_file_loads_into_the_same_method(tmp_path, vit, method):
     for name, tensor in original.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     features = vit.encode_image(torch.randn(2, 3, vit.image_size, vit.image_size, generator=torch.Generator()))
-    torch.testing.assert_close(loaded(features).logits, original(features).logits, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.eval()(features).logits, original.eval()(features).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", sorted(migrations.OPTION_VALUES_BEFORE_AUTHORS_TRAINING))
-def test_a_prompts_file_from_before_the_authors_training_loads_as_it_was_trained(tmp_path, vit, method):
-    before = migrations.OPTION_VALUES_BEFORE_AUTHORS_TRAINING[method]
+# (the table of options a version added, the last prompts version and run-config version without them)
+OPTIONS_ADDED = [(migrations.OPTION_VALUES_BEFORE_AUTHORS_TRAINING, 2, 3),
+                 (migrations.OPTION_VALUES_BEFORE_HCP_AND_CLSL_TRAINING, 3, 4)]
+
+
+@pytest.mark.parametrize("table, prompts_version, run_config_version, method", [
+    (table, prompts_version, run_config_version, method)
+    for table, prompts_version, run_config_version in OPTIONS_ADDED for method in sorted(table)])
+def test_a_prompts_file_from_before_the_authors_training_loads_as_it_was_trained(
+        tmp_path, vit, table, prompts_version, run_config_version, method):
+    before = table[method]
     torch.manual_seed(0)
-    original = build_method(method, vit, CLASSES, **before)
+    original = build_method(method, vit, CLASSES, **before).eval()
     path = save_prompts(original, tmp_path / "old.safetensors")
     header = _header(path)
-    header["format_version"] = 2
+    header["format_version"] = prompts_version
     for option in before:
         del header["method_config"][option]
     _rewrite_header(path, header)
     loaded, read = load_prompts(path, backbone=vit, class_names=CLASSES)
     assert loaded.config == original.config and read["format_version"] == migrations.FORMATS["prompts"].version
     features = vit.encode_image(torch.randn(2, 3, vit.image_size, vit.image_size))
-    torch.testing.assert_close(loaded(features).logits, original(features).logits, rtol=0, atol=0)
-    config = {"format": "promptmlr-run-config", "format_version": 3,
-              "model": {"method": method, "options": {"n_ctx": 4}}}
+    torch.testing.assert_close(loaded.eval()(features).logits, original(features).logits, rtol=0, atol=0)
+    kept = next(option for option in method_options(method, {}) if option not in before)
+    recorded = {kept: method_options(method, {})[kept]}
+    config = {"format": "promptmlr-run-config", "format_version": run_config_version,
+              "model": {"method": method, "options": recorded}}
     upgraded = migrations.upgrade("run-config", config, "config.yaml")
-    assert upgraded["model"]["options"] == {**before, "n_ctx": 4}
+    assert upgraded["model"]["options"] == {**before, **recorded}
     assert build_method(method, vit, CLASSES).config != original.config  # today's default is the authors'
 
 

@@ -274,7 +274,7 @@ def test_export_then_import_gives_identical_logits(tmp_path, vit, name):
     path = save_prompts(method, tmp_path / "prompts.safetensors", thresholds=[0.5] * 4, metrics={"mAP": 1.0},
                         mask_sha256="ab" * 32)
     loaded, header = load_prompts(path)
-    torch.testing.assert_close(loaded(features).logits, method(features).logits, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.eval()(features).logits, method.eval()(features).logits, rtol=0, atol=0)
     assert header["backbone"]["fingerprint"] == vit.fingerprint and header["mask_sha256"] == "ab" * 32
     assert header["class_names"] == CLASSES and header["method"] == name
     assert not any(key.startswith("backbone.") for key in load_file(path))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -68,11 +68,22 @@ class MultiLabelMethod(nn.Module):
         self.config = config
         self.descriptions = {name: list(descriptions[name]) for name in class_names} if descriptions else None
         self.epoch = 0  # the training epoch under way (0-based), set by the engine
+        self.epoch_fraction = 0.0  # the share of this epoch's batches already trained, set by the engine
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the engine before each training epoch, so that known-only epochs and schedules (SST's
         pseudo-label thresholds, DSRB's blending start) follow the epoch also after a resume."""
-        self.epoch = epoch
+        self.epoch, self.epoch_fraction = epoch, 0.0
+
+    def set_epoch_fraction(self, fraction: float) -> None:
+        """Called by the engine before each training batch with ``batch index / batches per epoch``, for
+        terms that ramp in within an epoch (HCP-MLR-PL's first-epoch ramp, :mod:`.category`)."""
+        self.epoch_fraction = fraction
+
+    @property
+    def epochs_trained(self) -> float:
+        """Training progress in epochs: the epoch under way plus the share of it done."""
+        return self.epoch + self.epoch_fraction
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +112,16 @@ class MultiLabelMethod(nn.Module):
         logits or on pseudo-labelled targets.
         """
         return {}
+
+    def wants_training_pass(self) -> bool:
+        """Whether the method reads the whole training set (:meth:`training_pass`) before the epoch
+        :meth:`set_epoch` set, as DSRB recomputes its prototypes; never by default."""
+        return False
+
+    def training_pass(self, batches: Iterable[tuple[ImageFeatures, torch.Tensor]]) -> None:
+        """Read every training batch once, its features and known labels in {1, -1, 0}; the engine
+        calls it without gradient and in evaluation mode when :meth:`wants_training_pass` says so."""
+        raise NotImplementedError(f"method {self.name} reads no training pass")
 
     def class_embeddings(self) -> torch.Tensor:
         """Unit-norm joint-space vector per class ``[C, D]`` (its positive prompt feature): a plain

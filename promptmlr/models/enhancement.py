@@ -1,21 +1,19 @@
-"""CLSL's semantic-related features and semantic-guided enhancement, as one component.
+"""promptmlr's semantic-guided enhancement: a per-location classifier guided by class text, after
+CLSL's (He, Xie et al., arXiv:2510.10055, 2025) and with layers of its own.
 
-From CLSL (He, Xie et al., arXiv:2510.10055, 2025; the authors' ``models/sarlp.py``):
-
-1. Semantic-related features: a feature per class and image from the class's text feature and the
-   image's global feature, ``v[b, c] = t_c + MLP([t_c; g_b])``; label correlations enter through the
-   shared MLP and the image context.
-2. Semantic-guided enhancement: each location attends over the classes,
-   ``e_p = sum_c softmax_c(cos(x_p, v_c) * s) v_c``, and ``[e_p; x_p]`` goes through an MLP to
-   per-location class logits ``a[p, c]``; the image's logit is their attention-weighted mean
-   ``sum_p softmax_p(a[p, c]) a[p, c]``.
+1. Class features per image from the class's text feature and CLIP's global image feature,
+   ``v[b, c] = t_c + MLP([t_c; g_b])``, a residual ReLU MLP (CLSL's ``ttd``: Conv1d, BatchNorm, GELU,
+   Conv1d, without the residual, and ``g_b`` the mean of its encoded locations).
+2. Each location attends over the classes by scaled cosine, ``e_p = sum_c softmax_c(s cos(x_p, v_c)) v_c``
+   (CLSL: a learned low-rank bilinear score), and ``[e_p; x_p]`` goes through a ReLU MLP of width
+   ``hidden`` to per-location class logits ``a[p, c]`` (CLSL: GELU and dropout 0.5 at width ``2 D``);
+   the image's logit is their softmax-weighted mean ``sum_p softmax_p(a[p, c]) a[p, c]``, as CLSL's.
 
 The locations are first mapped by a learned linear projection ``x_p = V dense_p`` (starting at the
-identity; CLSL's trainable backbone, here the only thing that adapts CLIP's frozen map), kept unit
-length as the text is. A non-linear classifier per location, guided by the text:
-:class:`~promptmlr.models.clsl.CLSL` uses it with fixed text features, and promptmlr (``enhance``)
-adds its logits to the prompt margins, guided by the same fixed class text by default or by its
-learned positive prompts, detached (``enhance_text``).
+identity) and kept unit length as the text is, where CLSL runs a transformer layer over them. The
+``clsl`` method has CLSL's own layers by default (:mod:`promptmlr.models.clsl`) and these as its
+``enhancement: promptmlr``; promptmlr (``enhance``) adds these logits to its prompt margins, guided
+by fixed class text or by its learned positive prompts, detached (``enhance_text``).
 """
 
 from __future__ import annotations
@@ -29,9 +27,18 @@ def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
 
 
+def location_softmax_pool(location_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-location logits ``[B, P, C]`` -> ``sum_p softmax_p(a) a`` ``[B, C]`` and the weights
+    ``[B, C, P]`` (CLSL's pooling, ``models/sarlp_clip.py``'s ``logits1``): between the mean and the
+    max over locations, so one confident location can carry a small object without the background
+    averaging it away."""
+    weights = torch.softmax(location_logits, dim=1)
+    return (weights * location_logits).sum(1), weights.transpose(1, 2)
+
+
 class SemanticEnhancement(nn.Module):
-    """The learned projection of the locations, the semantic-related features and the per-location
-    classifier with its pooling (items 1 and 2 above)."""
+    """promptmlr's enhancement: the learned projection of the locations, the class features and the
+    per-location classifier with its pooling (items 1 and 2 above)."""
 
     def __init__(self, dim: int, num_classes: int, hidden: int, attention_scale: float):
         super().__init__()
@@ -67,13 +74,7 @@ class SemanticEnhancement(nn.Module):
         affinity = torch.einsum("bpd,bcd->bpc", dense, F.normalize(semantic, dim=-1))
         return torch.bmm(torch.softmax(self.attention_scale * affinity, dim=-1), semantic)
 
-    @staticmethod
-    def pool(location_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-location logits ``[B, P, C]`` -> ``sum_p softmax_p(a) a`` ``[B, C]`` and the weights
-        ``[B, C, P]``: between the mean and the max over locations, so one confident location can
-        carry a small object without the background averaging it away."""
-        weights = torch.softmax(location_logits, dim=1)
-        return (weights * location_logits).sum(1), weights.transpose(1, 2)
+    pool = staticmethod(location_softmax_pool)
 
     @staticmethod
     def activation_floats(batch_size: int, locations: int, dim: int, hidden: int, classes: int) -> int:

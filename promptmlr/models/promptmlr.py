@@ -12,12 +12,13 @@
    for class c (where c is a known positive) closer to c's prompt than to any other class's, against
    semantic confusion between co-occurring classes (in the spirit of SARL's category-specific
    prompt optimisation and SCPNet's structured prompts).
-5. CLSL's semantic-guided enhancement (``enhance``, :mod:`.enhancement`): a non-linear classifier
-   per location, guided by fixed class text as CLSL's is (``enhance_text="class"``) or by the learned
-   positive prompts, detached (``"prompts"``), whose pooled logits are added to the prompt margins,
-   an ensemble trained end to end. Each part trains at its own validated rate:
-   the enhancement at ``enhance_lr_scale`` (4) times the prompts' rate, as CLSL alone validates at
-   lr 0.02 and SARL's prompts at 0.005 on the sandbox.
+5. promptmlr's semantic-guided enhancement, after CLSL's (``enhance``, :mod:`.enhancement`, whose
+   docstring says how its layers differ from CLSL's): a non-linear classifier per location, guided
+   by fixed class text as CLSL's is (``enhance_text="class"``) or by the learned positive prompts,
+   detached (``"prompts"``), whose pooled logits are added to the prompt margins, an ensemble
+   trained end to end. Each part trains at its own validated rate: the enhancement at
+   ``enhance_lr_scale`` (4) times the prompts' rate, as these layers alone (the ``clsl`` method with
+   ``enhancement: promptmlr``) validated at lr 0.02 and SARL's prompts at 0.005 on the sandbox.
 6. Optional terms from the seed papers, composed rather than copied: HCP's category contrastive loss
    (``contrastive_weight``, :mod:`.category`) and DSRB's instance and prototype blending
    (``instance_blend``, ``prototype_blend``, :mod:`.blending`) on the category features, scored by
@@ -30,6 +31,7 @@ Which parts are on by default was decided by the ablation on the sandbox's valid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.models.base import BYTES_PER_FLOAT, LossFn, MethodOutput, MultiLabelMethod
-from promptmlr.models.blending import Blender, blend_option
+from promptmlr.models.blending import Blender, BlendInputs, blend_inert_options, blend_option, check_blend_settings
 from promptmlr.models.category import category_contrastive_loss
 from promptmlr.models.enhancement import SemanticEnhancement
 from promptmlr.models.factory import register_method
@@ -69,25 +71,37 @@ class PromptMLRConfig(PromptConfig):
     prototype_blend: bool = blend_option("prototype_blend", False)
     instance_alpha: float = blend_option("instance_alpha")
     prototype_beta: float = blend_option("prototype_beta")
+    blend_shares: str = blend_option("blend_shares", "fixed")
+    blend_targets: str = blend_option("blend_targets", "hard")
+    blend_entries: str = blend_option("blend_entries", "blended")
     regions: int = blend_option("regions")
+    prototype_region: str = blend_option("prototype_region", "own")
+    prototype_update: str = blend_option("prototype_update", "moving_average")
+    prototype_interval: int = blend_option("prototype_interval")
+    prototype_samples: int = blend_option("prototype_samples")
     prototype_momentum: float = blend_option("prototype_momentum")
     known_only_epochs: int = option(2, "epochs on known labels only before the blending terms join", minimum=0)
-    enhance: bool = option(True, "CLSL's semantic-guided enhancement, its logits added to the prompt margins")
+    enhance: bool = option(True, "promptmlr's semantic-guided enhancement (after CLSL's), its logits added to the "
+                                 "prompt margins")
     enhance_hidden: int = option(256, "width of the enhancement's MLPs", minimum=1)
-    enhance_text: str = option("class", "what guides the enhancement: fixed class text (CLSL's), or the learned "
+    enhance_text: str = option("class", "what guides the enhancement: fixed class text (as CLSL's), or the learned "
                                         "positive prompts, detached", choices=ENHANCE_TEXTS)
     enhance_lr_scale: float = option(4.0, "the enhancement trains at this times train.lr (chosen on the sandbox's "
                                           "validation split, docs/ablation.md)", above=0)
     enhance_temperature: float | None = option(None, "the enhancement's attention scale; null: "
                                                      "attention_temperature", above=0)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_blend_settings(self)
+
     def inert_options(self) -> set[str]:
-        """Options this configuration ignores: the enhancement's when it is off, a blending
-        perspective's when it is off, and the blending's start when both are. Two configs that differ
-        only in them train the same model (the accuracy benchmark's run comparison skips them)."""
+        """Options this configuration ignores: the enhancement's when it is off, the blending settings
+        not in use (:func:`.blending.blend_inert_options`), and the blending's start when no perspective
+        is on. Two configs that differ only in them train the same model (the accuracy benchmark's run
+        comparison skips them)."""
         inert = set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature"}
-        inert |= set() if self.instance_blend else {"instance_alpha"}
-        inert |= set() if self.prototype_blend else {"prototype_beta", "regions", "prototype_momentum"}
+        inert |= blend_inert_options(self)
         return inert | (set() if self.instance_blend or self.prototype_blend else {"known_only_epochs"})
 
 
@@ -109,9 +123,7 @@ class PromptMLR(MultiLabelMethod):
                                            config.attention_temperature)
         self.blender = None
         if config.instance_blend or config.prototype_blend:
-            self.blender = Blender(self.num_classes, backbone.embed_dim, config.instance_blend, config.prototype_blend,
-                                   config.instance_alpha, config.prototype_beta, config.regions,
-                                   config.prototype_momentum)
+            self.blender = Blender(self.num_classes, backbone.embed_dim, config)
         self.enhancement = None
         if config.enhance:
             temperature = config.enhance_temperature or config.attention_temperature  # one scale for both, by default
@@ -132,7 +144,7 @@ class PromptMLR(MultiLabelMethod):
         if self.config.global_weight:
             logits = logits + self.config.global_weight * self._margin(image[:, None, :], positive, negative)
         if self.enhancement is not None:
-            # the prompts guide the enhancement as fixed text, as CLSL's fixed prompts do, so that its
+            # the prompts guide the enhancement as fixed text, as CLSL's fixed class embeddings do, so that its
             # loss does not pull them away from their own margins
             locations = self.enhancement.locations(features.dense_features)
             text = self.class_text if self.config.enhance_text == "class" else positive.detach()
@@ -142,7 +154,8 @@ class PromptMLR(MultiLabelMethod):
 
     def parameter_groups(self) -> list[dict]:
         """The enhancement apart from the prompts and the head, at ``enhance_lr_scale`` times the rate:
-        alone, CLSL's MLPs validate best at lr 0.02 and SARL's prompts at 0.005 (docs/sandbox.md)."""
+        alone, these layers (clsl's enhancement: promptmlr) validated best at lr 0.02 and SARL's prompts
+        at 0.005 (docs/sandbox.md)."""
         if self.enhancement is None:
             return super().parameter_groups()
         enhancement = {id(p) for p in self.enhancement.parameters()}
@@ -166,11 +179,24 @@ class PromptMLR(MultiLabelMethod):
                 output.category_features, targets)
         if self.blender is not None:
             def classify(category: torch.Tensor) -> torch.Tensor:
-                return self._margin(category, output.class_features, output.extras.get("negative_features"))
+                return self._margin(F.normalize(category, dim=-1), output.class_features,
+                                    output.extras.get("negative_features"))
 
-            losses.update(self.blender.losses(output, targets, classify, loss_fn,
+            losses.update(self.blender.losses(self.blend_inputs(output), targets, classify, loss_fn,
                                               self.epoch >= config.known_only_epochs))
         return losses
+
+    def wants_training_pass(self) -> bool:
+        return self.blender is not None and self.blender.pass_due(self.epoch - self.config.known_only_epochs)
+
+    def training_pass(self, batches: Iterable[tuple[ImageFeatures, torch.Tensor]]) -> None:
+        """The blending's prototypes, from every training batch's category features and known labels."""
+        self.blender.read_training_set((self.blend_inputs(self(features)), targets) for features, targets in batches)
+
+    @staticmethod
+    def blend_inputs(output: MethodOutput) -> BlendInputs:
+        """The unit category features, and the attention that places a class's region."""
+        return BlendInputs(output.category_features, output.attention, output.grid)
 
     def _alignment(self, output: MethodOutput, targets: torch.Tensor) -> torch.Tensor:
         """Each known-positive category feature should pick its own class's prompt."""

@@ -146,6 +146,12 @@ class AnchorError(SystemExit):
     """An authors' checkout cannot be used; the message says why and what to pass."""
 
 
+def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest absolute difference of two tensors of one shape (0 for empty ones): the parity
+    benchmarks' measure of how far promptmlr's value is from the authors'."""
+    return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
+
+
 def import_checkout(script: str, anchor_dir: Path, name: str, url: str, wanted: dict[str, str]
                     ) -> types.SimpleNamespace:
     """``wanted`` (attribute -> its module, e.g. ``"clip.model"``) imported from the authors'
