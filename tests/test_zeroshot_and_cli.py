@@ -130,6 +130,9 @@ def test_blending_options_default_to_the_values_promptmlr_had_built_in():
         assert (config.instance_alpha, config.prototype_beta, config.regions, config.prototype_momentum) == (
             0.5, 0.5, 2, 0.9)
     assert (PromptMLRConfig().instance_blend, DSRBConfig().instance_blend) == (False, True)
+    promptmlr = PromptMLRConfig()  # its blending keeps its own rules; DSRB's are its authors' (test_authors_dsrb.py)
+    assert (promptmlr.blend_shares, promptmlr.blend_targets, promptmlr.blend_entries, promptmlr.prototype_region,
+            promptmlr.prototype_update) == ("fixed", "hard", "blended", "own", "moving_average")
 
 
 @pytest.mark.parametrize("method, options, message", [
@@ -159,7 +162,8 @@ def _config_lines(capsys, *argv: str) -> dict[str, str]:
 
 def test_config_command_shows_value_default_allowed_values_and_help(capsys):
     lines = _config_lines(capsys, "dualcoop", "--dataset", "synthetic", "--set", "model.options.n_ctx=8")
-    assert lines["train.optimizer"].split()[:5] == ["sgd", "adamw", "adamw", "|", "sgd"]  # its recipe: the authors' SGD
+    # Its recipe is the authors' SGD; the default and the allowed values follow.
+    assert lines["train.optimizer"].split()[:7] == ["sgd", "adamw", "adamw", "|", "adam", "|", "sgd"]
     assert "optimiser of the method's learnable parameters" in lines["train.optimizer"]
     assert lines["model.options.n_ctx"].split()[:4] == ["8", "16", ">=", "1"]
     assert "context tokens" in lines["model.options.n_ctx"]
@@ -197,5 +201,5 @@ def test_config_list_names_every_method_dataset_and_backbone(capsys):
 
 
 def test_config_command_reports_a_bad_key_as_one_line(capsys):
-    assert main(["config", "--set", "train.optimizer=adam"]) == 1
-    assert "train.optimizer must be one of adamw, sgd, got 'adam'" in capsys.readouterr().err
+    assert main(["config", "--set", "train.optimizer=adagrad"]) == 1
+    assert "train.optimizer must be one of adamw, adam, sgd, got 'adagrad'" in capsys.readouterr().err
