@@ -424,3 +424,71 @@ def test_complete_bench_scores_only_the_entries_that_were_unknown():
     assert measured["positives_lost"] == 0.5 and measured["recall_positive"] == 0.5  # of the 2 hidden positives
     assert measured["all_negative_precision"] == 0.5
     assert bench.reveal(before, truth, [(0, 1)]).tolist() == [[1, -1, 0], [0, 0, -1]]
+
+
+@pytest.mark.slow
+def test_reproduce_estimates_first_then_runs_the_protocol_beside_the_published_numbers(
+        tmp_path, capsys, monkeypatch):
+    """End to end on a small synthetic world, the sandbox's dataset (one epoch, one proportion, one
+    seed): the estimate is printed before any run starts, the runs are an accuracy benchmark, and the
+    table sets each proportion's mean beside the published number of that proportion."""
+    from promptmlr.data.synthetic import write_synthetic_dataset
+
+    reproduce = _load("reproduce")
+    root = write_synthetic_dataset(tmp_path / "world", n_train=80, n_test=24, seed=3, image_size=32)
+    published = tmp_path / "published.yaml"
+    published.write_text("synthetic:\n  dualcoop: {source: a test, backbone: sandbox, "
+                         "map: [10, 20, 30, 40, 50, 60, 70, 80, 90], average: 50}\n")
+    monkeypatch.setattr(reproduce, "PUBLISHED_FILE", published)
+    args = ["--method", "dualcoop", "--dataset", "synthetic", "--data-root", str(root), "--backbone", TINY,
+            "--known", "0.5", "--seeds", "0", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+            "--set", f"train.cache.directory={tmp_path / 'cache'}",
+            "--set", "train.num_workers=0", "--out", str(tmp_path / "out")]
+    assert reproduce.main([*args, "--estimate-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 runs (1 proportions x 1 seeds), 1 epochs each" in printed and "estimated on cpu:" in printed
+    assert not (tmp_path / "out").exists()  # the estimate trains nothing and writes nothing
+
+    assert reproduce.main([*args, "--yes"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("estimated on cpu:") < printed.index("=== dualcoop-k0.5-s0")
+    report = json.loads((tmp_path / "out" / "reproduce.json").read_text())
+    [row] = report["table"]
+    measured = json.loads((tmp_path / "out" / "runs" / "dualcoop-k0.5-s0" / "metrics.json").read_text())
+    assert row["mean"] == pytest.approx(measured["best"]["test_mAP"]) and row["published"] == 50
+    assert row["difference"] == pytest.approx(row["mean"] - 50)
+    assert report["estimate"]["runs"] == 1 and report["estimate"]["cache_images"] == 80 + 24
+    text = (tmp_path / "out" / "reproduce.md").read_text()
+    assert f"| 50% | {row['mean']:.2f} | 0 | 50.0 | {row['difference']:+.2f} |" in text
+    assert "the authors select the epoch on the test split" in text
+    # the protocol's own keys are refused, as the accuracy benchmark refuses them
+    assert reproduce.main([*args[:-2], "--set", "data.known=0.3", "--out", str(tmp_path / "b")]) == 2
+    assert "use --known" in capsys.readouterr().err
+
+
+def test_published_rows_are_whole_and_agree_with_their_own_averages():
+    """Each shipped published row has a source and either nine values (10 % to 90 %) whose mean is
+    the printed average within its rounding, or an average alone."""
+    import yaml
+
+    reproduce = _load("reproduce")
+    table = yaml.safe_load(reproduce.PUBLISHED_FILE.read_text())
+    assert set(table) <= {"voc2007", "coco2014", "nuswide"} and table["voc2007"]["dualcoop"]["map"][0] == 90.3
+    for dataset, rows in table.items():
+        for method, row in rows.items():
+            assert row["source"] and "average" in row, (dataset, method)
+            if "map" in row:
+                assert len(row["map"]) == 9 and abs(np.mean(row["map"]) - row["average"]) <= 0.1, (dataset, method)
+
+
+def test_reproduce_compares_each_proportion_and_the_average_only_where_all_nine_were_measured():
+    reproduce = _load("reproduce")
+    rows = [{"dataset": "voc2007", "backbone": "b", "method": "sst", "known": step / 10, "seed": seed,
+             "test_mAP": 80.0 + step + seed} for step in range(1, 10) for seed in (0, 1)]
+    table = reproduce.comparison(rows, reproduce.published_row("voc2007", "sst"))
+    assert [row["known"] for row in table] == [f"{10 * step}%" for step in range(1, 10)] + ["average"]
+    assert table[0]["mean"] == 81.5 and table[0]["published"] == 81.5 and table[0]["difference"] == 0
+    assert table[-1]["mean"] == pytest.approx(85.5) and table[-1]["difference"] == pytest.approx(85.5 - 90.4)
+    only_average = reproduce.comparison(rows[:4], {"source": "s", "average": 78.4})
+    assert [row["known"] for row in only_average] == ["10%", "20%"]
+    assert all(row["published"] is None for row in only_average)
