@@ -96,6 +96,19 @@ def write_colour_csv(root: Path, counts=(("train", 20), ("test", 10)), seed: int
 
 
 @pytest.fixture(scope="module")
+def vit():
+    """The tiny ViT CLIP (random weights), built once per module."""
+    from promptmlr.backbones import create_backbone
+
+    return create_backbone(TINY_SPECS[0])
+
+
+def seeded(*shape: int, seed: int = 0) -> torch.Tensor:
+    """A standard normal tensor drawn from its own generator: the same for every caller and order."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread (and the tests share the machine with other work)."""
     threads = torch.get_num_threads()

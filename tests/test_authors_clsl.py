@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptmlr.backbones import create_backbone
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 from promptmlr.models.clsl import (
@@ -27,19 +26,10 @@ from promptmlr.models.clsl import (
 )
 from promptmlr.models.text import class_text_features
 from promptmlr.settings import read_yaml
-from tests.conftest import TINY_SPECS
+from tests.conftest import seeded
 
 CLASSES = ["cat", "dog", "sofa"]
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "methods" / "clsl.yaml"
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return create_backbone(TINY_SPECS[0])
-
-
-def _seeded(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------------ the layers
@@ -61,7 +51,7 @@ def test_encoder_layer_is_their_post_norm_layer_with_positions_on_queries_and_ke
     """forward_post: x = LN1(x + MHA(q = k = x + pos, v = x)); x = LN2(x + W2 ReLU(W1 x))."""
     torch.manual_seed(0)
     layer = LocationEncoderLayer(dim=8, heads=2).eval()
-    x, position = _seeded(2, 5, 8), _seeded(5, 8, seed=1)
+    x, position = seeded(2, 5, 8), seeded(5, 8, seed=1)
     wq, wk, wv = layer.attention.in_proj_weight.chunk(3)
     bq, bk, bv = layer.attention.in_proj_bias.chunk(3)
     query, key, value = (x + position) @ wq.T + bq, (x + position) @ wk.T + bk, x @ wv.T + bv
@@ -82,7 +72,7 @@ def test_class_features_are_their_ttd_on_text_and_the_mean_location():
     Conv1d(k=1), on [t_c; g_b]."""
     torch.manual_seed(0)
     context = ClassContext(text_dim=3, dim=4).train()
-    text, image = _seeded(5, 3), _seeded(2, 4, seed=1)
+    text, image = seeded(5, 3), seeded(2, 4, seed=1)
     joint = torch.stack([torch.cat([text[c], image[b]]) for b in range(2) for c in range(5)])  # [B*C, 7]
     hidden = context.expand(joint)
     mean, variance = hidden.mean(0), hidden.var(0, unbiased=False)
@@ -95,7 +85,7 @@ def test_attention_scores_are_their_low_rank_bilinear_ones():
     """LowRankBilinearAttention: target(hidden(tanh(U x_p * V v_c))), no softmax."""
     torch.manual_seed(0)
     attention = LowRankBilinearAttention(dim=4, hidden=6)
-    locations, classes = _seeded(2, 3, 4), _seeded(2, 5, 4, seed=1)
+    locations, classes = seeded(2, 3, 4), seeded(2, 5, 4, seed=1)
     scores = attention(locations, classes)
     assert scores.shape == (2, 3, 5)
     for b, p, c in itertools.product(range(2), range(3), range(5)):
@@ -111,7 +101,7 @@ def test_enhancement_reads_classes_by_softmax_and_pools_locations_by_their_own_s
     enhancement = AuthorsEnhancement(dim=8, text_dim=8, num_classes=3, attention_dim=5, layers=1, heads=2).eval()
     assert [type(m).__name__ for m in enhancement.classifier] == ["Linear", "GELU", "Dropout", "Linear"]
     assert enhancement.classifier[2].p == 0.5 and enhancement.classifier[0].out_features == 16
-    dense, text = 3 * _seeded(2, 4, 8), F.normalize(_seeded(3, 8, seed=1), dim=-1)
+    dense, text = 3 * seeded(2, 4, 8), F.normalize(seeded(3, 8, seed=1), dim=-1)
     locations = enhancement.locations(dense, (2, 2))
     expected_locations = enhancement.encoder[0](F.normalize(dense, dim=-1), sine_position_embedding((2, 2), 8))
     torch.testing.assert_close(locations, expected_locations)
@@ -166,12 +156,12 @@ def test_the_recipes_main_loss_is_their_masked_asl_summed_times_1000():
     torch.testing.assert_close(logits.grad, expected)
 
 
-def test_recovery_term_is_point_one_of_their_asl_on_the_max_over_locations(backbone):
+def test_recovery_term_is_point_one_of_their_asl_on_the_max_over_locations(vit):
     """ce_loss = bce1 + 0.1 * bce0; bce0 = ASL(max_p fc0(x_p), y_sam.detach()), from the first step."""
     torch.manual_seed(0)
-    method = build_method("clsl", backbone, CLASSES).eval()
+    method = build_method("clsl", vit, CLASSES).eval()
     assert method.config.known_only_epochs == 0 and method.config.recovery_weight == 0.1
-    features = backbone.encode_image(_seeded(2, 3, backbone.image_size, backbone.image_size))
+    features = vit.encode_image(seeded(2, 3, vit.image_size, vit.image_size))
     output = method(features)
     locations = method.enhancement.locations(features.dense_features, features.grid)
     recovery_logits = (locations @ method.recovery_head.weight.T + method.recovery_head.bias).amax(1)
@@ -185,27 +175,27 @@ def test_recovery_term_is_point_one_of_their_asl_on_the_max_over_locations(backb
 
 
 # ---------------------------------------------------------------------------------- the method
-def test_clsl_defaults_to_their_layers_and_the_bare_class_name(backbone):
+def test_clsl_defaults_to_their_layers_and_the_bare_class_name(vit):
     torch.manual_seed(0)
-    method = build_method("clsl", backbone, CLASSES)
+    method = build_method("clsl", vit, CLASSES)
     assert isinstance(method.enhancement, AuthorsEnhancement) and len(method.enhancement.encoder) == 1
     assert method.enhancement.encoder[0].attention.num_heads == 8
     assert method.enhancement.attention.hidden.in_features == 256
-    torch.testing.assert_close(method.text, class_text_features(backbone, CLASSES, templates=("{}",)))
+    torch.testing.assert_close(method.text, class_text_features(vit, CLASSES, templates=("{}",)))
     assert method.config.inert_options() == {"hidden", "attention_scale"}
 
 
-def test_the_earlier_layers_and_rules_stay_as_options(backbone):
+def test_the_earlier_layers_and_rules_stay_as_options(vit):
     """enhancement promptmlr, template "a photo of a {}.", recovered_label sigmoid, recovery_loss bce:
     the options' values that load a clsl file written before the authors' layers were its defaults."""
     torch.manual_seed(0)
-    method = build_method("clsl", backbone, CLASSES, enhancement="promptmlr", template="a photo of a {}.",
+    method = build_method("clsl", vit, CLASSES, enhancement="promptmlr", template="a photo of a {}.",
                           recovered_label="sigmoid", recovery_loss="bce", recovery_weight=0.8)
     assert sorted(method.state_dict()) == sorted(
         [f"enhancement.{part}.{kind}" for part in ("projection", "semantic.0", "semantic.2", "enhance.0", "enhance.2")
          for kind in ("weight", "bias")] + ["recovery_head.weight", "recovery_head.bias"])
-    torch.testing.assert_close(method.text, class_text_features(backbone, CLASSES))
-    features = backbone.encode_image(_seeded(2, 3, backbone.image_size, backbone.image_size))
+    torch.testing.assert_close(method.text, class_text_features(vit, CLASSES))
+    features = vit.encode_image(seeded(2, 3, vit.image_size, vit.image_size))
     output = method(features)
     targets = torch.tensor([[1.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
     soft = recovered_targets(targets, torch.sigmoid(output.logits.detach()))
@@ -213,10 +203,10 @@ def test_the_earlier_layers_and_rules_stay_as_options(backbone):
     torch.testing.assert_close(method.auxiliary_losses(output, targets, build_loss(LossConfig()))["recovery"], expected)
 
 
-def test_a_template_without_a_place_for_the_name_is_refused(backbone):
+def test_a_template_without_a_place_for_the_name_is_refused(vit):
     from promptmlr.errors import ConfigError
 
     with pytest.raises(ConfigError, match="template must hold one"):
-        build_method("clsl", backbone, CLASSES, template="a photo")
+        build_method("clsl", vit, CLASSES, template="a photo")
     with pytest.raises(ConfigError, match="divisible by 4 and by encoder_heads"):
-        build_method("clsl", backbone, CLASSES, encoder_heads=3)
+        build_method("clsl", vit, CLASSES, encoder_heads=3)

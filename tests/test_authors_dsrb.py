@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from promptmlr import migrations
-from promptmlr.backbones import ImageFeatures, create_backbone
+from promptmlr.backbones import ImageFeatures
 from promptmlr.losses import asymmetric_loss
 from promptmlr.models import build_method
 from promptmlr.models.blending import (
@@ -27,20 +27,11 @@ from promptmlr.models.blending import (
     unknown_picks,
 )
 from promptmlr.models.category import hcp_contrastive_loss
-from tests.conftest import TINY_SPECS
+from tests.conftest import TINY_SPECS, seeded
 
 CLASSES = ["cat", "dog", "sofa", "car"]
 # the values that load a dsrb file written before the authors' rules were its defaults
 EARLIER = migrations.OPTION_VALUES_BEFORE_HCP_AND_CLSL_TRAINING["dsrb"]
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return create_backbone(TINY_SPECS[0])
-
-
-def _seeded(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _sigmoid_bce(logit: float, target: float) -> float:
@@ -52,7 +43,7 @@ def _sigmoid_bce(logit: float, target: float) -> float:
 def test_instance_blend_mixes_an_unknown_label_with_the_reversed_batchs_known_positive():
     """mixupInstance_featuremap: flipped batch; alpha where T == 0 and flip(T) == 1; target alpha * T +
     (1 - alpha) * flip(T), i.e. 1 - alpha there and T elsewhere."""
-    category = _seeded(3, 2, 4)
+    category = seeded(3, 2, 4)
     targets = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, -1.0]])  # image 0 <-> 2, image 1 with itself
     blended, entries = instance_blend(category, targets, 0.3)
     assert entries.tolist() == [[True, False], [False, False], [False, False]]
@@ -76,18 +67,18 @@ def test_a_class_region_is_the_quadrant_of_its_attention_times_feature_peak():
     """mixupPrototype_featuremap: C = sum over channels of the attention-weighted map; index =
     2 * (row of the peak >= H // 2) + (column >= W // 2)."""
     height = width = 4
-    scores = _seeded(3, 5, height * width)
+    scores = seeded(3, 5, height * width)
     regions = peak_regions(scores, (height, width), 2)
     for b, c in itertools.product(range(3), range(5)):
         row, column = divmod(int(scores[b, c].argmax()), width)
         assert regions[b, c] == 2 * (row >= height // 2) + (column >= width // 2)
 
 
-def test_dsrb_places_regions_by_attention_times_the_summed_map(backbone):
+def test_dsrb_places_regions_by_attention_times_the_summed_map(vit):
     """The authors' head pools the map itself: a location's score is attention x sum_d x[l, d]."""
-    method = build_method("dsrb", backbone, CLASSES)
-    dense = _seeded(2, 9, backbone.embed_dim)
-    output = method(ImageFeatures(torch.zeros(2, backbone.embed_dim), dense, (3, 3)))
+    method = build_method("dsrb", vit, CLASSES)
+    dense = seeded(2, 9, vit.embed_dim)
+    output = method(ImageFeatures(torch.zeros(2, vit.embed_dim), dense, (3, 3)))
     inputs = method.blend_inputs(output)
     torch.testing.assert_close(inputs.scores, output.attention * dense.sum(-1)[:, None, :])
     torch.testing.assert_close(inputs.category, torch.bmm(output.attention, dense))  # before normalisation
@@ -119,8 +110,8 @@ def test_one_unknown_class_per_image_is_picked():
 def test_prototype_blend_mixes_the_picked_entry_with_its_regions_prototype():
     """beta * F + (1 - beta) * prototype at the picked entry; target 1 - beta there, T elsewhere."""
     bank = RegionPrototypes(num_classes=2, regions=2, embed_dim=3, momentum=0.9)
-    bank.assign(_seeded(2, 4, 3, seed=1), torch.ones(2, 4, dtype=torch.bool))
-    category, targets = _seeded(2, 2, 3), torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    bank.assign(seeded(2, 4, 3, seed=1), torch.ones(2, 4, dtype=torch.bool))
+    category, targets = seeded(2, 2, 3), torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
     images, classes, cells = torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([3, 1])
     blended, entries = prototype_blend(category, images, classes, cells, bank, 0.4)
     torch.testing.assert_close(blended[0, 0], 0.4 * category[0, 0] + 0.6 * bank.prototypes[0, 3])
@@ -135,7 +126,7 @@ def test_a_pass_keeps_the_first_positives_per_class_and_region_and_averages_as_t
     (sum / (n + 1)); a region without any takes the class's mean over all kept; a class never positive
     has none (theirs fails)."""
     samples = RegionSamples(num_classes=3, cells=4, embed_dim=2, cap=2, device=torch.device("cpu"))
-    features = [_seeded(3, 3, 2, seed=seed) for seed in range(2)]
+    features = [seeded(3, 3, 2, seed=seed) for seed in range(2)]
     targets = [torch.tensor([[1.0, 0.0, -1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
                torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]])]
     regions = [torch.tensor([[3, 0, 0], [3, 2, 0], [3, 0, 0]]), torch.tensor([[3, 2, 0], [0, 0, 0], [0, 0, 0]])]
@@ -150,41 +141,41 @@ def test_a_pass_keeps_the_first_positives_per_class_and_region_and_averages_as_t
     assert filled.tolist() == [[True] * 4, [True] * 4, [False] * 4]
 
 
-def test_prototypes_are_recomputed_when_blending_starts_and_every_interval(backbone):
+def test_prototypes_are_recomputed_when_blending_starts_and_every_interval(vit):
     """DSRB.py: at mixupEpoch and every recomputePrototypeInterval epochs after it."""
-    method = build_method("dsrb", backbone, CLASSES, known_only_epochs=2, prototype_interval=3)
+    method = build_method("dsrb", vit, CLASSES, known_only_epochs=2, prototype_interval=3)
     due = []
     for epoch in range(10):
         method.set_epoch(epoch)
         due.append(method.wants_training_pass())
     assert [epoch for epoch, wanted in enumerate(due) if wanted] == [2, 5, 8]
-    assert not build_method("dsrb", backbone, CLASSES, **EARLIER).wants_training_pass()
+    assert not build_method("dsrb", vit, CLASSES, **EARLIER).wants_training_pass()
 
 
 # ------------------------------------------------------------------------------------ the step
-def test_alpha_and_beta_are_learned_clamped_to_zero_one_before_each_use(backbone):
+def test_alpha_and_beta_are_learned_clamped_to_zero_one_before_each_use(vit):
     """DSRB.__init__: nn.Parameter(0.5), learnable; forward clamps .data to [0, 1] before blending."""
-    method = build_method("dsrb", backbone, CLASSES, known_only_epochs=0)
+    method = build_method("dsrb", vit, CLASSES, known_only_epochs=0)
     names = dict(method.named_parameters())
     assert {"blender.alpha", "blender.beta"} <= set(names)
     with torch.no_grad():
         method.blender.alpha.fill_(1.3)
         method.blender.beta.fill_(-0.2)
-    method.blender.prototypes.assign(_seeded(4, 4, backbone.embed_dim), torch.ones(4, 4, dtype=torch.bool))
-    features = backbone.encode_image(_seeded(3, 3, backbone.image_size, backbone.image_size))
+    method.blender.prototypes.assign(seeded(4, 4, vit.embed_dim), torch.ones(4, 4, dtype=torch.bool))
+    features = vit.encode_image(seeded(3, 3, vit.image_size, vit.image_size))
     targets = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, -1.0]])
     method.auxiliary_losses(method(features), targets, asymmetric_loss)
     assert (method.blender.alpha.item(), method.blender.beta.item()) == (1.0, 0.0)
 
 
-def test_a_step_adds_their_four_terms(backbone):
+def test_a_step_adds_their_four_terms(vit):
     """DSRB.py Train after mixupEpoch: BCE(out, T) + w_con * contrastive + BCE(g(instance blend), T_i) +
     BCE(g(prototype blend), T_p), their BCE averaging over each term's known and blended entries."""
     torch.manual_seed(0)
-    method = build_method("dsrb", backbone, CLASSES, known_only_epochs=0)
+    method = build_method("dsrb", vit, CLASSES, known_only_epochs=0)
     method.set_epoch(1)  # past the contrastive term's first-epoch ramp
-    method.blender.prototypes.assign(_seeded(4, 4, backbone.embed_dim), torch.ones(4, 4, dtype=torch.bool))
-    features = backbone.encode_image(_seeded(4, 3, backbone.image_size, backbone.image_size))
+    method.blender.prototypes.assign(seeded(4, 4, vit.embed_dim), torch.ones(4, 4, dtype=torch.bool))
+    features = vit.encode_image(seeded(4, 3, vit.image_size, vit.image_size))
     targets = torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0], [1.0, 0.0, 0.0, -1.0],
                             [0.0, 1.0, 1.0, 0.0]])
     output = method(features)
@@ -213,11 +204,11 @@ def test_a_step_adds_their_four_terms(backbone):
     assert method.blender.alpha.grad != 0 and method.blender.beta.grad != 0
 
 
-def test_a_blend_term_is_scored_on_the_blend_of_the_decoupled_features(backbone):
+def test_a_blend_term_is_scored_on_the_blend_of_the_decoupled_features(vit):
     """The blends mix the decoupled features (their featuremapWithCoef, summed) before the classifier."""
     torch.manual_seed(0)
-    method = build_method("dsrb", backbone, CLASSES, known_only_epochs=0, prototype_blend=False)
-    features = backbone.encode_image(_seeded(2, 3, backbone.image_size, backbone.image_size))
+    method = build_method("dsrb", vit, CLASSES, known_only_epochs=0, prototype_blend=False)
+    features = vit.encode_image(seeded(2, 3, vit.image_size, vit.image_size))
     targets = torch.tensor([[0.0, -1.0, -1.0, 1.0], [1.0, 0.0, 0.0, -1.0]])  # only (0, 0) is blended
     output = method(features)
     decoupled = output.extras["decoupled_features"].detach()
@@ -232,8 +223,8 @@ def test_a_blend_term_is_scored_on_the_blend_of_the_decoupled_features(backbone)
 
 
 # ------------------------------------------------------------------------------ defaults, options
-def test_dsrb_defaults_to_the_authors_rules(backbone):
-    config = build_method("dsrb", backbone, CLASSES).config
+def test_dsrb_defaults_to_the_authors_rules(vit):
+    config = build_method("dsrb", vit, CLASSES).config
     assert (config.known_only_epochs, config.head, config.contrastive_pairs, config.ramp_epochs,
             config.contrastive_weight, config.blend_weight) == (5, "authors", "authors", 1.0, 0.05, 1.0)
     assert (config.blend_shares, config.blend_targets, config.blend_entries, config.blend_features,
@@ -242,12 +233,12 @@ def test_dsrb_defaults_to_the_authors_rules(backbone):
         "learned", "soft", "known_and_blended", "decoupled", "feature", "other", "pass", 5, 100, 2, 0.5, 0.5)
 
 
-def test_the_earlier_rules_stay_as_options(backbone):
+def test_the_earlier_rules_stay_as_options(vit):
     """With the earlier values: fixed shares, label 1 under the run's loss on the blended entries only,
     unit features, the attention's region and its own prototype, a moving average."""
-    method = build_method("dsrb", backbone, CLASSES, known_only_epochs=0, **EARLIER)
+    method = build_method("dsrb", vit, CLASSES, known_only_epochs=0, **EARLIER)
     assert isinstance(method.blender.alpha, float) and "blender.alpha" not in dict(method.named_parameters())
-    features = backbone.encode_image(_seeded(2, 3, backbone.image_size, backbone.image_size))
+    features = vit.encode_image(seeded(2, 3, vit.image_size, vit.image_size))
     targets = torch.tensor([[0.0, 1.0, -1.0, 1.0], [1.0, 0.0, 0.0, -1.0]])
     output = method(features)
     assert output.extras == {}
@@ -258,17 +249,17 @@ def test_the_earlier_rules_stay_as_options(backbone):
     assert method.blender.prototypes.filled.any()  # the moving average learnt from the batch
 
 
-def test_another_region_needs_more_than_one(backbone):
+def test_another_region_needs_more_than_one(vit):
     from promptmlr.errors import ConfigError
 
     with pytest.raises(ConfigError, match="prototype_region other needs regions >= 2"):
-        build_method("dsrb", backbone, CLASSES, regions=1)
-    build_method("dsrb", backbone, CLASSES, regions=1, prototype_region="own")
+        build_method("dsrb", vit, CLASSES, regions=1)
+    build_method("dsrb", vit, CLASSES, regions=1, prototype_region="own")
 
 
-def test_blend_inputs_are_named(backbone):
-    method = build_method("dsrb", backbone, CLASSES, blend_features="unit", region_peak="attention")
-    features = backbone.encode_image(_seeded(2, 3, backbone.image_size, backbone.image_size))
+def test_blend_inputs_are_named(vit):
+    method = build_method("dsrb", vit, CLASSES, blend_features="unit", region_peak="attention")
+    features = vit.encode_image(seeded(2, 3, vit.image_size, vit.image_size))
     output = method(features)
     assert method.blend_inputs(output) == BlendInputs(output.category_features, output.attention, output.grid)
 

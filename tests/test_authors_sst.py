@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptmlr.backbones import create_backbone
 from promptmlr.losses import asymmetric_loss
 from promptmlr.models import build_method
 from promptmlr.models.category import HCPClassifier, HCPDecouplingHead, hcp_contrastive_loss
@@ -22,26 +21,17 @@ from promptmlr.models.transfer import (
     intra_image_pseudo_labels,
     transfer_threshold,
 )
-from tests.conftest import TINY_SPECS
+from tests.conftest import seeded
 
 CLASSES = ["cat", "dog", "sofa", "car"]
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return create_backbone(TINY_SPECS[0])
-
-
-def _seeded(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------------ the head
 def test_decoupling_is_their_gated_attention_over_locations():
     """SemanticDecoupling.forward: a = fc4(fc3(tanh(fc1(x_l) * fc2(t_c)))), softmax over l, sum_l a x_l."""
     torch.manual_seed(0)
-    head = HCPDecouplingHead(embed_dim=5, class_vectors=_seeded(3, 4), hidden=6)
-    dense = _seeded(2, 7, 5, seed=1)  # 2 images, 7 locations
+    head = HCPDecouplingHead(embed_dim=5, class_vectors=seeded(3, 4), hidden=6)
+    dense = seeded(2, 7, 5, seed=1)  # 2 images, 7 locations
     category, attention = head(dense)
     for b, c in itertools.product(range(2), range(3)):
         word = head.text(head.class_vectors[c])
@@ -58,7 +48,7 @@ def test_classifier_is_their_element_wise_layer_on_tanh_of_fc_of_the_feature_twi
     classifier = HCPClassifier(num_classes=3, embed_dim=4, hidden=9)
     assert classifier.project.in_features == 8
     assert classifier.weight.abs().max() <= 1 / 3 and classifier.bias.abs().max() <= 1 / 3
-    category = _seeded(2, 3, 4)
+    category = seeded(2, 3, 4)
     logits = classifier(category)
     for b, c in itertools.product(range(2), range(3)):
         twice = torch.cat((category[b, c], category[b, c]))
@@ -72,7 +62,7 @@ def test_pair_head_scores_each_unordered_pair_with_its_own_weights_in_their_orde
     -> intra_fc_3 -> intra_classifiers, one weight vector per pair."""
     torch.manual_seed(0)
     head = PairClassifierHead(num_classes=4, embed_dim=5, reduced=3, hidden=6)
-    category = _seeded(2, 4, 5)
+    category = seeded(2, 4, 5)
     logits = head(category)
     for b in range(2):
         for k, (i, j) in enumerate(itertools.combinations(range(4), 2)):
@@ -89,7 +79,7 @@ def test_cooccurrence_loss_is_their_asymmetric_loss_on_every_pair():
     """intraAsymmetricLoss(gamma_neg=2, gamma_pos=1, clip=0.05): target 1 where both labels are known
     positives, else 0, unknown included; the mean over images and pairs i < j."""
     targets = torch.tensor([[1.0, 1.0, 0.0, -1.0], [0.0, 1.0, 1.0, 1.0]])
-    logits = _seeded(2, 4, 4)
+    logits = seeded(2, 4, 4)
     logits = (logits + logits.transpose(1, 2)) / 2  # a pair head's map is symmetric
     terms = []
     for b in range(2):
@@ -107,7 +97,7 @@ def test_cooccurrence_loss_is_their_asymmetric_loss_on_every_pair():
 def test_their_bce_is_asl_without_focusing_or_clip():
     """loss/SST.py BCELoss: BCE averaged over the batch's known entries (the recipes' train.loss)."""
     targets = torch.tensor([[1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])
-    logits = _seeded(2, 3)
+    logits = seeded(2, 3)
     known = targets != 0
     expected = F.binary_cross_entropy_with_logits(logits[known], (targets[known] > 0).float())
     got = asymmetric_loss(logits, targets, gamma_neg=0.0, gamma_pos=0.0, clip=0.0)
@@ -149,21 +139,21 @@ def _their_contrastive_terms(category: torch.Tensor, targets: torch.Tensor, seed
 ], ids=["subsampled", "all"])
 def test_contrastive_loss_is_theirs_draw_for_draw(targets):
     targets = torch.tensor(targets)
-    category = _seeded(5, 2, 3)
+    category = seeded(5, 2, 3)
     expected = _their_contrastive_terms(category, targets, seed=7).mean()
     torch.manual_seed(7)
     assert hcp_contrastive_loss(category, targets).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_contrastive_loss_without_known_pairs_is_zero():
-    assert hcp_contrastive_loss(_seeded(3, 2, 4), torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]])) == 0
+    assert hcp_contrastive_loss(seeded(3, 2, 4), torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.0, 0.0]])) == 0
 
 
 # ----------------------------------------------------------------------------------- the transfer
 def test_intra_pseudo_labels_are_their_mean_co_occurrence_with_the_known_positives():
     """getIntraPseudoLabel: P with 1 on its diagonal; for each class, the mean of P[i, j] over the known
     positives i, thresholded at the margin; known labels kept, the pseudo-positives added to them."""
-    pairs = torch.sigmoid(_seeded(3, 4, 4))
+    pairs = torch.sigmoid(seeded(3, 4, 4))
     pairs = (pairs + pairs.transpose(1, 2)) / 2
     targets = torch.tensor([[1.0, 0.0, 0.0, -1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
     margin = 0.5
@@ -209,15 +199,15 @@ def test_thresholds_follow_their_margins():
 
 
 # ------------------------------------------------------------------------------------- one step
-def test_a_step_adds_their_five_terms(backbone):
+def test_a_step_adds_their_five_terms(vit):
     """SST.py Train: BCE(y) + w_intra BCE(y + y_intra) + r w_cooc L_cooc + w_inter BCE(y + y_inter)
     + r w_dist L_contrastive, r = batchIndex / len(train_loader) in the first epoch; the memory takes the
     batch's positives before the cross-image pseudo-labels are drawn."""
     torch.manual_seed(0)
-    method = build_method("sst", backbone, CLASSES, decoupling_dim=8, classifier_dim=16, memory_size=3,
+    method = build_method("sst", vit, CLASSES, decoupling_dim=8, classifier_dim=16, memory_size=3,
                           known_only_epochs=0, threshold_start=0.5, threshold_floor=0.5).train()
-    size = backbone.image_size
-    features = backbone.encode_image(_seeded(1, 3, size, size) + 0.2 * _seeded(4, 3, size, size, seed=1))  # alike
+    size = vit.image_size
+    features = vit.encode_image(seeded(1, 3, size, size) + 0.2 * seeded(4, 3, size, size, seed=1))  # alike
     targets = torch.tensor([[1.0, 0.0, -1.0, 1.0], [0.0, 1.0, 0.0, -1.0], [1.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0]])
 
     def bce(logits, labels):

@@ -32,11 +32,6 @@ CLASSES = ["cat", "dog", "traffic light", "red sofa"]
 NEWER = "newer than promptmlr .* upgrade promptmlr"
 
 
-@pytest.fixture(scope="module")
-def vit():
-    return create_backbone(TINY_SPECS[0])
-
-
 def _one_line(error: pytest.ExceptionInfo) -> str:
     assert "\n" not in str(error.value), str(error.value)
     return str(error.value)

@@ -28,11 +28,6 @@ def backbone(request):
     return create_backbone(request.param)
 
 
-@pytest.fixture(scope="module")
-def vit():
-    return create_backbone(TINY_SPECS[0])
-
-
 def _batch(backbone, size: int = 6, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(size, 3, backbone.image_size, backbone.image_size, generator=generator)
