@@ -17,7 +17,8 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+from unittest import mock
 
 import torch
 
@@ -144,6 +145,16 @@ def interleaved_seconds(steps: dict[Any, Callable[[], Any]], warmup: int, rounds
 # ------------------------------------------------------------------------------ the authors' code
 class AnchorError(SystemExit):
     """An authors' checkout cannot be used; the message says why and what to pass."""
+
+
+@contextlib.contextmanager
+def cuda_as_identity() -> Iterator[None]:
+    """``Tensor.cuda`` and ``Module.cuda`` return their object: the authors' code moves what it makes
+    to CUDA, and the parity benchmarks run it on the CPU."""
+    def identity(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self
+    with mock.patch.object(torch.Tensor, "cuda", identity), mock.patch.object(torch.nn.Module, "cuda", identity):
+        yield
 
 
 def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -44,7 +44,6 @@ Results: ``parity.json`` and ``parity.md`` in ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import re
@@ -53,7 +52,7 @@ import tempfile
 import types
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +66,14 @@ from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 from promptmlr.models.clsl import sine_position_embedding
 from promptmlr.settings import read_yaml
-from tools.bench.common import anchor_targets, class_names, device_info, import_checkout, partial_targets
+from tools.bench.common import (
+    anchor_targets,
+    class_names,
+    cuda_as_identity,
+    device_info,
+    import_checkout,
+    partial_targets,
+)
 from tools.bench.common import largest_difference as largest
 
 WIDTH = 512  # their CLIP model's widths are written as 512
@@ -142,17 +148,6 @@ def import_anchor(anchor_dir: Path) -> types.SimpleNamespace:
                             "get_lr_scheduler": "lib.util", "ModelEma": "lib.util"})
 
 
-@contextlib.contextmanager
-def cuda_is_cpu() -> Iterator[None]:
-    """``Tensor.cuda`` as the identity: their model moves the embeddings it loads to CUDA."""
-    original = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda tensor, *args, **kwargs: tensor
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = original
-
-
 def anchor_config(classes: int, grid: int, embed_path: Path) -> argparse.Namespace:
     """Their ``lib/util.py`` arguments as the README's commands give them (``--pos``, one encoder
     layer of 8 heads, ASL), at an image size whose final grid is ``grid``."""
@@ -184,7 +179,7 @@ def build_pair(anchor, names: list[str], grid: int, workdir: Path
     ours = build_method("clsl", SeededText(), names)
     np.save(workdir / "embeddings.npy", ours.text.numpy())
     config = anchor_config(len(names), grid, workdir / "embeddings.npy")
-    with cuda_is_cpu():
+    with cuda_as_identity():
         theirs = anchor.SARLP(types.SimpleNamespace(visual=DenseMapThrough(), dtype=torch.float32), WIDTH, config)
     state = as_ours(theirs.state_dict())
     unmatched = sorted(set(state) ^ set(ours.state_dict()))

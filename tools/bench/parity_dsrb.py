@@ -74,7 +74,7 @@ from promptmlr.engine import TrainConfig, build_optimizer
 from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import blending, build_method
-from tools.bench.common import class_names, device_info, import_checkout
+from tools.bench.common import class_names, cuda_as_identity, device_info, import_checkout
 from tools.bench.common import largest_difference as largest
 
 LEARNING_RATE = 1e-3
@@ -181,13 +181,6 @@ class Draws:
             yield
 
 
-@contextlib.contextmanager
-def on_the_cpu() -> Iterator[None]:
-    """Their ``.cuda()`` calls, as the identity."""
-    with mock.patch.object(torch.Tensor, "cuda", lambda tensor, *args, **kwargs: tensor):
-        yield
-
-
 def random_batches(count: int, batch: int, classes: int, dim: int, grid: int, seed: int
                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` batches of a random dense map ``[B, D, H, W]`` and partial labels (half known, drawn
@@ -211,10 +204,10 @@ def their_step_losses(theirs: nn.Module, dense_map: torch.Tensor, targets: torch
     """Their four terms of ``DSRB.py``'s ``Train`` after ``mixupEpoch`` (blending on, contrastive unramped),
     with the ``criterion`` its ``main`` makes."""
     bce, contrastive = theirs.criterion["BCELoss"], theirs.criterion["ContrastiveLoss"]
-    with on_the_cpu(), draws.replayed(targets.shape):
+    with cuda_as_identity(), draws.replayed(targets.shape):
         output = theirs(dense_map, target=targets)
     result, semantic, mixed_1, target_1, mixed_2, target_2 = output
-    with on_the_cpu():
+    with cuda_as_identity():
         terms = {"classification": bce(result, targets),
                  "contrastive": contrastive_weight * contrastive(semantic, targets),
                  "instance_blend": bce(mixed_1, target_1), "prototype_blend": bce(mixed_2, target_2)}
@@ -245,7 +238,7 @@ def both_step_losses(theirs: nn.Module, ours: nn.Module, dense_map: torch.Tensor
 def compare_pass(theirs: nn.Module, ours: nn.Module, batches: list) -> float:
     """Prototypes from one pass over ``batches`` on both sides, summed over the locations."""
     loader = [(None, dense_map, targets, targets) for dense_map, targets in batches]
-    with on_the_cpu(), torch.no_grad():
+    with cuda_as_identity(), torch.no_grad():
         theirs.computePrototype_featuremap(theirs, loader, types.SimpleNamespace(classNum=theirs.classNum))
         ours.eval()
         ours.training_pass((our_features(dense_map), targets) for dense_map, targets in batches)
@@ -271,7 +264,7 @@ def compare_batch(theirs: nn.Module, ours: nn.Module, dense_map: torch.Tensor, t
                                                               contrastive_weight, seed=1)
     _, _, mixed_1, target_1, mixed_2, target_2 = output
     alpha, beta = ours.blender.alpha, ours.blender.beta
-    with torch.no_grad(), on_the_cpu(), draws.replayed(targets.shape):
+    with torch.no_grad(), cuda_as_identity(), draws.replayed(targets.shape):
         their_instance, _ = theirs.mixupInstance_featuremap(featuremap, targets)
         their_prototype, _ = theirs.mixupPrototype_featuremap(featuremap, targets)
     with torch.no_grad():

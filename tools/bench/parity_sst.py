@@ -75,7 +75,7 @@ from promptmlr.losses import asymmetric_loss
 from promptmlr.models import build_method
 from promptmlr.models.transfer import cross_image_pseudo_labels, intra_image_pseudo_labels
 from tools.bench.anchor import ARCH
-from tools.bench.common import class_names, device_info, import_checkout, partial_targets
+from tools.bench.common import class_names, cuda_as_identity, device_info, import_checkout, partial_targets
 from tools.bench.common import largest_difference as largest
 
 WEIGHT_DECAY = 5e-4  # scripts/SST.sh --weightDecay
@@ -128,23 +128,22 @@ class _PassThrough(nn.Module):
 @contextlib.contextmanager
 def their_stubs() -> Iterator[None]:
     """The stubs their code runs under (see the module's docstring)."""
-    saved = torch.Tensor.cuda, nn.Module.cuda, torch.Tensor.float, torch.get_default_dtype(), getattr(np, "float", None)
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    nn.Module.cuda = lambda self, *args, **kwargs: self
+    saved = torch.Tensor.float, torch.get_default_dtype(), getattr(np, "float", None)
     torch.Tensor.float = torch.Tensor.double
     torch.set_default_dtype(torch.float64)
     np.float = float
     logging.disable(logging.INFO)
     try:
-        yield
+        with cuda_as_identity():
+            yield
     finally:
         logging.disable(logging.NOTSET)
-        torch.Tensor.cuda, nn.Module.cuda, torch.Tensor.float = saved[:3]
-        torch.set_default_dtype(saved[3])
-        if saved[4] is None:
+        torch.Tensor.float = saved[0]
+        torch.set_default_dtype(saved[1])
+        if saved[2] is None:
             del np.float
         else:
-            np.float = saved[4]
+            np.float = saved[2]
 
 
 def import_anchor(anchor_dir: Path) -> types.SimpleNamespace:
