@@ -5,7 +5,6 @@ and a pretraining loop that lowers the loss."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -36,13 +35,6 @@ WEIGHTS_DIR = REPO / "promptmlr" / "backbones" / "weights"
 ZEROSHOT_SET = dict(seed=0, image_size=64, count=256)
 # alias -> (architecture, input size): the shipped sandbox CLIPs
 SHIPPED = {"sandbox": ("promptmlr-sandbox-rn", 128), "sandbox-vit": ("promptmlr-sandbox-vit", 64)}
-
-
-def _load_pretrain_tool():
-    spec = importlib.util.spec_from_file_location("pretrain_sandbox_clip", REPO / "tools" / "pretrain_sandbox_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -------------------------------------------------------------------------------------------- world
@@ -151,7 +143,8 @@ def _zeroshot_on_fixed_set(backbone) -> tuple[float, float]:
     from promptmlr.models import build_method
     from promptmlr.scoring import image_batches, score
 
-    tool = _load_pretrain_tool()
+    from tools import pretrain_sandbox_clip as tool
+
     world = SyntheticWorld(ZEROSHOT_SET["seed"], ZEROSHOT_SET["image_size"])
     scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(ZEROSHOT_SET["count"])]
     labels = np.stack([world.labels(s) for s in scenes])
@@ -182,7 +175,8 @@ def test_shipped_sandbox_checkpoint_loads_and_beats_chance(alias):
 
 @pytest.mark.slow
 def test_a_few_pretraining_steps_lower_the_loss():
-    tool = _load_pretrain_tool()
+    from tools import pretrain_sandbox_clip as tool
+
     torch.manual_seed(0)
     args = tool.parse_args(["--batch-size", "32", "--lr", "1e-3", "--warmup", "1", "--steps", "8", "--data-seed", "2"])
     images, scenes = tool.render_pool(args.data_seed, args.image_size, 32, args.max_objects, workers=1)

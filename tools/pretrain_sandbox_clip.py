@@ -39,6 +39,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -48,6 +49,8 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.modified_resnet import AttentionPool2d
+from torch.nn.utils import parametrize
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
 from promptmlr.checkpoint import load_checkpoint, save_checkpoint
@@ -121,6 +124,80 @@ def build_model(arch: str, seed: int) -> torch.nn.Module:
     return open_clip.create_model(arch, pretrained=None, device="cpu")
 
 
+class _DivideBy(torch.nn.Module):
+    """A parametrization: the tensor the module uses is the stored one divided by ``divisor``."""
+
+    def __init__(self, divisor: float):
+        super().__init__()
+        self.divisor = divisor
+
+    def forward(self, stored: torch.Tensor) -> torch.Tensor:
+        return stored / self.divisor
+
+
+TEMPERED_KEYS = ("visual.attnpool.q_proj.weight", "visual.attnpool.q_proj.bias")
+
+
+def temper_pool(model: torch.nn.Module, temperature: float) -> None:
+    """Divide the attention pool's logits by ``temperature`` while pretraining (in place): its query is
+    ``(W x + b) / T``, so a ``T`` above 1 flattens the pool's softmax over the grid. Real RN101 pools a
+    14 x 14 grid with attention spread over it, which keeps its global embedding close to the mean of its
+    dense map (DualCoOp scores that map); a small pool can learn to look at one cell instead. The
+    division is folded into ``q_proj`` when the model ships (:func:`shipped_model_state`), so the
+    weights keep open_clip's plain architecture. A ViT has no attention pool and is left as it is."""
+    pool = getattr(model.visual, "attnpool", None)
+    if temperature == 1 or not isinstance(pool, AttentionPool2d):
+        return
+    for name in ("weight", "bias"):
+        parametrize.register_parametrization(pool.q_proj, name, _DivideBy(temperature))
+
+
+def shipped_model_state(model_state: dict[str, torch.Tensor], temperature: float) -> dict[str, torch.Tensor]:
+    """A training checkpoint's model state with the pool's temperature folded into ``q_proj``
+    (:func:`temper_pool`): the keys and values of open_clip's plain architecture."""
+    state = dict(model_state)
+    for key in TEMPERED_KEYS:
+        module, name = key.rsplit(".", 1)
+        stored = state.pop(f"{module}.parametrizations.{name}.original", None)
+        if stored is not None:
+            state[key] = stored / temperature
+    return state
+
+
+@torch.no_grad()
+def pool_attention(pool: AttentionPool2d, x: torch.Tensor) -> torch.Tensor:
+    """The attention pool's weights ``[B, heads, 1 + HW]``: how much its one query (the mean token)
+    takes from the mean token and from each location of the feature map ``x`` ``[B, C, H, W]``,
+    computed as open_clip's :class:`AttentionPool2d` computes them."""
+    tokens = x.flatten(2).transpose(1, 2)
+    tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + pool.positional_embedding.to(x.dtype)
+    batch, count, width = tokens.shape
+    head_dim = width // pool.num_heads
+    query = pool.q_proj(tokens[:, :1]).view(batch, 1, pool.num_heads, head_dim).transpose(1, 2)
+    keys = pool.k_proj(tokens).view(batch, count, pool.num_heads, head_dim).transpose(1, 2)
+    return torch.softmax(query @ keys.transpose(-1, -2) / math.sqrt(head_dim), dim=-1).squeeze(2)
+
+
+def attention_spread(weights: torch.Tensor) -> dict[str, float]:
+    """How widely attention weights ``[..., N]`` spread: the entropy as a fraction of the uniform
+    one, ``H / log N`` (1: uniform, 0: one token), and the effective number of tokens ``exp H``,
+    both averaged over images and heads."""
+    entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
+    return {"normalized_entropy": float((entropy / math.log(weights.shape[-1])).mean()),
+            "effective_tokens": float(entropy.exp().mean()), "tokens": int(weights.shape[-1])}
+
+
+@torch.no_grad()
+def pool_attention_spread(visual: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
+    """:func:`attention_spread` of a ModifiedResNet's attention pool over ``images`` (normalised pixels)."""
+    weights = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(next(visual.parameters()).device)
+        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(batch)))))
+        weights.append(pool_attention(visual.attnpool, x).float().cpu())
+    return attention_spread(torch.cat(weights))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """open_clip's convention: no weight decay on gains, biases, norms and the temperature."""
     decay, no_decay = [], []
@@ -134,7 +211,7 @@ def clip_loss(image_features, text_features, logit_scale) -> torch.Tensor:
     image_features = F.normalize(image_features.float(), dim=-1)
     text_features = F.normalize(text_features.float(), dim=-1)
     logits = logit_scale * image_features @ text_features.T
-    target = torch.arange(logits.shape[0])
+    target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
@@ -150,11 +227,12 @@ def mean_ap(scores: np.ndarray, labels: np.ndarray) -> float:
 @torch.no_grad()
 def quick_zeroshot(model, tokenizer, images: torch.Tensor, labels: np.ndarray) -> float:
     model.eval()
-    text = model.encode_text(tokenizer([EVAL_TEMPLATE.format(c) for c in SYNTHETIC_CLASS_NAMES]))
-    image = torch.cat([model.encode_image(images[i:i + 256]) for i in range(0, len(images), 256)])
-    scores = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+    device = model.logit_scale.device
+    text = model.encode_text(tokenizer([EVAL_TEMPLATE.format(c) for c in SYNTHETIC_CLASS_NAMES]).to(device))
+    image = torch.cat([model.encode_image(images[i:i + 256].to(device)) for i in range(0, len(images), 256)])
+    scores = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
     model.train()
-    return mean_ap(scores.numpy(), labels)
+    return mean_ap(scores.cpu().numpy(), labels)
 
 
 def lr_at(step: int, args, elapsed: float = 0.0) -> float:
@@ -185,7 +263,10 @@ class Trainer:
     def __init__(self, args, arch: str, images: np.ndarray, scenes: list, log=print):
         self.args, self.arch, self.images, self.scenes, self.log = args, arch, images, scenes, log
         self.world = SyntheticWorld(args.data_seed, args.image_size, args.max_objects)
+        self.device = torch.device(args.device)
         self.model = build_model(arch, args.seed)
+        temper_pool(self.model, args.pool_temperature)
+        self.model.to(self.device)
         if args.channels_last:  # oneDNN's convolutions run ~1.4x faster in NHWC on CPU (ResNet towers)
             self.model.visual.to(memory_format=torch.channels_last)
         self.model.train()
@@ -210,15 +291,15 @@ class Trainer:
         for i, f in zip(idx, flip):
             scene = self.scenes[i].mirror() if f else self.scenes[i]
             captions.append(self.world.caption(scene, self.rng))
-        pixels = to_tensor(images, self.mean, self.std)
+        pixels = to_tensor(images, self.mean, self.std).to(self.device, non_blocking=True)
         if self.args.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return pixels, self.tokenizer(captions)
+        return pixels, self.tokenizer(captions).to(self.device)
 
     def train_step(self, images: torch.Tensor, tokens: torch.Tensor, elapsed: float = 0.0) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.args, elapsed)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
             image_features = self.model.encode_image(images)
             text_features = self.model.encode_text(tokens)
         loss = clip_loss(image_features, text_features, self.model.logit_scale.exp())
@@ -279,16 +360,41 @@ def train(args) -> None:
         if trainer.step % args.save_every == 0 or trainer.step == args.steps or out_of_time:
             zeroshot = quick_zeroshot(trainer.model, trainer.tokenizer, eval_images, eval_labels)
             history.append({"step": trainer.step, "zeroshot_map": round(zeroshot, 2),
-                            "minutes": round(elapsed / 60, 1)})
-            save_checkpoint(resume, {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                            "minutes": round(elapsed / 60, 1), **_pool_spread_entry(trainer.model, eval_images)})
+            save_checkpoint(resume, {"model": _on_cpu(trainer.model.state_dict()),
+                                     "optimizer": _on_cpu(trainer.optimizer.state_dict()),
                                      "step": trainer.step, "arch": args.arch, "args": _plain(vars(args)),
                                      "history": history, "train_seconds": elapsed, "pairs_seen": seen,
                                      "chance_map": chance, "command": _command()})
-            log(f"saved step {trainer.step}: zero-shot mAP {zeroshot:.2f} (chance {chance:.2f})")
+            spread = history[-1].get("pool_normalized_entropy")
+            log(f"saved step {trainer.step}: zero-shot mAP {zeroshot:.2f} (chance {chance:.2f})"
+                + (f", pool attention entropy {spread:.3f} of uniform" if spread is not None else ""))
         if out_of_time:
             log(f"time budget of {args.time_budget}s reached at step {trainer.step}; stopping")
             break
     log("done")
+
+
+def _on_cpu(tree):
+    """A state dict (nested dicts and lists of tensors) with every tensor on the CPU, as checkpoints store it."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {key: _on_cpu(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_on_cpu(value) for value in tree)
+    return tree
+
+
+def _pool_spread_entry(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """The attention pool's spread over held-out images, for the zero-shot history (ResNets only)."""
+    if not isinstance(getattr(model.visual, "attnpool", None), AttentionPool2d):
+        return {}
+    model.eval()
+    spread = pool_attention_spread(model.visual, images)
+    model.train()
+    return {"pool_normalized_entropy": round(spread["normalized_entropy"], 4),
+            "pool_effective_tokens": round(spread["effective_tokens"], 2)}
 
 
 def bench(args) -> None:
@@ -306,6 +412,8 @@ def bench(args) -> None:
             batch = trainer.batch(args.batch_size)
             t1 = time.time()
             loss = trainer.train_step(*batch)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
             times.append(time.time() - t1)
             batch_times.append(t1 - t0)
             log(f"  {arch} step {i} loss {loss:.3f} step {times[-1]:.2f}s batch {batch_times[-1]:.2f}s")
@@ -337,6 +445,7 @@ def finalize(args) -> None:
     weights_dir.mkdir(parents=True, exist_ok=True)
     name = state["arch"].removeprefix("promptmlr-")  # sandbox-rn, sandbox-vit
     target = weights_dir / f"{name}.safetensors"
+    state["model"] = shipped_model_state(state["model"], state["args"].get("pool_temperature", 1.0))
     tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state["model"].items()}
     atomic_write(target, lambda temp: save_file(tensors, str(temp),
@@ -374,6 +483,10 @@ def finalize(args) -> None:
     test_global, test_dense = encode_images(backbone, images)
     results["dense_zeroshot_map"] = round(mean_ap(dense_zeroshot_scores(backbone, test_dense), labels), 2)
     log(f"per-location zero-shot mAP {results['dense_zeroshot_map']} (each class's best location)")
+    if isinstance(getattr(fp32.model.visual, "attnpool", None), AttentionPool2d):
+        results["pool_attention"] = backbone_pool_spread(fp32, images)
+        log(f"attention pool: entropy {results['pool_attention']['normalized_entropy']:.3f} of uniform, "
+            f"{results['pool_attention']['effective_tokens']:.1f} of {results['pool_attention']['tokens']} tokens")
 
     train_scenes = [world.scene(i) for i in range(args.probe_train)]
     train_x = encode_images(backbone, [world.render(s) for s in train_scenes])[0].numpy()
@@ -410,9 +523,10 @@ def finalize(args) -> None:
                                       "time_budget_seconds of training, whichever comes first",
                           "time_budget_seconds": train_args["time_budget"], "grad_clip": 1.0},
             "loss": "symmetric InfoNCE with learned temperature (clamped at 100)",
+            "pool_temperature": train_args.get("pool_temperature", 1.0),
             "bf16_autocast": train_args["bf16"], "init_seed": train_args["seed"],
             "wall_time_minutes": round(state.get("train_seconds", 0) / 60, 1),
-            "machine": f"{_cpu_name()}, {train_args['threads']} CPU threads (shared with other jobs), no GPU",
+            "machine": _machine(train_args),
             "torch": torch.__version__, "open_clip": open_clip.__version__,
             "zeroshot_history_during_training": state.get("history"),
         },
@@ -429,6 +543,32 @@ def finalize(args) -> None:
     }
     write_json_atomic(weights_dir / f"{name}.json", recipe)
     log(f"wrote {weights_dir / f'{name}.json'}")
+
+
+def backbone_pool_spread(backbone, images) -> dict[str, float]:
+    """:func:`pool_attention_spread` of a promptmlr backbone's attention pool over PIL ``images``
+    under its eval transform, rounded for the recipe."""
+    transform = backbone.transform(train=False)
+    pixels = torch.stack([transform(image) for image in images])
+    spread = pool_attention_spread(backbone.model.visual.eval(), pixels)
+    return {key: round(value, 4) for key, value in spread.items()}
+
+
+def report_pool_spread(args) -> None:
+    """Print the attention pool's spread for the backbone ``--pool-spread`` names, on the held-out
+    scenes ``--finalize`` evaluates on."""
+    import json
+
+    from promptmlr.backbones import create_backbone
+
+    torch.set_num_threads(args.threads)
+    backbone = create_backbone(args.pool_spread)
+    if not isinstance(getattr(backbone.model.visual, "attnpool", None), AttentionPool2d):
+        sys.exit(f"--pool-spread {args.pool_spread}: this image tower has no attention pool (a ViT?)")
+    world = SyntheticWorld(args.eval_seed, args.eval_image_size)
+    images = [world.render(world.scene(TEST_INDEX_OFFSET + i)) for i in range(args.eval_size)]
+    print(json.dumps({"backbone": args.pool_spread, "scenes": args.eval_size,
+                      **backbone_pool_spread(backbone, images)}))
 
 
 @torch.no_grad()
@@ -477,6 +617,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _machine(train_args: dict) -> str:
+    """Where the pretraining ran, for the recipe: the CPU, or the GPU when it ran on one."""
+    if train_args.get("device", "cpu").startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (bf16={train_args['bf16']}), rendering on {_cpu_name()}"
+    return f"{_cpu_name()}, {train_args['threads']} CPU threads (shared with other jobs), no GPU"
+
+
 def _command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
 
@@ -501,6 +648,10 @@ def parse_args(argv=None):
                    help="NHWC image tower (faster convolutions on CPU)")
     p.add_argument("--seed", type=int, default=0, help="init and batch-order seed")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda or cuda:N (the pool renders on the CPU)")
+    p.add_argument("--pool-temperature", type=float, default=1.0,
+                   help="divide the attention pool's logits by this while pretraining (>1 spreads its attention; "
+                        "folded into the shipped weights)")
     p.add_argument("--workers", type=int, default=2, help="processes rendering the pool")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=100)
@@ -511,18 +662,30 @@ def parse_args(argv=None):
     p.add_argument("--bench-arch", nargs="+", default=[ARCH])
     p.add_argument("--bench-steps", type=int, default=4)
     p.add_argument("--finalize", action="store_true")
+    p.add_argument("--pool-spread", metavar="SPEC",
+                   help="print how widely the attention pool of this backbone (e.g. sandbox) spreads its attention "
+                        "over the held-out scenes, and exit")
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="--finalize: where to ship the files")
     p.add_argument("--eval-seed", type=int, default=0, help="--finalize: world seed of the evaluation set")
     p.add_argument("--eval-image-size", type=int, default=128, help="--finalize: evaluation render size")
     p.add_argument("--probe-train", type=int, default=2000, help="--finalize: linear-probe training scenes")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.pool_temperature <= 0:
+        p.error(f"--pool-temperature must be positive, got {args.pool_temperature}")
+    if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: this machine has no CUDA device; use --device cpu")
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.extra_config_dir:
         open_clip.add_model_config(args.extra_config_dir)
-    if args.bench:
+    if args.pool_spread:
+        report_pool_spread(args)
+    elif args.bench:
         bench(args)
     elif args.finalize:
         finalize(args)

@@ -44,7 +44,6 @@ import functools
 import io
 import math
 import statistics
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,6 @@ from promptmlr.backbones import ImageFeatures
 from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model
 from promptmlr.cache import CacheConfig
 from promptmlr.engine import TrainConfig, build_optimizer
-from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from tools.bench.common import (
     RECIPE_BATCH,
@@ -65,12 +63,14 @@ from tools.bench.common import (
     MethodSteps,
     anchor_targets,
     autocast,
+    bench_command,
     class_names,
     device_info,
     import_checkout,
     interleaved_seconds,
     partial_targets,
     pick_device,
+    write_report,
 )
 
 ARCH = "RN101-quickgelu"
@@ -361,13 +361,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "parity": parity, "seconds": seconds, "seconds_per_step": per_step,
               "images_per_second": {name: args.batch_size / value for name, value in per_step.items()},
               "recipe_seconds": recipe_seconds(per_step, args.batch_size),
-              "command": "python -m tools.bench.anchor " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": bench_command("anchor", argv)}
     report["settings"]["class_specific"] = report["settings"].pop("csc")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "anchor.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "anchor.md", text)
-    print(text)
+    write_report(args.out, "anchor", report, markdown)
     return report
 
 

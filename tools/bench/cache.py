@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,7 @@ from promptmlr.cache import (
     bytes_per_row,
     quantize,
 )
-from promptmlr.files import write_json_atomic, write_text_atomic
-from tools.bench.common import device_info
+from tools.bench.common import bench_command, device_info, write_report
 
 DTYPES = ("float16", "int8")
 DATASETS = {"MS-COCO 2014 (train + val)": 82_783 + 40_504, "OpenImages V6 (train)": 9_011_219}
@@ -167,11 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"device": device_info(torch.device("cpu")),
               "settings": {"images": args.images, "grid": list(args.grid), "dims": args.dims, "batch": args.batch},
               "rows": rows,
-              "command": "python -m tools.bench.cache " + " ".join(sys.argv[1:] if argv is None else argv)}
-    write_json_atomic(args.out / "cache.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "cache.md", text)
-    print(text)
+              "command": bench_command("cache", argv)}
+    write_report(args.out, "cache", report, markdown)
     return report
 
 

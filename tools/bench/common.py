@@ -25,6 +25,7 @@ import torch
 from promptmlr import __version__
 from promptmlr.backbones import ImageFeatures
 from promptmlr.data.voc import VOC_CLASSES, VOC_SPLITS, find_voc_year_dir
+from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 
@@ -155,6 +156,22 @@ def cuda_as_identity() -> Iterator[None]:
         return self
     with mock.patch.object(torch.Tensor, "cuda", identity), mock.patch.object(torch.nn.Module, "cuda", identity):
         yield
+
+
+def bench_command(module: str, argv: Sequence[str] | None) -> str:
+    """The command line that reproduces a benchmark run, for its report: ``python -m tools.bench.<module> ...``."""
+    return f"python -m tools.bench.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> str:
+    """Write a benchmark's ``<stem>.json`` and its ``<stem>.md`` (each atomically) into ``out``, print
+    the Markdown and return it: one report shape for every benchmark a later command or page reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{stem}.json", report)
+    text = markdown(report)
+    write_text_atomic(out / f"{stem}.md", text)
+    print(text)
+    return text
 
 
 def largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:

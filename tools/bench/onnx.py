@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,13 +37,12 @@ from promptmlr.backbones import create_backbone
 from promptmlr.cache import encode
 from promptmlr.data.images import load_image
 from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, SyntheticWorld
-from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.inference import predict_images
 from promptmlr.models import build_method
 from promptmlr.models.factory import METHODS
 from promptmlr.prompt_files import load_prompts, save_prompts
 from promptmlr.tagger import OnnxTagger, predict_with_tagger, preprocess_image
-from tools.bench.common import device_info, interleaved_seconds
+from tools.bench.common import bench_command, device_info, interleaved_seconds, write_report
 
 BACKBONES = ("sandbox", "sandbox-vit")
 
@@ -159,11 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for backbone in args.backbones for method in args.methods]
     report = {"device": device_info(torch.device("cpu")), "onnxruntime": onnxruntime.__version__,
               "settings": {"images": args.images, "batch": args.batch, "rounds": args.rounds, "threads": args.threads},
-              "rows": rows, "command": "python -m tools.bench.onnx " + " ".join(sys.argv[1:] if argv is None else argv)}
-    write_json_atomic(args.out / "onnx.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "onnx.md", text)
-    print(text)
+              "rows": rows, "command": bench_command("onnx", argv)}
+    write_report(args.out, "onnx", report, markdown)
     return report
 
 

@@ -47,7 +47,6 @@ import argparse
 import copy
 import dataclasses
 import re
-import sys
 import tempfile
 import types
 import zlib
@@ -61,18 +60,19 @@ from torch import nn
 
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.engine import ParameterEMA, TrainConfig, build_optimizer, build_scheduler
-from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 from promptmlr.models.clsl import sine_position_embedding
 from promptmlr.settings import read_yaml
 from tools.bench.common import (
     anchor_targets,
+    bench_command,
     class_names,
     cuda_as_identity,
     device_info,
     import_checkout,
     partial_targets,
+    write_report,
 )
 from tools.bench.common import largest_difference as largest
 
@@ -426,12 +426,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"device": device_info(torch.device("cpu")), **result,
               "settings": {"batch": args.batch, "classes": args.classes, "grid": args.grid, "steps": args.steps,
                            "lr": LEARNING_RATE, "ema_decay": EMA_DECAY},
-              "command": "python -m tools.bench.parity_clsl " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "parity.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "parity.md", text)
-    print(text)
+              "command": bench_command("parity_clsl", argv)}
+    write_report(args.out, "parity", report, markdown)
     return report
 
 

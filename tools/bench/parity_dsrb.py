@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import sys
 import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -71,10 +70,9 @@ from torch import nn
 
 from promptmlr.backbones import ImageFeatures, create_backbone
 from promptmlr.engine import TrainConfig, build_optimizer
-from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import blending, build_method
-from tools.bench.common import class_names, cuda_as_identity, device_info, import_checkout
+from tools.bench.common import bench_command, class_names, cuda_as_identity, device_info, import_checkout, write_report
 from tools.bench.common import largest_difference as largest
 
 LEARNING_RATE = 1e-3
@@ -389,12 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "settings": {"backbone": args.backbone, "batch": args.batch, "classes": args.classes,
                            "grid": args.grid, "pass_batches": args.pass_batches, "steps": args.steps,
                            "lr": LEARNING_RATE},
-              "command": "python -m tools.bench.parity_dsrb " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "parity.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "parity.md", text)
-    print(text)
+              "command": bench_command("parity_dsrb", argv)}
+    write_report(args.out, "parity", report, markdown)
     return report
 
 

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import copy
 import io
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -45,11 +44,18 @@ import torch.nn.functional as F
 
 from promptmlr.backbones.openclip import OpenCLIPBackbone
 from promptmlr.engine import TrainConfig, build_optimizer
-from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import LossConfig, build_loss
 from promptmlr.models import build_method
 from tools.bench.anchor import ARCH, anchor_config, fp16_rounded_rn101
-from tools.bench.common import anchor_targets, class_names, device_info, import_checkout, partial_targets
+from tools.bench.common import (
+    anchor_targets,
+    bench_command,
+    class_names,
+    device_info,
+    import_checkout,
+    partial_targets,
+    write_report,
+)
 
 LEARNING_RATE = 0.01
 
@@ -193,13 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"device": device_info(torch.device("cpu")), **result,
               "settings": {"image_size": args.image_size, "batch": args.batch, "classes": args.classes,
                            "n_ctx": args.n_ctx, "steps": args.steps, "lr": LEARNING_RATE},
-              "command": "python -m tools.bench.parity_positivecoop " + " ".join(sys.argv[1:] if argv is None
-                                                                                else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "parity.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "parity.md", text)
-    print(text)
+              "command": bench_command("parity_positivecoop", argv)}
+    write_report(args.out, "parity", report, markdown)
     return report
 
 

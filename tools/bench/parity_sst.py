@@ -70,12 +70,19 @@ from promptmlr import migrations
 from promptmlr.backbones import ImageFeatures
 from promptmlr.backbones.openclip import OpenCLIPBackbone, load_openclip_model
 from promptmlr.engine import TrainConfig, build_optimizer
-from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.losses import asymmetric_loss
 from promptmlr.models import build_method
 from promptmlr.models.transfer import cross_image_pseudo_labels, intra_image_pseudo_labels
 from tools.bench.anchor import ARCH
-from tools.bench.common import class_names, cuda_as_identity, device_info, import_checkout, partial_targets
+from tools.bench.common import (
+    bench_command,
+    class_names,
+    cuda_as_identity,
+    device_info,
+    import_checkout,
+    partial_targets,
+    write_report,
+)
 from tools.bench.common import largest_difference as largest
 
 WEIGHT_DECAY = 5e-4  # scripts/SST.sh --weightDecay
@@ -459,12 +466,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*(size_average|reduce) args will be deprecated.*")
     report = {"device": device_info(torch.device("cpu")), **compare(anchor, setting),
               "settings": dataclasses.asdict(setting),
-              "command": "python -m tools.bench.parity_sst " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "parity.json", report)
-    text = markdown(report)
-    write_text_atomic(args.out / "parity.md", text)
-    print(text)
+              "command": bench_command("parity_sst", argv)}
+    write_report(args.out, "parity", report, markdown)
     return report
 
 

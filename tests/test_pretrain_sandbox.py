@@ -1,0 +1,75 @@
+"""The sandbox pretraining tool's attention-pool levers (``tools/pretrain_sandbox_clip.py``): the
+pool's attention weights as open_clip computes them, their spread, and a pool temperature that
+ships folded into open_clip's plain weights."""
+
+from __future__ import annotations
+
+import math
+
+import open_clip
+import pytest
+import torch
+
+from tools import pretrain_sandbox_clip as tool
+
+TINY_RN = "promptmlr-tiny-rn"
+
+
+@pytest.fixture
+def pool_and_map():
+    model = tool.build_model(TINY_RN, seed=0).eval()
+    pool = model.visual.attnpool
+    grid = int(round(math.sqrt(pool.positional_embedding.shape[0] - 1)))
+    torch.manual_seed(1)
+    return model, torch.randn(3, pool.k_proj.in_features, grid, grid)
+
+
+def test_pool_attention_rebuilds_the_pools_output(pool_and_map):
+    """The weights, applied to the pool's values, give exactly what open_clip's pool returns."""
+    model, x = pool_and_map
+    pool = model.visual.attnpool
+    weights = tool.pool_attention(pool, x)  # [B, heads, 1 + HW]
+    assert weights.shape == (3, pool.num_heads, x.shape[2] * x.shape[3] + 1)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, pool.num_heads))
+    tokens = x.flatten(2).transpose(1, 2)
+    tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + pool.positional_embedding
+    values = pool.v_proj(tokens).view(3, tokens.shape[1], pool.num_heads, -1).transpose(1, 2)
+    mixed = (weights.unsqueeze(-1) * values).sum(2).reshape(3, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(pool.c_proj(mixed), pool(x), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_spread_of_uniform_and_of_one_token():
+    uniform = tool.attention_spread(torch.full((2, 4, 17), 1 / 17))
+    assert uniform["normalized_entropy"] == pytest.approx(1.0) and uniform["effective_tokens"] == pytest.approx(17)
+    peaked = tool.attention_spread(torch.nn.functional.one_hot(torch.tensor([[3, 0]]), 17).float())
+    assert peaked["normalized_entropy"] == pytest.approx(0.0, abs=1e-6)
+    assert peaked["effective_tokens"] == pytest.approx(1.0) and peaked["tokens"] == 17
+
+
+def test_a_pool_temperature_divides_the_logits_and_ships_as_plain_weights(pool_and_map):
+    plain, x = pool_and_map
+    tempered = tool.build_model(TINY_RN, seed=0).eval()
+    tool.temper_pool(tempered, 4.0)
+    logits = (tool.pool_attention(plain.visual.attnpool, x).log())
+    softened = tool.pool_attention(tempered.visual.attnpool, x)
+    torch.testing.assert_close(softened, torch.softmax(logits / 4.0, -1), rtol=1e-5, atol=1e-6)
+    assert (tool.attention_spread(softened)["normalized_entropy"]
+            > tool.attention_spread(tool.pool_attention(plain.visual.attnpool, x))["normalized_entropy"])
+
+    shipped = tool.shipped_model_state(tempered.state_dict(), 4.0)
+    assert set(shipped) == set(plain.state_dict())  # open_clip's plain architecture loads it strictly
+    loaded = open_clip.create_model(TINY_RN, pretrained=None).eval()
+    loaded.load_state_dict(shipped)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.visual.attnpool(x), tempered.visual.attnpool(x))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pool-temperature", "0"], "--pool-temperature must be positive"),
+    (["--device", "gpu"], "--device must be cpu, cuda or cuda:N"),
+])
+def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        tool.parse_args(argv)
+    assert message in capsys.readouterr().err
