@@ -142,7 +142,6 @@ def test_write_synthetic_dataset_layout(tmp_path):
 def _zeroshot_on_fixed_set(backbone) -> tuple[float, float]:
     from promptmlr.models import build_method
     from promptmlr.scoring import image_batches, score
-
     from tools import pretrain_sandbox_clip as tool
 
     world = SyntheticWorld(ZEROSHOT_SET["seed"], ZEROSHOT_SET["image_size"])
