@@ -10,6 +10,7 @@ import open_clip
 import pytest
 import torch
 
+from promptmlr.checkpoint import load_checkpoint
 from tools import pretrain_sandbox_clip as tool
 
 TINY_RN = "promptmlr-tiny-rn"
@@ -73,3 +74,29 @@ def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
         tool.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Stopped after its step-2 checkpoint and resumed, a run ends with the weights of one never stopped."""
+    def run(out, *extra):
+        tool.main(["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--steps", "4",
+                   "--warmup", "2", "--save-every", "2", "--eval-size", "8", "--workers", "1", "--threads", "1",
+                   "--no-channels-last", "--log-every", "1", "--out-dir", str(out), *extra])
+
+    run(tmp_path / "straight")
+    original_step = tool.Trainer.train_step
+
+    def stop_after_the_checkpoint(self, *arguments, **options):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original_step(self, *arguments, **options)
+    monkeypatch.setattr(tool.Trainer, "train_step", stop_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped")
+    monkeypatch.setattr(tool.Trainer, "train_step", original_step)
+    run(tmp_path / "stopped", "--resume")
+    straight = load_checkpoint(tmp_path / "straight" / "last.safetensors")
+    resumed = load_checkpoint(tmp_path / "stopped" / "last.safetensors")
+    assert resumed["step"] == straight["step"] == 4
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

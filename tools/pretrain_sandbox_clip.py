@@ -14,7 +14,10 @@ train (default)
     caption for every image. Progress (step, loss, lr, images/s) goes to stdout; every
     ``--save-every`` steps and at the end the model is saved atomically to
     ``<out-dir>/last.safetensors`` with a zero-shot mAP on held-out scenes, so a usable checkpoint exists
-    even if the run is cut short (``--time-budget`` stops it cleanly).
+    even if the run is cut short (``--time-budget`` stops it cleanly). The checkpoint holds the
+    batch order and every random state, so ``--resume`` continues bit for bit as if never stopped,
+    unless ``--time-budget`` ends the schedule (the rate then follows the clock, on purpose: a run
+    on a slow machine still ends decayed).
 --bench
     Time a few steps of one or more architectures (``--bench-arch``) and exit.
 --finalize
@@ -53,7 +56,7 @@ from open_clip.modified_resnet import AttentionPool2d
 from torch.nn.utils import parametrize
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
-from promptmlr.checkpoint import load_checkpoint, save_checkpoint
+from promptmlr.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
 from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
 from promptmlr.files import atomic_write, write_json_atomic
 
@@ -339,7 +342,13 @@ def train(args) -> None:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = state["step"]
-        log(f"resumed from step {trainer.step}")
+        if "batch_rng" in state:
+            trainer.rng.bit_generator.state = state["batch_rng"]
+            trainer.order = state["batch_order"].numpy()
+            restore_rng_states(state["rng"])
+            log(f"resumed from step {trainer.step}")
+        else:
+            log(f"resumed from step {trainer.step}, with fresh batches: the checkpoint holds no batch order")
     else:
         state = {}
     train_start = time.time() - state.get("train_seconds", 0.0)
@@ -363,7 +372,9 @@ def train(args) -> None:
                             "minutes": round(elapsed / 60, 1), **_pool_spread_entry(trainer.model, eval_images)})
             save_checkpoint(resume, {"model": _on_cpu(trainer.model.state_dict()),
                                      "optimizer": _on_cpu(trainer.optimizer.state_dict()),
-                                     "step": trainer.step, "arch": args.arch, "args": _plain(vars(args)),
+                                     "step": trainer.step, "batch_rng": trainer.rng.bit_generator.state,
+                                     "batch_order": torch.from_numpy(trainer.order.copy()),
+                                     "arch": args.arch, "args": _plain(vars(args)),
                                      "history": history, "train_seconds": elapsed, "pairs_seen": seen,
                                      "chance_map": chance, "command": _command()})
             spread = history[-1].get("pool_normalized_entropy")
