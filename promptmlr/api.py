@@ -61,7 +61,7 @@ from promptmlr.data.protocol import (
 from promptmlr.data.registry import DATASETS
 from promptmlr.data.textfiles import DatasetError
 from promptmlr.engine import PhaseHook, Trainer, learnable_state, process_state
-from promptmlr.errors import RunInterrupted, UsageError, check_number, one_line
+from promptmlr.errors import RunInterrupted, UsageError, check_choice, check_number, one_line
 from promptmlr.files import atomic_write, check_writable_target, write_json_atomic, write_texts_together
 from promptmlr.inference import Prediction, expand_images, predict_images
 from promptmlr.metrics import evaluate as compute_metrics
@@ -625,15 +625,17 @@ class CompletionResult:
 
 
 def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, precision: float = 0.95,
-             format: str | None = None, review: int = 0, cross_fit: int = 0, which: str = "best",
-             data_root: str | Path | None = None, force: bool = False, batch_size: int = 128, num_workers: int = 2,
-             log: Log = print) -> CompletionResult:
+             format: str | None = None, review: int = 0, cross_fit: int = 0, calibration: str = "validation",
+             which: str = "best", data_root: str | Path | None = None, force: bool = False, batch_size: int = 128,
+             num_workers: int = 2, log: Log = print) -> CompletionResult:
     """Fill the unknown labels of a run's ``split`` (default: its training split, under the run's
     mask) where the run's ``which`` model reaches ``precision`` on the validation split, into ``out``
     (``format`` jsonl, csv, or ``same`` as the dataset; default: ``out``'s suffix), with a report
     beside it and, with ``review``, the N entries most worth labelling (:mod:`promptmlr.completion`).
     ``cross_fit`` K >= 2 calibrates the classes that validation cannot by K-fold cross-fitting (K
-    more trainings of the run's configuration; training split only). Everything is checked before
+    more trainings of the run's configuration; training split only); ``calibration`` "cross-fit"
+    calibrates every class on those out-of-fold scores and fills from them, so that the scores filled
+    from and those calibrated on come alike from models that never saw the image. Everything is checked before
     any image is scored, and nothing is written until every file is ready; the files of an earlier
     completion are replaced only with ``force``, the dataset's own files never."""
     check_number("--precision", precision, above=0, below=1)
@@ -643,6 +645,10 @@ def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, 
         check_number(flag, value, minimum=0)
     if cross_fit == 1:
         raise UsageError("--cross-fit must be 0 (off) or a number of folds of at least 2, got 1")
+    check_choice("--calibration", calibration, completion.CALIBRATIONS, UsageError)
+    if calibration == "cross-fit" and not cross_fit:
+        raise UsageError("--calibration cross-fit calibrates on out-of-fold scores: give the folds with --cross-fit K "
+                         "(K >= 2, e.g. 3)")
     run_dir, out = Path(run_dir), Path(out)
     if not is_folder(run_dir) or not (run_dir / CONFIG_FILE).is_file():
         raise UsageError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder promptmlr tune wrote")
@@ -675,12 +681,12 @@ def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, 
     target = training.dataset if on_training else _completion_split(data, split)
     validation = training.dataset.subset(training.val_rows)
     check_images_exist(Splits(train=target, val=validation, test=None))
-    result = _completed(config, path, training, validation, target, on_training, precision, cross_fit, which,
-                        batch_size, num_workers, log)
+    result = _completed(config, path, training, validation, target, on_training, precision, cross_fit,
+                        calibration, which, batch_size, num_workers, log)
     source = {"run_dir": str(run_dir.resolve()), "method": config.model.method, "prompts": path.name,
               "dataset": data.dataset, "split": split, "root": str(dataset_root(data)),
               "mask_sha256": training.mask_sha256, "data_checked": recorded is not None,
-              "label_format": chosen_format}
+              "label_format": chosen_format, "calibration": calibration}
     record = completion.report(result, source)
     texts = _completion_texts(files, record, result, target, training, review)
     write_texts_together(texts)
@@ -691,11 +697,11 @@ def complete(run_dir: str | Path, out: str | Path, *, split: str | None = None, 
 
 
 def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, validation: MultiLabelDataset,
-               target: MultiLabelDataset, on_training: bool, precision: float, cross_fit: int, which: str,
-               batch_size: int, num_workers: int, log: Log) -> completion.Completion:
+               target: MultiLabelDataset, on_training: bool, precision: float, cross_fit: int, calibration: str,
+               which: str, batch_size: int, num_workers: int, log: Log) -> completion.Completion:
     """``target`` completed by the run's model, calibrated on ``validation`` (the training split's
-    validation rows), and the classes that validation cannot calibrate cross-fitted when ``cross_fit``
-    asks for it."""
+    validation rows), and cross-fitted when ``cross_fit`` asks for it: the classes that validation
+    cannot calibrate, or every class with ``calibration`` "cross-fit"."""
     method = load_prompts_file(prompts, class_names=target.class_names)[0]
     method.to(process_state().device)
     probabilities = _probabilities(method, target, batch_size, num_workers)
@@ -703,7 +709,10 @@ def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, valid
                          else _probabilities(method, validation, batch_size, num_workers))
     result = completion.complete_labels(probabilities, target.labels, val_probabilities, validation.labels,
                                         precision, target.class_names)
-    lacking = completion.needs_cross_fit(result) if cross_fit else []
+    every_class = calibration == "cross-fit"
+    lacking = list(range(len(target.class_names))) if every_class else (
+        completion.needs_cross_fit(result) if cross_fit else [])
+    reason = "every class" if every_class else f"{len(lacking)} class(es) that validation cannot calibrate"
     if lacking:
         identity = {"folds": cross_fit, "which": which, "mask_sha256": training.mask_sha256,
                     "prompts_sha256": hashlib.sha256(prompts.read_bytes()).hexdigest(),
@@ -711,12 +720,12 @@ def _completed(config: RunConfig, prompts: Path, training: MaskedTraining, valid
         stored = completion.out_of_fold_path(prompts.parent, cross_fit, which)
         out_of_fold = completion.load_out_of_fold(stored, identity)
         if out_of_fold is None:
-            log(f"cross-fitting {len(lacking)} class(es) that validation cannot calibrate: {cross_fit} trainings")
+            log(f"cross-fitting {reason}: {cross_fit} trainings")
             out_of_fold = _out_of_fold_probabilities(config, training, validation, val_probabilities, cross_fit,
                                                      which, batch_size, num_workers, log)
             _keep_out_of_fold(stored, out_of_fold, identity, log)
         else:
-            log(f"cross-fitting {len(lacking)} class(es): out-of-fold scores read back from {stored}")
+            log(f"cross-fitting {reason}: out-of-fold scores read back from {stored}")
         refit = completion.complete_labels(out_of_fold, target.labels, out_of_fold, target.labels, precision,
                                            target.class_names, evidence=f"cross-fitted ({cross_fit} folds)")
         result = completion.with_cross_fitted(result, refit, lacking)

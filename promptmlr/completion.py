@@ -15,9 +15,15 @@ positive threshold is the lowest score such that the validation labels at or abo
 3. number at least :data:`MIN_SUPPORT`, and the other sign has at least as many in validation
    (else rule 2 cannot be measured);
 
-and it never splits equal scores. The negative threshold mirrors it. A side that no threshold
-satisfies fills nothing, and the report says why. An entry past both thresholds (they cross only
-for a model that separates a class poorly) stays unknown. Known labels are never changed.
+and it never splits equal scores. Thresholds are tested in a fixed sequence, strictest first, and
+the search stops at the first that fails (Learn then Test, Angelopoulos et al. 2021): picking the
+loosest of all thresholds that pass would select the one whose bound passed by luck, and the
+realised precision of a class would fall below its bound more often than the 5 % the bound allows.
+The sequence starts at the first threshold with enough labels that all of them right could pass, a
+point that depends on the label counts only, never on the scores. The negative threshold mirrors
+it. A side that no threshold satisfies fills nothing, and the report says why. An entry past both
+thresholds (they cross only for a model that separates a class poorly) stays unknown. Known labels
+are never changed.
 
 A class with a side that validation cannot calibrate (a rare class at a low known proportion) can
 be cross-fitted instead (``--cross-fit K``): K models of the run's configuration, each trained
@@ -26,15 +32,21 @@ model's scores of the validation images, every known label of the split then has
 model that did not train on its image, and that class's thresholds are chosen on all of them and
 its unknown entries filled from the same scores (:func:`with_cross_fitted`).
 
-One limit of the estimates is said in every report: the training images were seen in training
-(their known labels, never the unknown ones), so their scores may be a little more confident than
-those of the validation images the thresholds come from.
+The training images were seen in training (their known labels, never the unknown ones), so the
+selected model scores them more confidently than the validation images its thresholds come from,
+and a validation threshold fills training entries less precisely than it promises. Calibrating
+every class on the out-of-fold scores (``--calibration cross-fit``) removes that difference: the
+scores filled from and the scores calibrated on then come from models that never saw the image.
 
 The review list (``--review N``) is the still-unknown entries an annotator's label would help most:
-ranked by ``rarity(c) / (1 + distance)``, where ``distance`` is the logit distance to the class's
-nearest threshold (to the decision boundary, logit 0, for a class without one) and ``rarity(c)`` is
-the self-information ``-log p(c)`` of a positive, with ``p(c)`` the class's positive rate among its
-known labels (Laplace-smoothed), so that rare classes, whose thresholds rest on few labels, come first.
+ranked by ``rarity(c) / (1 + distance)``, where ``distance`` is the logit distance to the middle of
+the band the class's two thresholds leave unknown (to the decision boundary, logit 0, for a class
+with a side that fills nothing) and ``rarity(c)`` is the self-information ``-log p(c)`` of a
+positive, with ``p(c)`` the class's positive rate among its known labels (Laplace-smoothed). The
+middle of the band is where the model is least sure of the sign (uncertainty sampling, Lewis and
+Gale 1994); an entry at a threshold's edge is nearly filled already and mostly of the sign the
+model expects, so its label teaches little. Rare classes come first, as their thresholds and the
+model's positives rest on the fewest labels.
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from promptmlr.errors import UsageError, check_choice
 from promptmlr.files import atomic_write
 
 COMPLETION_FORMATS = ("jsonl", "csv", "same")
+CALIBRATIONS = ("validation", "cross-fit")  # what every class's thresholds are chosen on (module docstring)
 OWN_FORMATS = ("jsonl", "csv")  # the dataset formats that hold unknown labels (``--format same``)
 MIN_SUPPORT = 5  # validation labels a threshold claims, and of the other sign, at the least
 WILSON_Z = 1.645  # one-sided 95 %
@@ -161,10 +174,11 @@ def _loosest_threshold(scores: np.ndarray, hits: np.ndarray, target: float) -> f
     correct = np.cumsum(hits[order])
     misses = claimed - correct
     group_end = np.append(ordered[:-1] > ordered[1:], True)  # a threshold never splits equal scores
-    good = (group_end & (claimed >= MIN_SUPPORT) & (wilson_lower_bound(correct, claimed) >= target)
-            & (misses <= (1 - target) * misses_total))
-    chosen = np.flatnonzero(good)
-    return float(ordered[chosen[-1]]) if chosen.size else np.inf
+    # the fixed sequence: thresholds enough labels could pass, strictest first (counts only, no scores)
+    sequence = np.flatnonzero(group_end & (claimed >= MIN_SUPPORT) & (wilson_lower_bound(claimed, claimed) >= target))
+    passes = ((wilson_lower_bound(correct, claimed) >= target) & (misses <= (1 - target) * misses_total))[sequence]
+    passed = sequence.size if passes.all() else int(np.argmin(passes))  # the search stops at the first failure
+    return float(ordered[sequence[passed - 1]]) if passed else np.inf
 
 
 def wilson_lower_bound(successes: np.ndarray, trials: np.ndarray, z: float = WILSON_Z) -> np.ndarray:
@@ -255,17 +269,22 @@ def review_candidates(completion: Completion, known_labels: np.ndarray, count: i
     known = (known_labels != UNKNOWN).sum(axis=0)
     rarity = -np.log((positives + 1.0) / (known + 2.0))
     scores = completion.scores[rows, columns]
-    logits = _logit(scores)
-    distance = np.full(rows.size, np.inf)
-    for thresholds in ([entry.positive_threshold for entry in completion.classes],
-                       [entry.negative_threshold for entry in completion.classes]):
-        value = np.array([np.nan if threshold is None else threshold for threshold in thresholds])[columns]
-        distance = np.where(np.isnan(value), distance, np.minimum(distance, np.abs(logits - _logit(value))))
-    distance = np.where(np.isfinite(distance), distance, np.abs(logits))  # no threshold: the decision boundary
+    distance = np.abs(_logit(scores) - band_middles(completion)[columns])
     priority = rarity[columns] / (1.0 + distance)
     top = np.argpartition(-priority, count - 1)[:count] if count < priority.size else np.arange(priority.size)
     top = top[np.lexsort((rows[top], -priority[top]))]  # highest first; ties by row
     return [ReviewEntry(int(rows[i]), int(columns[i]), float(scores[i]), float(priority[i])) for i in top]
+
+
+def band_middles(completion: Completion) -> np.ndarray:
+    """Per class ``[C]``: the logit halfway between its two thresholds, where the entries it leaves
+    unknown are least sure; 0 (the decision boundary) for a class with a side that fills nothing."""
+    middles = np.zeros(len(completion.classes))
+    for column, entry in enumerate(completion.classes):
+        if entry.positive_threshold is not None and entry.negative_threshold is not None:
+            edges = _logit(np.array([entry.positive_threshold, entry.negative_threshold]))
+            middles[column] = float(edges.mean())
+    return middles
 
 
 def _logit(probabilities: np.ndarray) -> np.ndarray:
@@ -427,8 +446,10 @@ def summary_markdown(record: dict) -> str:
              "Each class's thresholds are chosen on known labels the model did not train on (its validation split's, "
              "or, cross-fitted, every known label scored by a model that did not train on its image): a side fills "
              "where the 95 % lower bound of its precision on them reaches the target and it claims at most "
-             "1 − target of the other sign's labels. Training images were seen in training (their known labels only), "
-             "so their scores may be slightly more confident than the calibration images' were.", "",
+             "1 − target of the other sign's labels." + ("" if record.get("calibration") == "cross-fit" else
+             " Training images were seen in training (their known labels only), so the model scores them more "
+             "confidently than the validation images; `--calibration cross-fit` calibrates every class on "
+             "out-of-fold scores instead."), "",
              *([] if record.get("data_checked", True) else [
                  "The run records no identity of its data (an older run), so the data completed was not checked to "
                  "be the data it was trained on.", ""]),

@@ -403,12 +403,14 @@ def test_complete_bench_measures_precision_fill_and_the_retraining_loop(tmp_path
     assert bench.main(argv) == 0
     result = json.loads((out / "complete.json").read_text())["results"][0]
     assert set(result) >= {"selected_partial", "partial", "completed", "review", "random", "targets"}
-    for target in ("0.6", "0.9"):
-        measured = result["targets"][target]
+    assert set(result["targets"]) == {f"{calibration}/{target}" for calibration in ("cross-fit", "validation")
+                                      for target in ("0.6", "0.9")}
+    for measured in result["targets"].values():
         assert 0 <= measured["fill_rate"] <= 1 and measured["unknown"] > 0
         assert measured["precision_positive"] is None or 0 <= measured["precision_positive"] <= 1
     assert result["review_entries"] == 5
-    assert "| 50% | 0.6 |" in (out / "complete.md").read_text()
+    report = (out / "complete.md").read_text()
+    assert "| cross-fit | 50% | 0.6 |" in report and "| validation | 50% | 0.9 |" in report
     assert bench.main(argv) == 0  # a second time: every run read back, the same numbers
     assert json.loads((out / "complete.json").read_text())["results"][0]["completed"] == result["completed"]
 

@@ -156,8 +156,24 @@ def test_cross_fitting_calibrates_the_classes_validation_cannot(colour_data, tmp
     assert sum("cross-fitting fold" in line for line in lines) == 2
 
 
+def test_calibration_cross_fit_calibrates_and_fills_every_class_out_of_fold(run, tmp_path):
+    plain = _complete(run.run_dir, tmp_path / "plain.jsonl")
+    assert any(entry["evidence"] == "validation" for entry in plain.report["classes"])
+    every = _complete(run.run_dir, tmp_path / "every.jsonl", cross_fit=2, calibration="cross-fit")
+    assert every.report["calibration"] == "cross-fit" and plain.report["calibration"] == "validation"
+    assert all(entry["evidence"] == "cross-fitted (2 folds)" for entry in every.report["classes"])
+    masked = masked_training_split(run.config.data).dataset
+    known = (masked.labels != 0).sum(axis=0)
+    assert [entry["calibration_positives"] + entry["calibration_negatives"]
+            for entry in every.report["classes"]] == known.tolist()  # every known label of the split
+    assert "--calibration cross-fit" not in every.files["report_md"].read_text()
+    assert "--calibration cross-fit" in plain.files["report_md"].read_text()
+
+
 @pytest.mark.parametrize("options, message", [
     ({"cross_fit": 1}, "--cross-fit must be 0 \\(off\\) or a number of folds of at least 2"),
+    ({"calibration": "cross-fit"}, "--calibration cross-fit calibrates on out-of-fold scores: give the folds"),
+    ({"calibration": "test", "cross_fit": 2}, "--calibration must be one of validation, cross-fit, got 'test'"),
     ({"cross_fit": 2, "split": "test"}, "--cross-fit scores the run's training split out of fold"),
     ({"cross_fit": 10**6}, "--cross-fit 1000000: the training split has 144 training images, fewer than the folds"),
 ])

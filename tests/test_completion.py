@@ -81,6 +81,20 @@ def test_a_threshold_rests_on_enough_labels_to_bound_its_precision():
     assert upper[0] == 0.99 and lower[0] == 0.1
 
 
+def test_the_threshold_search_stops_at_the_first_threshold_that_fails():
+    """Strictest first: a looser threshold that passes again after a failing one is never chosen
+    (picking the loosest that passes would select a bound that passed by luck)."""
+    scores = np.linspace(1.0, 0.0, 400)
+    labels = np.full(400, -1)
+    labels[:100] = 1  # the top 100 all right ...
+    labels[100:110] = -1  # ... then a run of misses: the bound fails here ...
+    labels[110:200] = 1  # ... and passes again further down, by luck of the order
+    upper, _ = precision_thresholds(scores[:, None], labels[:, None], 0.9)
+    assert scores[109] < upper[0] <= scores[99]  # stopped inside the run of misses
+    passes_again = completion.wilson_lower_bound(190, 200) >= 0.9
+    assert passes_again  # the old rule, the loosest that passes, would have gone past the misses
+
+
 def test_a_threshold_never_splits_equal_scores():
     scores = np.array([0.9] * 60 + [0.5] * 20 + [0.1] * 60)  # the 0.5 tie is half right
     labels = np.array([1] * 60 + [1, -1] * 10 + [-1] * 60)
@@ -103,7 +117,7 @@ def test_a_higher_target_fills_no_more_and_a_class_without_evidence_fills_nothin
     assert "--cross-fit K" in kite.note and 2 in completion.needs_cross_fit(loose)
 
 
-def test_review_lists_only_unknown_entries_rare_classes_and_those_near_a_threshold_first():
+def test_review_lists_only_unknown_entries_rare_classes_and_the_least_sure_first():
     truth, probabilities = _scored(600, seed=8)
     labels = _masked(truth, 0.5, 9)
     result = complete_labels(probabilities, labels, probabilities, labels, 0.95, CLASSES)
@@ -116,6 +130,13 @@ def test_review_lists_only_unknown_entries_rare_classes_and_those_near_a_thresho
     everything = review_candidates(result, labels, 10**6)
     assert len(everything) == (result.labels == 0).sum()
     assert [(e.row, e.column) for e in everything[:50]] == [(e.row, e.column) for e in entries]
+    middles = completion.band_middles(result)
+    for entry in entries[:10]:  # the first of each class sit nearer the middle of its unknown band than its edges
+        entry_class = result.classes[entry.column]
+        logit = np.log(entry.probability / (1 - entry.probability))
+        if entry_class.positive_threshold is not None and entry_class.negative_threshold is not None:
+            edges = [np.log(t / (1 - t)) for t in (entry_class.positive_threshold, entry_class.negative_threshold)]
+            assert abs(logit - middles[entry.column]) < min(abs(logit - edge) for edge in edges)
 
 
 def _completion_for(images: list[Path]) -> completion.Completion:
@@ -191,13 +212,14 @@ def test_a_wrong_output_format_is_refused(format, out, own, message):
         completion.output_format(format, Path(out), own)
 
 
-def test_the_cli_offers_the_formats_completion_knows():
+def test_the_cli_offers_the_formats_and_calibrations_completion_knows():
     from promptmlr.cli.main import build_parser
 
     parser = build_parser()
     complete = parser._subparsers._group_actions[0].choices["complete"]
-    format_action = next(action for action in complete._actions if action.dest == "format")
-    assert tuple(format_action.choices) == completion.COMPLETION_FORMATS
+    choices = {action.dest: action.choices for action in complete._actions}
+    assert tuple(choices["format"]) == completion.COMPLETION_FORMATS
+    assert tuple(choices["calibration"]) == completion.CALIBRATIONS
 
 
 def test_companions_never_look_like_a_split_and_the_labels_go_last(tmp_path):

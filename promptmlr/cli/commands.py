@@ -67,7 +67,8 @@ def strict_json(value: Any, **options: Any) -> str:
 
 def complete_command(args: argparse.Namespace) -> int:
     result = api.complete(args.run_dir, args.out, split=args.split, precision=args.precision, format=args.format,
-                          review=args.review, cross_fit=args.cross_fit, which=args.which, data_root=args.data_root,
+                          review=args.review, cross_fit=args.cross_fit,
+                          calibration=args.calibration, which=args.which, data_root=args.data_root,
                           force=args.force)
     print(result.summary)
     return 0

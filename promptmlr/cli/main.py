@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--cross-fit", type=int, default=0, metavar="K",
                           help="calibrate classes with too few validation labels by K-fold cross-fitting (K more "
                                "trainings; default 0: such classes fill nothing)")
+    complete.add_argument("--calibration", choices=("validation", "cross-fit"),  # completion.CALIBRATIONS
+                          default="validation",
+                          help="what thresholds are chosen on: validation labels (default), or, with --cross-fit K, "
+                               "every class on out-of-fold scores (the estimates then hold for training images too)")
     complete.add_argument("--which", choices=("best", "last"), default="best")
     complete.add_argument("--data-root", type=Path, metavar="DIR", help="where the run's data is, if it moved")
     complete.add_argument("--force", action="store_true", help="replace the files of an earlier completion")

@@ -9,15 +9,17 @@ For each known proportion and seed (the mask seed and the training seed):
 1. ``partial``: the method trained on the partially labelled training split (the community's mask,
    written as a CSV file and read with ``--dataset csv``, like a user's own data), selected on its
    validation split: the run that is completed.
-2. ``promptmlr.complete`` on that run at each target precision, with ``--cross-fit K`` (classes the
-   validation split cannot calibrate); the filled labels are compared with the hidden ones: realised
+2. ``promptmlr.complete`` on that run at each target precision and each of ``--calibrations``
+   (``validation``, with ``--cross-fit K`` for the classes it cannot calibrate; ``cross-fit``, every
+   class, from the same K trainings); the filled labels are compared with the hidden ones: realised
    precision per sign, overall and for the worst class (over classes with at least 20 fills of that
    sign), the share of the hidden positives (negatives) filled with the wrong sign, and the share of
    the unknown labels filled. The precision of filling every unknown entry negative is shown beside
    it: a negative precision near it says nothing.
 3. Retraining, four arms on the same recipe, each trained on every training image (no validation
    split: carved from each arm's own labels it would differ between arms) and scored on the test
-   split at its last epoch: ``partial labels``; ``completed`` at ``--retrain-at``; ``review`` and
+   split at its last epoch: ``partial labels``; ``completed`` at ``--retrain-at`` and
+   ``--retrain-calibration``; ``review`` and
    ``random``: the completed labels plus ``--review`` still-unknown entries revealed from the hidden
    truth, those the review list suggests, or as many drawn at random (seeded) from the same pool.
 
@@ -50,6 +52,7 @@ from promptmlr.runs import read_metrics
 from tools.bench.accuracy import run_one
 
 KNOWN, SEEDS, TARGETS = (0.1, 0.5), (0, 1, 2), (0.9, 0.95, 0.99)
+CALIBRATIONS = ("cross-fit", "validation")  # cross-fit first: it trains the folds the other reads back
 MIN_CLASS_FILLS = 20  # a class's realised precision over fewer fills is mostly noise
 
 
@@ -137,18 +140,20 @@ def one_setting(args: argparse.Namespace, known: float, seed: int, log) -> dict[
     result: dict[str, Any] = {"known": known, "seed": seed, "selected_partial": train("selected", partial, None),
                               "targets": {}}
     run_dir = args.out / "runs" / f"{name}-selected"
-    for target in args.targets:
-        out = folder / f"completed-p{target:g}.csv"
-        started = time.time()
-        completion = complete(run_dir, out, precision=target, force=True, review=args.review,
-                              cross_fit=args.cross_fit, log=log)
-        filled = build_csv(out.parent, out.stem).labels
-        result["targets"][f"{target:g}"] = {**realised(filled, partial, truth),
-                                            "estimated_precision": completion.report["estimated_precision"],
-                                            "seconds": time.time() - started}
-        log(f"{name} target {target:g}: {json.dumps(result['targets'][f'{target:g}'])}")
-        if target == args.retrain_at:
-            completed, review_file = filled, completion.files.get("review")
+    for calibration in args.calibrations:
+        for target in args.targets:
+            key = setting_key(calibration, target)
+            out = folder / f"completed-{calibration}-p{target:g}.csv"
+            started = time.time()
+            completion = complete(run_dir, out, precision=target, force=True, review=args.review,
+                                  cross_fit=args.cross_fit, calibration=calibration, log=log)
+            filled = build_csv(out.parent, out.stem).labels
+            result["targets"][key] = {**realised(filled, partial, truth),
+                                      "estimated_precision": completion.report["estimated_precision"],
+                                      "seconds": time.time() - started}
+            log(f"{name} {key}: {json.dumps(result['targets'][key])}")
+            if (calibration, target) == (args.retrain_calibration, args.retrain_at):
+                completed, review_file = filled, completion.files.get("review")
     result["partial"] = train("partial", partial)
     result["completed"] = train("completed", completed)
     if review_file is not None:
@@ -170,30 +175,43 @@ def tables(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"# `promptmlr complete` on the sandbox ({args.method}, --cross-fit {args.cross_fit}, seeds "
              f"{', '.join(map(str, args.seeds))})", "",
              "## The filled labels against the hidden truth", "",
-             "| known | target | precision + | worst class + | precision − | worst class − | all-negative "
-             "precision | positives filled − | positives filled + | negatives filled − | estimated | filled of "
-             "unknown |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for known in args.known:
-        for target in args.targets:
-            rows = [r["targets"][f"{target:g}"] for r in results if r["known"] == known]
-
-            def cell(key: str, rows=rows) -> str:
-                return mean_std([row[key] for row in rows if row[key] is not None], digits=3)
-            lines.append(f"| {known:.0%} | {target:g} | {cell('precision_positive')} | "
-                         f"{cell('worst_class_positive')} | "
-                         f"{cell('precision_negative')} | {cell('worst_class_negative')} | "
-                         f"{cell('all_negative_precision')} | {cell('positives_lost')} | {cell('recall_positive')} | "
-                         f"{cell('recall_negative')} | {cell('estimated_precision')} | {cell('fill_rate')} |")
+             "| calibration | known | target | precision + | worst class + | precision − | worst class − | "
+             "all-negative precision | positives filled − | positives filled + | negatives filled − | estimated | "
+             "filled of unknown |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for calibration in args.calibrations:
+        for known in args.known:
+            for target in args.targets:
+                rows = [r["targets"][setting_key(calibration, target)] for r in results if r["known"] == known]
+                lines.append(f"| {calibration} | {known:.0%} | {target:g} | {target_cells(rows)} |")
     entries = next((r["review_entries"] for r in results if "review_entries" in r), 0)
     lines += ["", f"## Retrained on the labels (test mAP at the last epoch, every training image; completed at "
-              f"target {args.retrain_at:g}; review and random: {entries} more entries revealed)", "",
+              f"target {args.retrain_at:g}, calibration {args.retrain_calibration}; review and random: {entries} "
+              f"more entries revealed)", "",
               "| known | partial labels | completed | completed + review | completed + random | partial, selected on "
-              "val |", "|---|---|---|---|---|---|"]
+              "val | positives among review / random |", "|---|---|---|---|---|---|---|"]
     for known in args.known:
-        cells = [mean_std([r[kind] for r in results if r["known"] == known and kind in r])
+        chosen = [r for r in results if r["known"] == known]
+        cells = [mean_std([r[kind] for r in chosen if kind in r])
                  for kind in ("partial", "completed", "review", "random", "selected_partial")]
-        lines.append(f"| {known:.0%} | {' | '.join(cells)} |")
+        shares = [mean_std([r[f"{kind}_positive_share"] for r in chosen if f"{kind}_positive_share" in r], digits=3)
+                  for kind in ("review", "random")]
+        lines.append(f"| {known:.0%} | {' | '.join(cells)} | {' / '.join(shares)} |")
     return "\n".join(lines) + "\n"
+
+
+def setting_key(calibration: str, target: float) -> str:
+    """Where one completion's measurements are kept in ``complete.json``."""
+    return f"{calibration}/{target:g}"
+
+
+def target_cells(rows: list[dict[str, Any]]) -> str:
+    """One table row's measurements over seeds (mean ± std), in the header's column order."""
+    def cell(key: str) -> str:
+        return mean_std([row[key] for row in rows if row[key] is not None], digits=3)
+    return " | ".join(cell(key) for key in (
+        "precision_positive", "worst_class_positive", "precision_negative", "worst_class_negative",
+        "all_negative_precision", "positives_lost", "recall_positive", "recall_negative", "estimated_precision",
+        "fill_rate"))
 
 
 def mean_std(values: Sequence[float], digits: int = 2) -> str:
@@ -216,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--review", type=int, default=2000, metavar="N",
                         help="entries revealed (default 2000; 0: no review arms)")
     parser.add_argument("--cross-fit", type=int, default=3, metavar="K", help="complete's --cross-fit (default 3)")
+    parser.add_argument("--calibrations", nargs="+", choices=CALIBRATIONS, default=list(CALIBRATIONS),
+                        help="complete's --calibration, each measured (default: both)")
+    parser.add_argument("--retrain-calibration", choices=CALIBRATIONS, default="cross-fit",
+                        help="the calibration whose completed labels are retrained on (one of --calibrations)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (fixed: they change float rounding)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every run")
@@ -226,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.retrain_at not in args.targets:
         raise SystemExit(f"complete.py: error: --retrain-at {args.retrain_at} must be one of --targets")
+    if args.retrain_calibration not in args.calibrations:
+        raise SystemExit(f"complete.py: error: --retrain-calibration {args.retrain_calibration} must be one of "
+                         f"--calibrations")
     torch.set_num_threads(args.threads)
     results = []
     for seed in args.seeds:
