@@ -8,7 +8,11 @@ what a threshold does to validation labels estimates what it does to the unknown
 positive threshold is the lowest score such that the validation labels at or above it
 
 1. are positive with a precision whose one-sided 95 % Wilson lower bound reaches the target (a
-   point estimate would let 5 of 5 correct labels pass a 0.99 target);
+   point estimate would let 5 of 5 correct labels pass a 0.99 target), counting one more label,
+   wrong, than were claimed: the finite-sample correction of conformal risk control (Angelopoulos
+   et al. 2022), which treats the next entry filled as one more that may miss. Without it, a class
+   whose threshold rests on its 31 calibration labels, all right, promised 0.91 and filled 0.84 on
+   the sandbox: across 40 classes, one class's lucky draw is the rule, not the exception;
 2. include at most ``1 - target`` of the class's validation negatives: precision alone is met by
    the base rate (marking every entry of a class with 3 % positives negative is 97 % precise, and
    loses every positive), so each side may also claim only a small share of the other sign;
@@ -86,7 +90,7 @@ class ClassCompletion:
     positive_threshold: float | None
     negative_threshold: float | None
     positive_precision: float | None  # of the calibration labels the side fills: point estimate ...
-    positive_lower_bound: float | None  # ... and its one-sided 95 % Wilson lower bound
+    positive_lower_bound: float | None  # ... and the bound it promises (:func:`precision_bound`)
     negative_precision: float | None
     negative_lower_bound: float | None
     negatives_claimed: float | None  # share of the calibration negatives past the positive threshold
@@ -175,10 +179,16 @@ def _loosest_threshold(scores: np.ndarray, hits: np.ndarray, target: float) -> f
     misses = claimed - correct
     group_end = np.append(ordered[:-1] > ordered[1:], True)  # a threshold never splits equal scores
     # the fixed sequence: thresholds enough labels could pass, strictest first (counts only, no scores)
-    sequence = np.flatnonzero(group_end & (claimed >= MIN_SUPPORT) & (wilson_lower_bound(claimed, claimed) >= target))
-    passes = ((wilson_lower_bound(correct, claimed) >= target) & (misses <= (1 - target) * misses_total))[sequence]
+    sequence = np.flatnonzero(group_end & (claimed >= MIN_SUPPORT) & (precision_bound(claimed, claimed) >= target))
+    passes = ((precision_bound(correct, claimed) >= target) & (misses <= (1 - target) * misses_total))[sequence]
     passed = sequence.size if passes.all() else int(np.argmin(passes))  # the search stops at the first failure
     return float(ordered[sequence[passed - 1]]) if passed else np.inf
+
+
+def precision_bound(correct: np.ndarray, claimed: np.ndarray) -> np.ndarray:
+    """The precision a side may promise from ``correct`` of ``claimed`` calibration labels: the
+    Wilson lower bound with one more claimed label counted wrong (rule 1 of the module docstring)."""
+    return wilson_lower_bound(correct, np.asarray(claimed) + 1)
 
 
 def wilson_lower_bound(successes: np.ndarray, trials: np.ndarray, z: float = WILSON_Z) -> np.ndarray:
@@ -205,7 +215,7 @@ def _class_completion(name: str, column: int, upper: float, lower: float, calibr
                                        ("negative", below & ~above, is_negative, is_positive)):
         count = int(region.sum())
         sides[side] = (float(right[region].mean()) if count else None,
-                       float(wilson_lower_bound(right[region].sum(), count)) if count else None,
+                       float(precision_bound(right[region].sum(), count)) if count else None,
                        float((region & other).sum() / other.sum()) if count and other.any() else None)
     positives, negatives = int(is_positive.sum()), int(is_negative.sum())
     notes = [f"{side}s fill nothing: {_why_not(side, mine, theirs, evidence)}"

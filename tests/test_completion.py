@@ -76,9 +76,11 @@ def test_a_threshold_rests_on_enough_labels_to_bound_its_precision():
     hits = np.array([True] * 5 + [False] * 40)
     upper, _ = precision_thresholds(scores[:, None], np.where(hits, 1, -1)[:, None], 0.95)
     assert upper[0] == np.inf
-    scores = np.concatenate([np.full(80, 0.99), np.full(80, 0.1)])  # 52 all right are needed for 0.95
-    upper, lower = precision_thresholds(scores[:, None], np.where(scores > 0.5, 1, -1)[:, None], 0.95)
-    assert upper[0] == 0.99 and lower[0] == 0.1
+    assert completion.precision_bound(85, 85) < 0.95 <= completion.precision_bound(86, 86)  # one more, wrong
+    for count, passes in ((85, False), (86, True)):  # 86 all right are needed for 0.95
+        scores = np.concatenate([np.full(count, 0.99), np.full(count, 0.1)])
+        upper, lower = precision_thresholds(scores[:, None], np.where(scores > 0.5, 1, -1)[:, None], 0.95)
+        assert (upper[0] == 0.99 and lower[0] == 0.1) == passes
 
 
 def test_the_threshold_search_stops_at_the_first_threshold_that_fails():
