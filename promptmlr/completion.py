@@ -43,14 +43,13 @@ every class on the out-of-fold scores (``--calibration cross-fit``) removes that
 scores filled from and the scores calibrated on then come from models that never saw the image.
 
 The review list (``--review N``) is the still-unknown entries an annotator's label would help most:
-ranked by ``rarity(c) / (1 + distance)``, where ``distance`` is the logit distance to the middle of
-the band the class's two thresholds leave unknown (to the decision boundary, logit 0, for a class
-with a side that fills nothing) and ``rarity(c)`` is the self-information ``-log p(c)`` of a
-positive, with ``p(c)`` the class's positive rate among its known labels (Laplace-smoothed). The
-middle of the band is where the model is least sure of the sign (uncertainty sampling, Lewis and
-Gale 1994); an entry at a threshold's edge is nearly filled already and mostly of the sign the
-model expects, so its label teaches little. Rare classes come first, as their thresholds and the
-model's positives rest on the fewest labels.
+ranked by ``rarity(c) / (1 + |logit|)``, the entries the model is least sure of (uncertainty
+sampling at its decision boundary, Lewis and Gale 1994), rare classes first, where ``rarity(c)`` is
+the self-information ``-log p(c)`` of a positive, with ``p(c)`` the class's positive rate among its
+known labels (Laplace-smoothed): their thresholds and the model's positives rest on the fewest
+labels. Entries near a threshold are nearly filled and mostly of the sign the model expects: on
+the sandbox at 50 % known, 22 % of those nearest the middle of the unknown band were positive
+against 25 % of random still-unknown entries, and 26 % of those nearest the decision boundary.
 """
 
 from __future__ import annotations
@@ -279,22 +278,10 @@ def review_candidates(completion: Completion, known_labels: np.ndarray, count: i
     known = (known_labels != UNKNOWN).sum(axis=0)
     rarity = -np.log((positives + 1.0) / (known + 2.0))
     scores = completion.scores[rows, columns]
-    distance = np.abs(_logit(scores) - band_middles(completion)[columns])
-    priority = rarity[columns] / (1.0 + distance)
+    priority = rarity[columns] / (1.0 + np.abs(_logit(scores)))
     top = np.argpartition(-priority, count - 1)[:count] if count < priority.size else np.arange(priority.size)
     top = top[np.lexsort((rows[top], -priority[top]))]  # highest first; ties by row
     return [ReviewEntry(int(rows[i]), int(columns[i]), float(scores[i]), float(priority[i])) for i in top]
-
-
-def band_middles(completion: Completion) -> np.ndarray:
-    """Per class ``[C]``: the logit halfway between its two thresholds, where the entries it leaves
-    unknown are least sure; 0 (the decision boundary) for a class with a side that fills nothing."""
-    middles = np.zeros(len(completion.classes))
-    for column, entry in enumerate(completion.classes):
-        if entry.positive_threshold is not None and entry.negative_threshold is not None:
-            edges = _logit(np.array([entry.positive_threshold, entry.negative_threshold]))
-            middles[column] = float(edges.mean())
-    return middles
 
 
 def _logit(probabilities: np.ndarray) -> np.ndarray:

@@ -70,7 +70,7 @@ def csv_config(base: RunConfig, labels: Path, val_fraction: float | None = None)
     """``base`` (the synthetic recipe) trained on the CSV file ``labels`` as all there is to know;
     ``val_fraction`` 0: on every image, for the recipe's epochs (scored at the last)."""
     data = dataclasses.replace(base.data, dataset="csv", root=str(dataset_root(base.data)), known=1.0,
-                               options={"labels": str(labels)})
+                               options={"labels": str(labels.resolve())})
     train = base.train
     if val_fraction == 0:
         data = dataclasses.replace(data, val_fraction=0.0)
