@@ -8,7 +8,7 @@ starts from a base without the enhancement (lr 0.005, logit scale 20, global bra
 changes one thing per row; step 2 combines what helped with one learning rate for every part;
 step 3 gives the prompts and the enhancement each its own rate (today's defaults) and varies the
 rest once more. Two CLSL rows put promptmlr's best beside that method's. Step 5 adds the seed
-methods' heads as branches, summed or each trained on its own loss (``--steps 5``: those rows alone). Writes
+methods' heads as branches, summed or each trained on its own loss (``--rows NAME ...``: some rows). Writes
 ``<out>/ablation.md`` (val and test mAP of the epoch each run selected on validation, plus the
 recovered labels' precision and recall where recovery is on) and ``<out>/ablation.json``.
 
@@ -101,8 +101,8 @@ def plan(args: argparse.Namespace):
     """(row name, resolved config) for every row, ``--data-root`` applied first."""
     shared = [{"data": {"root": str(args.data_root)}}] if args.data_root is not None else []
     runs = []
-    for name, step, method, _, assignments in ROWS:
-        if args.steps and step not in args.steps:
+    for name, _, method, _, assignments in ROWS:
+        if args.rows and name not in args.rows:
             continue
         own = {"data": {"known": 0.1, "mask_seed": 0}, "train": {"seed": 0}, "model": {"method": method}}
         runs.append((name, resolve_config("synthetic", None, [*shared, own, *map(parse_assignment, assignments)])))
@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, metavar="DIR",
                         help="another synthetic world (default: the one generated on first use)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="ablation folder (runs/ and the table)")
-    parser.add_argument("--steps", nargs="+", type=int, choices=sorted(STEPS), metavar="N",
-                        help="only these steps' rows (default: every row)")
+    parser.add_argument("--rows", nargs="+", choices=[row[0] for row in ROWS], metavar="ROW",
+                        help="only these rows (default: every row)")
     args = parser.parse_args(argv)
     try:
         rows, failed = run_benchmark(plan(args), args.out)
