@@ -234,7 +234,7 @@ def test_calibration_judges_each_published_property_on_the_numbers_given():
 
 def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
     ablation = _load("ablation")
-    runs = dict(ablation.plan(ablation.argparse.Namespace(data_root=None)))
+    runs = dict(ablation.plan(ablation.argparse.Namespace(data_root=None, rows=None)))
     assert len(runs) == len(ablation.ROWS)  # row names are unique
     base, defaults = runs["base"], runs["defaults"]
     assert (base.train.lr, base.model.options["global_weight"], base.model.options["enhance"]) == (0.005, 1.0, False)
@@ -248,6 +248,10 @@ def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
     assert runs["defaults-recovery"].train.recovery.thresholds == "calibrated"
     assert {config.data.known for config in runs.values()} == {0.1}
     assert runs["clsl-no-recovery"].model.method == "clsl"
+    three = runs["three-branches"].model.options
+    assert (three["enhance_layers"], three["decoupled"], three["branch_losses"]) == ("clsl", True, True)
+    only = dict(ablation.plan(ablation.argparse.Namespace(data_root=None, rows=["defaults", "ensemble"])))
+    assert list(only) == ["defaults", "ensemble"]
 
     def record(name, val, recovered=None):
         return {"name": name, "val_mAP": val, "test_mAP": val - 5, "best_epoch": 3,

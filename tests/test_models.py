@@ -113,6 +113,47 @@ def test_promptmlr_trains_its_enhancement_at_its_own_rate(vit):
         build_method("promptmlr", vit, CLASSES, enhance_lr_scale=0)
 
 
+BRANCHES = {"enhance_layers": "clsl", "decoupled": True, "decoupling_dim": 8, "classifier_dim": 16}
+
+
+def test_promptmlr_branches_are_summed_by_default_and_averaged_as_an_ensemble_under_branch_losses(vit):
+    torch.manual_seed(0)
+    summed = build_method("promptmlr", vit, CLASSES, **BRANCHES).eval()
+    ensemble = build_method("promptmlr", vit, CLASSES, **BRANCHES, branch_losses=True).eval()
+    ensemble.load_state_dict(summed.state_dict())
+    features, targets = _separable_batch(vit)
+    one, each = summed(features), ensemble(features)
+    branches = each.extras["branch_logits"]
+    assert branches.shape == (3, 6, len(CLASSES)) and "branch_logits" not in one.extras
+    torch.testing.assert_close(one.logits, branches.sum(0))
+    torch.testing.assert_close(each.logits, branches.mean(0))
+    assert [logits.data_ptr() for logits in summed.supervised_logits(one)] == [one.logits.data_ptr()]
+    assert len(ensemble.supervised_logits(each)) == 3
+    # each branch learns from its own loss alone: the decoupled classifier's gradient is its branch's
+    ensemble.train()
+    output = ensemble(features)
+    sum(asymmetric_loss(logits, targets) for logits in ensemble.supervised_logits(output)).backward()
+    together = ensemble.decoupled_classifier.weight.grad.clone()
+    ensemble.zero_grad()
+    asymmetric_loss(ensemble(features).extras["branch_logits"][2], targets).backward()
+    torch.testing.assert_close(ensemble.decoupled_classifier.weight.grad, together)
+
+
+def test_promptmlr_trains_its_decoupled_branch_at_its_own_rate(vit):
+    from promptmlr.engine import TrainConfig, build_optimizer
+
+    method = build_method("promptmlr", vit, CLASSES, **BRANCHES, decoupled_lr_scale=0.4)
+    rest, enhancement, decoupling, classifier = method.parameter_groups()
+    assert {id(p) for p in decoupling["params"]} == {id(p) for p in method.decoupling.parameters()}
+    assert {id(p) for p in classifier["params"]} == {id(p) for p in method.decoupled_classifier.parameters()}
+    optimizer = build_optimizer(TrainConfig(lr=0.005), method.parameter_groups())
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.005, 0.02, 0.002, 0.002])
+    assert {"decoupling_dim", "classifier_dim", "decoupled_lr_scale"} <= build_method(
+        "promptmlr", vit, CLASSES).config.inert_options()
+    assert "enhance_hidden" in method.config.inert_options()  # CLSL's layers have CLSL's widths
+    assert "branch_losses" in build_method("promptmlr", vit, CLASSES, enhance=False).config.inert_options()
+
+
 def test_unknown_entries_do_not_reach_the_gradient(vit):
     """The known-only loss used above gives exactly zero gradient through an unknown entry."""
     method = build_method("promptmlr", vit, CLASSES, align_weight=0.0)
@@ -257,10 +298,11 @@ def test_shipped_descriptions_cover_their_dataset(dataset, count):
 
 
 # ------------------------------------------------------------------------------------------ export
-@pytest.mark.parametrize("name", list_methods())
-def test_export_then_import_gives_identical_logits(tmp_path, vit, name):
+@pytest.mark.parametrize("name, options", [(name, {}) for name in list_methods()]
+                         + [("promptmlr", {**BRANCHES, "branch_losses": True})])
+def test_export_then_import_gives_identical_logits(tmp_path, vit, name, options):
     torch.manual_seed(1)
-    method = build_method(name, vit, CLASSES, DESCRIPTIONS)
+    method = build_method(name, vit, CLASSES, DESCRIPTIONS, **options)
     with torch.no_grad():  # make the learned state differ from a fresh initialisation
         for parameter in method.parameters():
             if parameter.requires_grad:

@@ -103,9 +103,15 @@ class MultiLabelMethod(nn.Module):
                     stack.enter_context(module.fixed(autocast))
             yield
 
+    def supervised_logits(self, output: MethodOutput) -> list[torch.Tensor]:
+        """The logits ``[B, C]`` the run's partial-label loss trains, each on its own loss, summed:
+        ``output.logits`` by default. A method whose prediction averages branches returns the branches,
+        so that each learns to predict alone (an ensemble of learners, not one sum fitted jointly)."""
+        return [output.logits]
+
     def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor, loss_fn: LossFn
                          ) -> dict[str, torch.Tensor]:
-        """Extra training terms beyond ``loss_fn(output.logits, targets)`` (none by default).
+        """Extra training terms beyond the loss on :meth:`supervised_logits` (none by default).
 
         Called in training only, once per batch after the forward pass; ``targets`` are the batch's
         labels in {1, -1, 0}, and ``loss_fn`` is the run's partial-label loss, for terms on other

@@ -23,6 +23,16 @@
    (``contrastive_weight``, :mod:`.category`) and DSRB's instance and prototype blending
    (``instance_blend``, ``prototype_blend``, :mod:`.blending`) on the category features, scored by
    the category margin.
+7. Optional branches from the seed methods' heads: CLSL's own enhancement layers in place of
+   promptmlr's (``enhance_layers: clsl``, :class:`.clsl.AuthorsEnhancement`, at CLSL's widths), and
+   HCP-MLR-PL's semantic decoupling and element-wise classifier (``decoupled``, as DSRB and SST use
+   them, :mod:`.category`), guided by the class text, at ``decoupled_lr_scale`` times the rate.
+8. ``branch_losses``: each branch (the prompt margins, the enhancement, the decoupled classifier) is
+   trained on the run's loss by itself and the prediction is the mean of their logits, an ensemble;
+   otherwise the logits are summed and one loss fits the sum. Heads that fit the sum jointly compete
+   for the same residual; heads trained to predict alone make different errors, which the mean
+   averages out (the best published CLIP results fuse separately trained heads, e.g. DualCoOp with
+   TaI-DPT, Guo et al. 2023).
 
 Which parts are on by default was decided by the ablation on the sandbox's validation split at
 10 % known (``docs/ablation.md``): 1-5 on, the global branch and 6 off.
@@ -40,7 +50,8 @@ from torch import nn
 from promptmlr.backbones.base import ImageFeatures
 from promptmlr.models.base import BYTES_PER_FLOAT, LossFn, MethodOutput, MultiLabelMethod
 from promptmlr.models.blending import Blender, BlendInputs, blend_inert_options, blend_option, check_blend_settings
-from promptmlr.models.category import category_contrastive_loss
+from promptmlr.models.category import HCPClassifier, HCPDecouplingHead, category_contrastive_loss
+from promptmlr.models.clsl import AuthorsEnhancement, CLSLConfig
 from promptmlr.models.enhancement import SemanticEnhancement
 from promptmlr.models.factory import register_method
 from promptmlr.models.head import SemanticDecouplingHead
@@ -50,6 +61,7 @@ from promptmlr.options import option
 
 QUERIES = ("learnable", "prompt")
 ENHANCE_TEXTS = ("prompts", "class")
+ENHANCE_LAYERS = ("promptmlr", "clsl")
 
 
 @dataclass
@@ -90,6 +102,17 @@ class PromptMLRConfig(PromptConfig):
                                           "validation split, docs/ablation.md)", above=0)
     enhance_temperature: float | None = option(None, "the enhancement's attention scale; null: "
                                                      "attention_temperature", above=0)
+    enhance_layers: str = option("promptmlr", "the enhancement's layers: promptmlr's, or CLSL's own (a transformer "
+                                              "layer over the locations, bilinear attention, GELU MLPs)",
+                                 choices=ENHANCE_LAYERS)
+    decoupled: bool = option(False, "a branch of HCP-MLR-PL's semantic decoupling and element-wise classifier "
+                                    "(DSRB's and SST's head), guided by the class text")
+    decoupling_dim: int = option(512, "the decoupled branch's attention width (HCP-MLR-PL's intermediaDim)",
+                                 minimum=1)
+    classifier_dim: int = option(1024, "the decoupled branch's classifier width (HCP-MLR-PL's outputDim)", minimum=1)
+    decoupled_lr_scale: float = option(0.4, "the decoupled branch trains at this times train.lr", above=0)
+    branch_losses: bool = option(False, "train each branch on its own loss and predict the mean of their logits (an "
+                                        "ensemble); off: one loss on their sum")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,7 +123,14 @@ class PromptMLRConfig(PromptConfig):
         not in use (:func:`.blending.blend_inert_options`), and the blending's start when no perspective
         is on. Two configs that differ only in them train the same model (the accuracy benchmark's run
         comparison skips them)."""
-        inert = set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature"}
+        inert = set() if self.enhance else {"enhance_hidden", "enhance_text", "enhance_lr_scale", "enhance_temperature",
+                                            "enhance_layers"}
+        if self.enhance and self.enhance_layers == "clsl":  # CLSL's layers have CLSL's widths and attention
+            inert |= {"enhance_hidden", "enhance_temperature"}
+        if not self.decoupled:
+            inert |= {"decoupling_dim", "classifier_dim", "decoupled_lr_scale"}
+        if not (self.enhance or self.decoupled):  # one branch: its own loss is the loss on the sum
+            inert.add("branch_losses")
         inert |= blend_inert_options(self)
         return inert | (set() if self.instance_blend or self.prototype_blend else {"known_only_epochs"})
 
@@ -124,44 +154,76 @@ class PromptMLR(MultiLabelMethod):
         self.blender = None
         if config.instance_blend or config.prototype_blend:
             self.blender = Blender(self.num_classes, backbone.embed_dim, config)
+        if (config.enhance and config.enhance_text == "class") or config.decoupled:
+            self.register_buffer("class_text", class_text_features(backbone, class_names,
+                                                                   descriptions=self.descriptions),
+                                 persistent=False)
         self.enhancement = None
-        if config.enhance:
+        if config.enhance and config.enhance_layers == "clsl":
+            widths = CLSLConfig()
+            self.enhancement = AuthorsEnhancement(backbone.embed_dim, backbone.embed_dim, self.num_classes,
+                                                  widths.attention_dim, widths.encoder_layers, widths.encoder_heads)
+        elif config.enhance:
             temperature = config.enhance_temperature or config.attention_temperature  # one scale for both, by default
             self.enhancement = SemanticEnhancement(backbone.embed_dim, self.num_classes, config.enhance_hidden,
                                                    temperature)
-            if config.enhance_text == "class":
-                self.register_buffer("class_text", class_text_features(backbone, class_names,
-                                                                       descriptions=self.descriptions),
-                                     persistent=False)
+        self.decoupling = self.decoupled_classifier = None
+        if config.decoupled:
+            self.decoupling = HCPDecouplingHead(backbone.embed_dim, self.class_text, config.decoupling_dim)
+            self.decoupled_classifier = HCPClassifier(self.num_classes, backbone.embed_dim, config.classifier_dim)
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         positive = self.positive()
         category, attention = self.head(features.dense_features, positive)
         category = F.normalize(category, dim=-1)
         negative = None if self.negative is None else self.negative()
-        logits = self._margin(category, positive, negative)
+        margins = self._margin(category, positive, negative)
         image = F.normalize(features.global_features, dim=-1)
         if self.config.global_weight:
-            logits = logits + self.config.global_weight * self._margin(image[:, None, :], positive, negative)
+            margins = margins + self.config.global_weight * self._margin(image[:, None, :], positive, negative)
+        branches = [margins]
         if self.enhancement is not None:
-            # the prompts guide the enhancement as fixed text, as CLSL's fixed class embeddings do, so that its
-            # loss does not pull them away from their own margins
-            locations = self.enhancement.locations(features.dense_features)
-            text = self.class_text if self.config.enhance_text == "class" else positive.detach()
-            logits = logits + self.enhancement(locations, image, text)[0]
+            branches.append(self._enhancement_logits(features, image, positive))
+        if self.decoupling is not None:
+            branches.append(self.decoupled_classifier(self.decoupling(features.dense_features)[0]))
         extras = {"negative_features": negative} if negative is not None else {}
+        if self.config.branch_losses and len(branches) > 1:
+            stacked = torch.stack(branches)
+            logits, extras["branch_logits"] = stacked.mean(0), stacked
+        else:
+            logits = sum(branches[1:], branches[0])
         return MethodOutput(logits, attention, features.grid, category, positive, extras)
 
+    def _enhancement_logits(self, features: ImageFeatures, image: torch.Tensor, positive: torch.Tensor
+                            ) -> torch.Tensor:
+        """The enhancement's logits ``[B, C]``. The prompts guide it as fixed text, as CLSL's fixed class
+        embeddings do, so that its loss does not pull them away from their own margins."""
+        text = self.class_text if self.config.enhance_text == "class" else positive.detach()
+        if self.config.enhance_layers == "clsl":
+            return self.enhancement(self.enhancement.locations(features.dense_features, features.grid), text)[0]
+        return self.enhancement(self.enhancement.locations(features.dense_features), image, text)[0]
+
+    def supervised_logits(self, output: MethodOutput) -> list[torch.Tensor]:
+        """Each branch on its own loss under ``branch_losses`` (item 8), else their sum."""
+        branches = output.extras.get("branch_logits")
+        return [output.logits] if branches is None else list(branches)
+
     def parameter_groups(self) -> list[dict]:
-        """The enhancement apart from the prompts and the head, at ``enhance_lr_scale`` times the rate:
-        alone, these layers (clsl's enhancement: promptmlr) validated best at lr 0.02 and SARL's prompts
-        at 0.005 (docs/sandbox.md)."""
-        if self.enhancement is None:
+        """The prompts and their head at the rate; the enhancement at ``enhance_lr_scale`` times it
+        (alone, these layers, clsl's enhancement: promptmlr, validated best at lr 0.02 and SARL's
+        prompts at 0.005, docs/sandbox.md); the decoupled branch at ``decoupled_lr_scale`` times it
+        (DSRB's head validated at lr 0.002 on the sandbox, docs/results.md)."""
+        scaled = [(module, scale) for module, scale in ((self.enhancement, self.config.enhance_lr_scale),
+                                                        (self.decoupling, self.config.decoupled_lr_scale),
+                                                        (self.decoupled_classifier, self.config.decoupled_lr_scale))
+                  if module is not None]
+        if not scaled:
             return super().parameter_groups()
-        enhancement = {id(p) for p in self.enhancement.parameters()}
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in trainable if id(p) not in enhancement], "lr_scale": 1.0},
-                {"params": [p for p in trainable if id(p) in enhancement], "lr_scale": self.config.enhance_lr_scale}]
+        apart = {id(p) for module, _ in scaled for p in module.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in apart]
+        return [{"params": rest, "lr_scale": 1.0}] + [
+            {"params": [p for p in module.parameters() if p.requires_grad], "lr_scale": scale}
+            for module, scale in scaled]
 
     def _margin(self, features: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None) -> torch.Tensor:
         """``s * (cos(f, t+) - cos(f, t-))`` per class for unit features ``[B, C or 1, D]``."""
@@ -214,11 +276,20 @@ class PromptMLR(MultiLabelMethod):
     @classmethod
     def text_embeddings_refusal(cls, config: PromptMLRConfig) -> str:
         return (f"method {cls.name} scores a feature pooled for each class from the dense map (its decoupling "
-                f"head) against the class's prompts" + (", plus its enhancement's MLPs" if config.enhance else ""))
+                f"head) against the class's prompts" + (", plus its enhancement's MLPs" if config.enhance else "")
+                + (", plus a decoupled classifier" if config.decoupled else ""))
 
     def estimate_activation_bytes(self, batch_size: int, locations: int) -> int:
         total = self.head.estimate_activation_bytes(batch_size, locations, self.backbone.embed_dim)
-        if self.enhancement is not None:
+        config, dim = self.config, self.backbone.embed_dim
+        if self.enhancement is not None and config.enhance_layers == "clsl":
+            widths = CLSLConfig()
+            total += BYTES_PER_FLOAT * AuthorsEnhancement.activation_floats(
+                batch_size, locations, dim, self.num_classes, widths.attention_dim, widths.encoder_layers,
+                widths.encoder_heads)
+        elif self.enhancement is not None:
             total += BYTES_PER_FLOAT * SemanticEnhancement.activation_floats(
-                batch_size, locations, self.backbone.embed_dim, self.config.enhance_hidden, self.num_classes)
+                batch_size, locations, dim, config.enhance_hidden, self.num_classes)
+        if self.decoupling is not None:
+            total += self.decoupling.estimate_activation_bytes(batch_size, locations, dim)
         return total

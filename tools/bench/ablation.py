@@ -7,7 +7,8 @@ folders ``<out>/runs/<row>/``, read back when finished, as the accuracy benchmar
 starts from a base without the enhancement (lr 0.005, logit scale 20, global branch on) and
 changes one thing per row; step 2 combines what helped with one learning rate for every part;
 step 3 gives the prompts and the enhancement each its own rate (today's defaults) and varies the
-rest once more. Two CLSL rows put promptmlr's best beside that method's. Writes
+rest once more. Two CLSL rows put promptmlr's best beside that method's. Step 5 adds the seed
+methods' heads as branches, summed or each trained on its own loss (``--rows NAME ...``: some rows). Writes
 ``<out>/ablation.md`` (val and test mAP of the epoch each run selected on validation, plus the
 recovered labels' precision and recall where recovery is on) and ``<out>/ablation.json``.
 
@@ -34,6 +35,10 @@ BASE = ("model.options.enhance=false", "model.options.global_weight=1", "model.o
 # step 2's choice: enhancement on, global branch off, logit scale 5, one rate (0.02) for every part
 ONE_RATE = ("train.lr=0.02", "model.options.enhance_lr_scale=1", *PROMPT_GUIDED)
 RECOVERY = ("train.recovery.enabled=true", "train.recovery.thresholds=calibrated")
+# step 5: branches that add up instead of compete (module docstring of promptmlr.models.promptmlr, items 7-8)
+ENSEMBLE = ("model.options.branch_losses=true",)
+CLSL_LAYERS = ("model.options.enhance_layers=clsl",)
+DECOUPLED = ("model.options.decoupled=true",)
 
 # (row name, step, method, what it changes, --set assignments on top of the method's recipe)
 ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
@@ -74,13 +79,22 @@ ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
     ("defaults", 3, "promptmlr", "the same, enhancement guided by class text (today's defaults)", ()),
     ("defaults-align-off", 3, "promptmlr", "the defaults, alignment off", ("model.options.align_weight=0",)),
     ("defaults-recovery", 3, "promptmlr", "the defaults, calibrated recovery", RECOVERY),
+    ("ensemble", 5, "promptmlr", "the defaults, each branch on its own loss, logits averaged", ENSEMBLE),
+    ("clsl-layers", 5, "promptmlr", "the defaults with CLSL's enhancement layers", CLSL_LAYERS),
+    ("clsl-layers-ensemble", 5, "promptmlr", "CLSL's layers, each branch on its own loss",
+     (*CLSL_LAYERS, *ENSEMBLE)),
+    ("decoupled", 5, "promptmlr", "the defaults plus HCP's decoupled branch", DECOUPLED),
+    ("decoupled-ensemble", 5, "promptmlr", "the same, each branch on its own loss", (*DECOUPLED, *ENSEMBLE)),
+    ("three-branches", 5, "promptmlr", "CLSL's layers and the decoupled branch, each on its own loss",
+     (*CLSL_LAYERS, *DECOUPLED, *ENSEMBLE)),
     ("clsl", 4, "clsl", "CLSL, its recipe", ()),
     ("clsl-no-recovery", 4, "clsl", "CLSL without its recovery head", ("model.options.recovery_weight=0",)),
 )
 STEPS = {1: "Step 1: one component on or off, from the base configuration",
          2: "Step 2: combining what helped, one learning rate for every part",
          3: "Step 3: each part at its own learning rate (today's defaults)",
-         4: "For reference: CLSL, the best other method"}
+         4: "For reference: CLSL, the best other method",
+         5: "Step 5: the seed methods' heads as branches, summed or each on its own loss"}
 
 
 def plan(args: argparse.Namespace):
@@ -88,6 +102,8 @@ def plan(args: argparse.Namespace):
     shared = [{"data": {"root": str(args.data_root)}}] if args.data_root is not None else []
     runs = []
     for name, _, method, _, assignments in ROWS:
+        if args.rows and name not in args.rows:
+            continue
         own = {"data": {"known": 0.1, "mask_seed": 0}, "train": {"seed": 0}, "model": {"method": method}}
         runs.append((name, resolve_config("synthetic", None, [*shared, own, *map(parse_assignment, assignments)])))
     return runs
@@ -125,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, metavar="DIR",
                         help="another synthetic world (default: the one generated on first use)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="ablation folder (runs/ and the table)")
+    parser.add_argument("--rows", nargs="+", choices=[row[0] for row in ROWS], metavar="ROW",
+                        help="only these rows (default: every row)")
     args = parser.parse_args(argv)
     try:
         rows, failed = run_benchmark(plan(args), args.out)

@@ -243,7 +243,7 @@ class MethodSteps:
         self.method.train()
         with autocast(self.device, self.precision):
             output = self.method(features)
-            loss = self.loss_fn(output.logits.float(), self.targets)
+            loss = sum(self.loss_fn(logits.float(), self.targets) for logits in self.method.supervised_logits(output))
             loss = loss + sum(self.method.auxiliary_losses(output, self.targets, self.loss_fn).values())
         loss.backward()
         self.optimizer.step()
