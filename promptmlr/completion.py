@@ -442,7 +442,8 @@ def summary_markdown(record: dict) -> str:
              f"Run `{record['run_dir']}` ({record['method']}, {record['prompts']}): {totals_line(record)}.", "",
              "Each class's thresholds are chosen on known labels the model did not train on (its validation split's, "
              "or, cross-fitted, every known label scored by a model that did not train on its image): a side fills "
-             "where the 95 % lower bound of its precision on them reaches the target and it claims at most "
+             "where the 95 % lower bound of its precision on them, counting one more label wrong, reaches the "
+             "target and it claims at most "
              "1 − target of the other sign's labels." + ("" if record.get("calibration") == "cross-fit" else
              " Training images were seen in training (their known labels only), so the model scores them more "
              "confidently than the validation images; `--calibration cross-fit` calibrates every class on "

@@ -365,9 +365,7 @@ class Trainer:
             targets, weights = self._targets(indices)
             with accelerator.accumulate(self.method), accelerator.autocast():
                 output = self.method(features)
-                supervised = self._unwrapped.supervised_logits(output)
-                loss = sum(self.loss_fn(logits, targets, weights) for logits in supervised)
-                loss = loss + sum(self._unwrapped.auxiliary_losses(output, targets, self.loss_fn).values())
+                loss = self._unwrapped.training_loss(output, targets, self.loss_fn, weights)
                 if not torch.isfinite(loss):
                     paths = [str(self.splits.train.image_paths[i]) for i in indices.cpu().tolist()[:4]]
                     raise TrainingDivergedError(

@@ -109,6 +109,14 @@ class MultiLabelMethod(nn.Module):
         so that each learns to predict alone (an ensemble of learners, not one sum fitted jointly)."""
         return [output.logits]
 
+    def training_loss(self, output: MethodOutput, targets: torch.Tensor, loss_fn: LossFn,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+        """A batch's whole training loss: ``loss_fn`` on each of :meth:`supervised_logits` (per-entry
+        ``weights`` if given), plus :meth:`auxiliary_losses`. The engine and the benchmarks' training
+        steps both call it, so that a method trains the same wherever it runs."""
+        loss = sum(loss_fn(logits, targets, weights) for logits in self.supervised_logits(output))
+        return loss + sum(self.auxiliary_losses(output, targets, loss_fn).values())
+
     def auxiliary_losses(self, output: MethodOutput, targets: torch.Tensor, loss_fn: LossFn
                          ) -> dict[str, torch.Tensor]:
         """Extra training terms beyond the loss on :meth:`supervised_logits` (none by default).

@@ -243,8 +243,7 @@ class MethodSteps:
         self.method.train()
         with autocast(self.device, self.precision):
             output = self.method(features)
-            loss = sum(self.loss_fn(logits.float(), self.targets) for logits in self.method.supervised_logits(output))
-            loss = loss + sum(self.method.auxiliary_losses(output, self.targets, self.loss_fn).values())
+            loss = self.method.training_loss(output, self.targets, self.loss_fn)  # the losses compute in float32
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -322,8 +322,7 @@ def train_ours(ours: nn.Module, batches: list[tuple[ImageFeatures, torch.Tensor]
         ours.set_epoch(epoch)
         for step, (features, targets) in enumerate(batches):
             ours.set_epoch_fraction(step / len(batches))
-            output = ours(features)
-            loss = bce(output.logits, targets) + sum(ours.auxiliary_losses(output, targets, bce).values())
+            loss = ours.training_loss(ours(features), targets, bce)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
