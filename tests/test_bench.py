@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from promptmlr.config import resolve_config
 from tests.conftest import write_colour_csv
 from tests.test_report import TINY
 
@@ -250,6 +251,12 @@ def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
     assert runs["clsl-no-recovery"].model.method == "clsl"
     three = runs["three-branches"].model.options
     assert (three["enhance_layers"], three["decoupled"], three["branch_losses"]) == ("clsl", True, True)
+    # the sandbox recipe's branches do not leak into the rows measured before them
+    assert not defaults.model.options["decoupled"] and not defaults.model.options["branch_losses"]
+    wide, narrow = runs["decoupled-ensemble"].model.options, runs["decoupled-narrow-ensemble"].model.options
+    assert (wide["decoupling_dim"], wide["classifier_dim"], narrow["classifier_dim"]) == (512, 1024, 256)
+    recipe = resolve_config("synthetic", None, [{"model": {"method": "promptmlr"}}])
+    assert runs["decoupled-narrow-ensemble"].model.options == recipe.model.options
     only = dict(ablation.plan(ablation.argparse.Namespace(data_root=None, rows=["defaults", "ensemble"])))
     assert list(only) == ["defaults", "ensemble"]
 

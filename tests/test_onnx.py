@@ -25,6 +25,7 @@ from promptmlr import api, tagger
 from promptmlr.backbones import create_backbone
 from promptmlr.backbones.factory import WEIGHTS_DIR
 from promptmlr.cli import main
+from promptmlr.config import resolve_config
 from promptmlr.data.world import SYNTHETIC_CLASS_NAMES as CLASSES
 from promptmlr.data.world import SyntheticWorld
 from promptmlr.errors import PromptMLRError
@@ -77,11 +78,11 @@ def sandbox():
 
 
 def _prompts_run(folder: Path, method_name: str, backbone, classes=CLASSES, seed: int = 0,
-                 metrics: dict | None = None) -> Path:
+                 metrics: dict | None = None, **options) -> Path:
     """A run folder holding ``method_name``'s prompts with every learned tensor moved off its
     initial value (a zero-initialised head would make every image score alike)."""
     torch.manual_seed(seed)
-    method = build_method(method_name, backbone, list(classes), None)
+    method = build_method(method_name, backbone, list(classes), None, **options)
     with torch.no_grad():
         for parameter in method.parameters():
             if parameter.requires_grad:
@@ -126,6 +127,14 @@ def test_every_method_exports_the_logits_predict_gives(method_name, sandbox, wor
     assert metadata["run"]["folder"] == "run" and metadata["run"]["selected_on"] == "val"
     assert metadata["preprocess"]["image_size"] == 128 and metadata["backbone"]["fingerprint"] == sandbox.fingerprint
     assert str(WEIGHTS_DIR) not in json.dumps(metadata)  # where the weights lie stays on this machine
+
+
+def test_promptmlr_on_its_sandbox_recipe_exports_its_branches_average(sandbox, world_images, tmp_path):
+    """The quickstart's run: three branches, their logits averaged (configs/methods/synthetic/promptmlr.yaml)."""
+    options = resolve_config("synthetic", None, [{"model": {"method": "promptmlr"}}]).model.options
+    assert options["decoupled"] and options["branch_losses"]
+    run = _prompts_run(tmp_path / "run", "promptmlr", sandbox, **options)
+    _assert_same_predictions(run, promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx"), world_images)
 
 
 def _deploy_snippet() -> str:

@@ -8,7 +8,9 @@ starts from a base without the enhancement (lr 0.005, logit scale 20, global bra
 changes one thing per row; step 2 combines what helped with one learning rate for every part;
 step 3 gives the prompts and the enhancement each its own rate (today's defaults) and varies the
 rest once more. Two CLSL rows put promptmlr's best beside that method's. Step 5 adds the seed
-methods' heads as branches, summed or each trained on its own loss (``--rows NAME ...``: some rows). Writes
+methods' heads as branches, summed or each trained on its own loss (``--rows NAME ...``: some rows); its
+narrow decoupled row is promptmlr's sandbox recipe, and every promptmlr row starts from that recipe without
+step 5's branches (``BEFORE_STEP_5``). Writes
 ``<out>/ablation.md`` (val and test mAP of the epoch each run selected on validation, plus the
 recovered labels' precision and recall where recovery is on) and ``<out>/ablation.json``.
 
@@ -38,7 +40,11 @@ RECOVERY = ("train.recovery.enabled=true", "train.recovery.thresholds=calibrated
 # step 5: branches that add up instead of compete (module docstring of promptmlr.models.promptmlr, items 7-8)
 ENSEMBLE = ("model.options.branch_losses=true",)
 CLSL_LAYERS = ("model.options.enhance_layers=clsl",)
-DECOUPLED = ("model.options.decoupled=true",)
+DECOUPLED = ("model.options.decoupled=true", "model.options.decoupling_dim=512", "model.options.classifier_dim=1024")
+NARROW_DECOUPLED = ("model.options.decoupled=true", "model.options.decoupling_dim=256", "model.options.classifier_dim=256")
+# promptmlr's sandbox recipe took step 5's branches; every promptmlr row starts from the recipe without
+# them, so that each row changes what it names from the configuration it was measured on
+BEFORE_STEP_5 = ("model.options.branch_losses=false", "model.options.decoupled=false")
 
 # (row name, step, method, what it changes, --set assignments on top of the method's recipe)
 ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
@@ -85,6 +91,9 @@ ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
      (*CLSL_LAYERS, *ENSEMBLE)),
     ("decoupled", 5, "promptmlr", "the defaults plus HCP's decoupled branch", DECOUPLED),
     ("decoupled-ensemble", 5, "promptmlr", "the same, each branch on its own loss", (*DECOUPLED, *ENSEMBLE)),
+    ("decoupled-narrow", 5, "promptmlr", "the decoupled branch 256 wide, one loss on the sum", NARROW_DECOUPLED),
+    ("decoupled-narrow-ensemble", 5, "promptmlr", "the same, each branch on its own loss (the sandbox recipe)",
+     (*NARROW_DECOUPLED, *ENSEMBLE)),
     ("three-branches", 5, "promptmlr", "CLSL's layers and the decoupled branch, each on its own loss",
      (*CLSL_LAYERS, *DECOUPLED, *ENSEMBLE)),
     ("clsl", 4, "clsl", "CLSL, its recipe", ()),
@@ -105,7 +114,9 @@ def plan(args: argparse.Namespace):
         if args.rows and name not in args.rows:
             continue
         own = {"data": {"known": 0.1, "mask_seed": 0}, "train": {"seed": 0}, "model": {"method": method}}
-        runs.append((name, resolve_config("synthetic", None, [*shared, own, *map(parse_assignment, assignments)])))
+        start = BEFORE_STEP_5 if method == "promptmlr" else ()
+        runs.append((name, resolve_config("synthetic", None,
+                                          [*shared, own, *map(parse_assignment, (*start, *assignments))])))
     return runs
 
 
