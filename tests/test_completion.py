@@ -132,7 +132,8 @@ def test_review_lists_only_unknown_entries_rare_classes_and_the_least_sure_first
     everything = review_candidates(result, labels, 10**6)
     assert len(everything) == (result.labels == 0).sum()
     assert [(e.row, e.column) for e in everything[:50]] == [(e.row, e.column) for e in entries]
-    logits = np.log(np.array([e.probability for e in entries]) / (1 - np.array([e.probability for e in entries])))
+    probabilities = np.array([e.probability for e in entries])
+    logits = np.log(probabilities / (1 - probabilities))
     same_class = [abs(logit) for entry, logit in zip(entries, logits) if entry.column == 2]
     assert same_class == sorted(same_class)  # within a class, the least sure first
 

@@ -40,8 +40,16 @@ RECOVERY = ("train.recovery.enabled=true", "train.recovery.thresholds=calibrated
 # step 5: branches that add up instead of compete (module docstring of promptmlr.models.promptmlr, items 7-8)
 ENSEMBLE = ("model.options.branch_losses=true",)
 CLSL_LAYERS = ("model.options.enhance_layers=clsl",)
-DECOUPLED = ("model.options.decoupled=true", "model.options.decoupling_dim=512", "model.options.classifier_dim=1024")
-NARROW_DECOUPLED = ("model.options.decoupled=true", "model.options.decoupling_dim=256", "model.options.classifier_dim=256")
+
+
+def decoupled_branch(decoupling_dim: int, classifier_dim: int) -> tuple[str, ...]:
+    """HCP-MLR-PL's decoupled branch at these widths, named in full so a row keeps them whatever the recipe says."""
+    return ("model.options.decoupled=true", f"model.options.decoupling_dim={decoupling_dim}",
+            f"model.options.classifier_dim={classifier_dim}")
+
+
+DECOUPLED = decoupled_branch(512, 1024)  # HCP-MLR-PL's widths
+NARROW_DECOUPLED = decoupled_branch(256, 256)  # the sandbox recipe's
 # promptmlr's sandbox recipe took step 5's branches; every promptmlr row starts from the recipe without
 # them, so that each row changes what it names from the configuration it was measured on
 BEFORE_STEP_5 = ("model.options.branch_losses=false", "model.options.decoupled=false")
