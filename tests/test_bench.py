@@ -233,6 +233,34 @@ def test_calibration_judges_each_published_property_on_the_numbers_given():
     assert "| b |" in calibration.render(missing, list(verdicts.values()), 6.0, "cmd")
 
 
+def test_calibration_measures_only_the_rows_asked_for(tmp_path, monkeypatch):
+    """``--rows`` runs one accuracy benchmark per named row, with the row's own settings and the
+    backbone given; a property resting on a row left out reads 'not measured'."""
+    calibration = _load("calibration")
+    calls = []
+
+    def fake_accuracy(argv):
+        out = Path(argv[argv.index("--out") + 1])
+        calls.append((out.name, argv))
+        out.mkdir(parents=True)
+        runs = [{"dataset": "synthetic", "backbone": "cand", "method": argv[argv.index("--methods") + 1],
+                 "known": known, "seed": 0, "test_mAP": 50.0}
+                for known in (0.1, 0.9)]
+        (out / "results.json").write_text(json.dumps({"runs": runs}))
+        return 0
+    monkeypatch.setattr(calibration.accuracy, "main", fake_accuracy)
+    monkeypatch.setattr(calibration, "chance_map", lambda dataset: 6.0)
+    calibration.main(["--out", str(tmp_path), "--rows", "linear", "linear-dense", "--known", "0.1", "0.9",
+                      "--seeds", "0", "--backbone", "cand"])
+    assert [name for name, _ in calls] == ["linear", "linear-dense"]
+    dense = calls[1][1]
+    assert dense[dense.index("--set") + 1] == "model.options.features=dense" and dense[-2:] == ["--backbone", "cand"]
+    verdicts = {v["property"]: v["pass"] for v in json.loads((tmp_path / "calibration.json").read_text())["properties"]}
+    assert verdicts == {"a": None, "b": False, "c": True, "d": None, "e": None}
+    with pytest.raises(SystemExit):
+        calibration.build_parser().parse_args(["--out", "x", "--rows", "sarl"])
+
+
 def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
     ablation = _load("ablation")
     runs = dict(ablation.plan(ablation.argparse.Namespace(data_root=None, rows=None)))

@@ -100,3 +100,41 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert resumed["step"] == straight["step"] == 4
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_the_linear_probe_reads_labels_a_feature_holds_and_scores_an_absent_class_zero():
+    """What --finalize measures on the global and on the mean dense feature: a feature that carries
+    the labels ranks them perfectly; one that does not ranks them near chance."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    train_y = (rng.random((200, 3)) < 0.4).astype(int)
+    train_y[:, 2] = 0  # absent from the probe's training scenes
+    test_y = (rng.random((100, 3)) < 0.4).astype(int)
+    def features(labels):
+        return np.concatenate([labels * 2.0 + rng.normal(0, 0.3, labels.shape), rng.normal(size=(len(labels), 5))], 1)
+
+    scores = tool.linear_probe_scores(features(train_y), train_y, features(test_y))
+    assert scores.shape == (100, 3) and not scores[:, 2].any()
+    assert tool.mean_ap(scores[:, :2], test_y[:, :2]) > 99
+    noise = tool.linear_probe_scores(rng.normal(size=(200, 8)), train_y, rng.normal(size=(100, 8)))
+    assert tool.mean_ap(noise[:, :2], test_y[:, :2]) < 70
+
+
+def test_finalize_ships_a_candidate_under_its_own_name_with_both_probes(tmp_path):
+    """``--name`` writes the weights and recipe beside, not over, the shipped sandbox; the recipe
+    holds the global and the mean-dense linear probe (property c's preview) and the pool's spread."""
+    import json
+
+    common = ["--out-dir", str(tmp_path / "run"), "--threads", "1"]
+    tool.main(["--arch", TINY_RN, "--image-size", "64", "--pool-size", "16", "--batch-size", "8", "--steps", "2",
+               "--warmup", "1", "--eval-size", "8", "--workers", "1", "--no-channels-last", "--pool-temperature",
+               "2", *common])
+    tool.main(["--finalize", "--weights-dir", str(tmp_path / "ship"), "--name", "candidate", "--eval-size", "16",
+               "--eval-image-size", "64", "--probe-train", "24", *common])
+    assert sorted(path.name for path in (tmp_path / "ship").iterdir()) == ["candidate.json", "candidate.safetensors"]
+    recipe = json.loads((tmp_path / "ship" / "candidate.json").read_text())
+    evaluation = recipe["evaluation"]
+    assert recipe["name"] == "candidate" and recipe["pretraining"]["pool_temperature"] == 2
+    assert 0 <= evaluation["linear_probe_dense_map"] <= 100 and 0 <= evaluation["linear_probe_map"] <= 100
+    assert 0 < evaluation["pool_attention"]["normalized_entropy"] <= 1

@@ -22,11 +22,12 @@ train (default)
     Time a few steps of one or more architectures (``--bench-arch``) and exit.
 --finalize
     Take ``<out-dir>/last.safetensors``, store it as fp16 safetensors at
-    ``promptmlr/backbones/weights/<name>.safetensors`` (the arch without ``promptmlr-``:
-    ``sandbox-rn``, ``sandbox-vit``), load it back through ``create_backbone("openclip:<arch>:<file>")``
-    (the path a user's own checkpoint takes), measure zero-shot mAP against chance, per-location
-    zero-shot mAP and a linear-probe ceiling on a held-out synthetic set, and write the recipe next
-    to it (``<name>.json``).
+    ``<weights-dir>/<name>.safetensors`` (by default ``promptmlr/backbones/weights/`` and the arch
+    without ``promptmlr-``: ``sandbox-rn``, ``sandbox-vit``; ``--name`` ships a candidate beside
+    them), load it back through ``create_backbone("openclip:<arch>:<file>")`` (the path a user's
+    own checkpoint takes), measure zero-shot mAP against chance, per-location zero-shot mAP and
+    linear probes on the global and on the mean dense feature of a held-out synthetic set, and
+    write the recipe next to it (``<name>.json``).
 
 Example (the shipped checkpoint's command is recorded in ``sandbox-rn.json``)::
 
@@ -438,7 +439,6 @@ def bench(args) -> None:
 def finalize(args) -> None:
     """Ship ``<out-dir>/last.safetensors``: fp16 safetensors, loaded back through the user path, evaluated."""
     from safetensors.torch import save_file
-    from sklearn.linear_model import LogisticRegression
 
     from promptmlr.backbones import create_backbone
     from promptmlr.models import build_method
@@ -454,7 +454,7 @@ def finalize(args) -> None:
     state = load_checkpoint(Path(args.out_dir) / "last.safetensors")
     weights_dir = Path(args.weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    name = state["arch"].removeprefix("promptmlr-")  # sandbox-rn, sandbox-vit
+    name = args.name or state["arch"].removeprefix("promptmlr-")  # sandbox-rn, sandbox-vit
     target = weights_dir / f"{name}.safetensors"
     state["model"] = shipped_model_state(state["model"], state["args"].get("pool_temperature", 1.0))
     tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
@@ -500,18 +500,15 @@ def finalize(args) -> None:
             f"{results['pool_attention']['effective_tokens']:.1f} of {results['pool_attention']['tokens']} tokens")
 
     train_scenes = [world.scene(i) for i in range(args.probe_train)]
-    train_x = encode_images(backbone, [world.render(s) for s in train_scenes])[0].numpy()
-    test_x = test_global.numpy()
+    train_global, train_dense = encode_images(backbone, [world.render(s) for s in train_scenes])
     train_y = np.stack([world.labels(s) for s in train_scenes])
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    probe = np.zeros_like(scores)
-    for c in range(len(SYNTHETIC_CLASS_NAMES)):
-        if train_y[:, c].min() == train_y[:, c].max():  # a class absent from the probe's training set
-            continue
-        clf = LogisticRegression(C=0.1, max_iter=1000).fit((train_x - mean) / std, train_y[:, c])
-        probe[:, c] = clf.decision_function((test_x - mean) / std)
-    results["linear_probe_map"] = round(mean_ap(probe, labels), 2)
-    log(f"linear probe mAP {results['linear_probe_map']} ({args.probe_train} training scenes)")
+    global_probe = linear_probe_scores(train_global.numpy(), train_y, test_global.numpy())
+    dense_probe = linear_probe_scores(train_dense.mean(1).numpy(), train_y, test_dense.mean(1).numpy())
+    results["linear_probe_map"] = round(mean_ap(global_probe, labels), 2)
+    results["linear_probe_dense_map"] = round(mean_ap(dense_probe, labels), 2)
+    log(f"linear probe mAP {results['linear_probe_map']} on the global feature, "
+        f"{results['linear_probe_dense_map']} on the mean dense feature "
+        f"({results['linear_probe_dense_map'] / results['linear_probe_map']:.2f}x; {args.probe_train} training scenes)")
 
     train_args = state["args"]
     recipe = {
@@ -547,8 +544,10 @@ def finalize(args) -> None:
                    f"eval transform",
             "template": EVAL_TEMPLATE, "metric": "mean over classes of sklearn average_precision_score, percent",
             **results,
-            "linear_probe": f"one logistic regression (C=0.1) per class on standardised frozen global features of "
-                            f"{args.probe_train} train scenes of the same world",
+            "linear_probe": f"one logistic regression (C=0.1) per class on standardised frozen features of "
+                            f"{args.probe_train} train scenes of the same world: the global embedding "
+                            f"(linear_probe_map) and the mean of the dense map (linear_probe_dense_map, "
+                            f"a fully labelled preview of docs/sandbox.md's property c)",
             "command": _command(),
         },
     }
@@ -599,6 +598,23 @@ def dense_zeroshot_scores(backbone, dense: torch.Tensor) -> np.ndarray:
 
     text = class_text_features(backbone, SYNTHETIC_CLASS_NAMES, templates=[EVAL_TEMPLATE])
     return (F.normalize(dense, dim=-1) @ text.T).amax(1).numpy()
+
+
+def linear_probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
+    """Test scores ``[N, C]`` of one logistic regression per class (C=0.1) on standardised frozen
+    features: the linear-probe ceiling CLIP reports, and, fed the mean of the dense map instead of the
+    global embedding, how much of it the dense map holds (DualCoOp-style methods score that map).
+    A class absent from the training scenes scores 0."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    scores = np.zeros((len(test_x), train_y.shape[1]))
+    for c in range(train_y.shape[1]):
+        if train_y[:, c].min() == train_y[:, c].max():
+            continue
+        clf = LogisticRegression(C=0.1, max_iter=1000).fit((train_x - mean) / std, train_y[:, c])
+        scores[:, c] = clf.decision_function((test_x - mean) / std)
+    return scores
 
 
 def _fp32_backbone(state):
@@ -677,6 +693,8 @@ def parse_args(argv=None):
                    help="print how widely the attention pool of this backbone (e.g. sandbox) spreads its attention "
                         "over the held-out scenes, and exit")
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="--finalize: where to ship the files")
+    p.add_argument("--name", help="--finalize: the shipped files' name (default: the arch without 'promptmlr-', "
+                                  "sandbox-rn or sandbox-vit); another name keeps the shipped sandbox as it is")
     p.add_argument("--eval-seed", type=int, default=0, help="--finalize: world seed of the evaluation set")
     p.add_argument("--eval-image-size", type=int, default=128, help="--finalize: evaluation render size")
     p.add_argument("--probe-train", type=int, default=2000, help="--finalize: linear-probe training scenes")

@@ -2,6 +2,8 @@
 
     python -m tools.bench.calibration --out bench/calibration
     python -m tools.bench.calibration --out bench/calibration --known 0.1 0.9 --seeds 0   # a quick look
+    python -m tools.bench.calibration --out bench/cal-b --backbone B --rows zeroshot linear linear-dense \
+        dualcoop positivecoop --known 0.1 0.9   # a candidate sandbox B: every property, no promptmlr
 
 A proxy is worth what it reproduces of the real thing. The anchors (DualCoOp, Sun et al. 2022;
 PositiveCoOp, Rawlekar et al. 2024) report, for CLIP RN101 on COCO and VOC, an ordering that no
@@ -52,7 +54,8 @@ Means = dict[str, dict[float, tuple[float, float | None]]]  # row -> known -> (m
 def measure(args: argparse.Namespace) -> Means:
     """Run (or read back) every row's benchmark; test mAP mean and std per row and known."""
     means: Means = {}
-    for row, (methods, sets) in ROWS.items():
+    for row in args.rows:
+        methods, sets = ROWS[row]
         argv = ["--dataset", args.dataset, "--methods", *methods, "--known", *map(str, args.known),
                 "--seeds", *map(str, args.seeds), "--out", str(args.out / row)]
         for assignment in [*args.set, *sets]:
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", metavar="SPEC", help="default: the dataset config's (sandbox for synthetic)")
     parser.add_argument("--known", nargs="+", type=float, default=[0.1, 0.5, 0.9], metavar="P")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
+                        help=f"rows to measure (default: all; {', '.join(ROWS)}); a property whose rows are "
+                             "left out reads 'not measured'")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="applied to every row (for example a shorter train.epochs for a quick look)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
