@@ -69,6 +69,7 @@ def test_a_pool_temperature_divides_the_logits_and_ships_as_plain_weights(pool_a
 @pytest.mark.parametrize("argv, message", [
     (["--pool-temperature", "0"], "--pool-temperature must be positive"),
     (["--device", "gpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--init-weights", "missing.safetensors"], "--init-weights missing.safetensors: no such file"),
 ])
 def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -136,5 +137,26 @@ def test_finalize_ships_a_candidate_under_its_own_name_with_both_probes(tmp_path
     recipe = json.loads((tmp_path / "ship" / "candidate.json").read_text())
     evaluation = recipe["evaluation"]
     assert recipe["name"] == "candidate" and recipe["pretraining"]["pool_temperature"] == 2
+    assert recipe["pretraining"]["init_weights"] is None
     assert 0 <= evaluation["linear_probe_dense_map"] <= 100 and 0 <= evaluation["linear_probe_map"] <= 100
     assert 0 < evaluation["pool_attention"]["normalized_entropy"] <= 1
+
+
+def test_continued_pretraining_starts_from_the_weights_given(tmp_path):
+    """``--init-weights``: the trainer's model is the shipped checkpoint (fp16 on disk, fp32 here);
+    a checkpoint of another architecture fails instead of loading in part."""
+    from safetensors.torch import save_file
+
+    shipped = tool.build_model(TINY_RN, seed=5)
+    as_shipped = {key: value.half() if value.is_floating_point() else value
+                  for key, value in shipped.state_dict().items()}
+    save_file({key: value.contiguous() for key, value in as_shipped.items()}, str(tmp_path / "tiny.safetensors"))
+    args = tool.parse_args(["--image-size", "64", "--threads", "1", "--no-channels-last",
+                            "--init-weights", str(tmp_path / "tiny.safetensors")])
+    images, scenes = tool.render_pool(args.data_seed, 64, 4, args.max_objects, workers=1)
+    trainer = tool.Trainer(args, TINY_RN, images, scenes)
+    for key, value in as_shipped.items():
+        expected = value.float() if value.is_floating_point() else value
+        torch.testing.assert_close(trainer.model.state_dict()[key], expected, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="state_dict"):
+        tool.Trainer(args, tool.ARCH, images, scenes)

@@ -128,6 +128,16 @@ def build_model(arch: str, seed: int) -> torch.nn.Module:
     return open_clip.create_model(arch, pretrained=None, device="cpu")
 
 
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Start from a shipped checkpoint (``--init-weights``, fp16 safetensors as ``--finalize`` writes
+    them): continued pretraining, a longer run for the sandbox without redoing the pairs it saw.
+    Every key must match the arch, so a checkpoint of another architecture fails here."""
+    from safetensors.torch import load_file
+
+    state = {key: value.float() if value.is_floating_point() else value for key, value in load_file(str(path)).items()}
+    model.load_state_dict(state, strict=True)
+
+
 class _DivideBy(torch.nn.Module):
     """A parametrization: the tensor the module uses is the stored one divided by ``divisor``."""
 
@@ -269,6 +279,8 @@ class Trainer:
         self.world = SyntheticWorld(args.data_seed, args.image_size, args.max_objects)
         self.device = torch.device(args.device)
         self.model = build_model(arch, args.seed)
+        if args.init_weights:
+            load_weights(self.model, args.init_weights)
         temper_pool(self.model, args.pool_temperature)
         self.model.to(self.device)
         if args.channels_last:  # oneDNN's convolutions run ~1.4x faster in NHWC on CPU (ResNet towers)
@@ -532,6 +544,7 @@ def finalize(args) -> None:
                           "time_budget_seconds": train_args["time_budget"], "grad_clip": 1.0},
             "loss": "symmetric InfoNCE with learned temperature (clamped at 100)",
             "pool_temperature": train_args.get("pool_temperature", 1.0),
+            "init_weights": train_args.get("init_weights"),  # continued from these (pairs_seen: this run's)
             "bf16_autocast": train_args["bf16"], "init_seed": train_args["seed"],
             "wall_time_minutes": round(state.get("train_seconds", 0) / 60, 1),
             "machine": _machine(train_args),
@@ -679,6 +692,9 @@ def parse_args(argv=None):
     p.add_argument("--pool-temperature", type=float, default=1.0,
                    help="divide the attention pool's logits by this while pretraining (>1 spreads its attention; "
                         "folded into the shipped weights)")
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="start from these weights (a shipped <name>.safetensors of the same arch) instead of "
+                        "a random init: continued pretraining")
     p.add_argument("--workers", type=int, default=2, help="processes rendering the pool")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=100)
@@ -701,6 +717,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.pool_temperature <= 0:
         p.error(f"--pool-temperature must be positive, got {args.pool_temperature}")
+    if args.init_weights and not Path(args.init_weights).is_file():
+        p.error(f"--init-weights {args.init_weights}: no such file; give a shipped .safetensors checkpoint")
     if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
         p.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
