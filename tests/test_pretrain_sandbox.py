@@ -4,11 +4,14 @@ ships folded into open_clip's plain weights."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import open_clip
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from promptmlr.checkpoint import load_checkpoint
 from tools import pretrain_sandbox_clip as tool
@@ -106,8 +109,6 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
 def test_the_linear_probe_reads_labels_a_feature_holds_and_scores_an_absent_class_zero():
     """What --finalize measures on the global and on the mean dense feature: a feature that carries
     the labels ranks them perfectly; one that does not ranks them near chance."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     train_y = (rng.random((200, 3)) < 0.4).astype(int)
     train_y[:, 2] = 0  # absent from the probe's training scenes
@@ -125,8 +126,6 @@ def test_the_linear_probe_reads_labels_a_feature_holds_and_scores_an_absent_clas
 def test_finalize_ships_a_candidate_under_its_own_name_with_both_probes(tmp_path):
     """``--name`` writes the weights and recipe beside, not over, the shipped sandbox; the recipe
     holds the global and the mean-dense linear probe (property c's preview) and the pool's spread."""
-    import json
-
     common = ["--out-dir", str(tmp_path / "run"), "--threads", "1"]
     tool.main(["--arch", TINY_RN, "--image-size", "64", "--pool-size", "16", "--batch-size", "8", "--steps", "2",
                "--warmup", "1", "--eval-size", "8", "--workers", "1", "--no-channels-last", "--pool-temperature",
@@ -145,8 +144,6 @@ def test_finalize_ships_a_candidate_under_its_own_name_with_both_probes(tmp_path
 def test_continued_pretraining_starts_from_the_weights_given(tmp_path):
     """``--init-weights``: the trainer's model is the shipped checkpoint (fp16 on disk, fp32 here);
     a checkpoint of another architecture fails instead of loading in part."""
-    from safetensors.torch import save_file
-
     shipped = tool.build_model(TINY_RN, seed=5)
     as_shipped = {key: value.half() if value.is_floating_point() else value
                   for key, value in shipped.state_dict().items()}
