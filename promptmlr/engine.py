@@ -41,7 +41,7 @@ from promptmlr.options import check_fields, option
 from promptmlr.progress import progress_bar
 from promptmlr.recovery import RecoveryConfig, RecoveryStats, prototype_similarity, recover_labels
 from promptmlr.runs import CHECKPOINT_FILE
-from promptmlr.scoring import score
+from promptmlr.scoring import collect, method_outputs, score
 from promptmlr.tracking import (
     PROJECT_NAME,
     TENSORBOARD_DIR,
@@ -244,6 +244,10 @@ class Trainer:
             # selecting on a missing split would keep the first epoch and call it selected
             raise ConfigError(f"train.select_on {config.select_on}: this run has no {config.select_on} split to "
                               f"select an epoch on; select on the split it has")
+        if self.splits.val is None and self._unwrapped.fits_on_validation():
+            # the values it would fit would stay at their start, unsaid
+            raise ConfigError(f"method {self._unwrapped.name} chooses values on the validation split before each "
+                              f"evaluation, and this run has none; give it a validation split")
         with self._phase("caching"):
             train_loader = self.features.loader(self.splits.train, train=True, description="train")
             eval_loaders = {name: self.features.loader(dataset, train=False, description=name)
@@ -425,6 +429,8 @@ class Trainer:
         """The metrics of val and test after ``epoch`` (0-based; -1: untrained). Logits that are not all
         finite are refused: mAP would rank NaNs as if they were scores and still report a number."""
         record = {}
+        if "val" in loaders and self._unwrapped.fits_on_validation():
+            self._fit_on_validation(loaders["val"])
         for name in ("val", "test"):
             if name in loaders:
                 logits = self._score(loaders[name])
@@ -441,6 +447,16 @@ class Trainer:
                 for key, value in evaluate(logits, dataset.labels, self.config.threshold, from_logits=True).items():
                     record[f"{name}_{key}"] = value
         return record
+
+    def _fit_on_validation(self, loader) -> None:
+        """The method's fit on the validation split (:meth:`MultiLabelMethod.fits_on_validation`), through
+        the one scoring path; every process gathers the whole split and fits the same values."""
+        method = self._unwrapped
+        outputs = method_outputs(method, self.features.batches(loader), self.accelerator.autocast,
+                                 lambda: self._phase("evaluation prompts"))
+        inputs, _ = collect(outputs, method.validation_fit_inputs, self.accelerator.gather_for_metrics,
+                            rows=len(loader.dataset))
+        method.fit_on_validation(inputs, self.splits.val.labels)
 
     def _test_logits(self, loaders: dict) -> np.ndarray | None:
         """The test logits of the method as it is (the selected state, for the predictions files)."""

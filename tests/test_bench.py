@@ -283,8 +283,9 @@ def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():
     assert not defaults.model.options["decoupled"] and not defaults.model.options["branch_losses"]
     wide, narrow = runs["decoupled-ensemble"].model.options, runs["decoupled-narrow-ensemble"].model.options
     assert (wide["decoupling_dim"], wide["classifier_dim"], narrow["classifier_dim"]) == (512, 1024, 256)
+    assert not defaults.model.options["probe"] and defaults.model.options["fusion"] == "mean"
     recipe = resolve_config("synthetic", None, [{"model": {"method": "promptmlr"}}])
-    assert runs["decoupled-narrow-ensemble"].model.options == recipe.model.options
+    assert runs["probe-validated"].model.options == recipe.model.options
     only = dict(ablation.plan(ablation.argparse.Namespace(data_root=None, rows=["defaults", "ensemble"])))
     assert list(only) == ["defaults", "ensemble"]
 

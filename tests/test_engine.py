@@ -23,6 +23,7 @@ from promptmlr.config import resolve_config
 from promptmlr.data import build_dataset
 from promptmlr.data.protocol import load_splits
 from promptmlr.engine import PHASES, Trainer, TrainingDivergedError
+from promptmlr.metrics import mean_average_precision
 from tests.conftest import COLOUR_CLASSES, write_colour_csv
 
 CLASSES = COLOUR_CLASSES
@@ -46,18 +47,24 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
+STACKED = {"decoupled": True, "decoupling_dim": 8, "classifier_dim": 16, "probe": True, "branch_losses": True,
+           "fusion": "validated"}
+
+
 # SST's memory of positives and DSRB's prototypes live in buffers and their warm-ups follow the
 # epoch: both must come back from the checkpoint (their transfer terms start at epoch 2, before the crash);
-# so must each learning-rate schedule's position, and Adam's moments
+# so must promptmlr's branch weights fitted on validation, each learning-rate schedule's position, and
+# Adam's moments
 @pytest.mark.slow
-@pytest.mark.parametrize("cache, method, schedule", [
-    ("on", "promptmlr", {}), ("off", "promptmlr", {}), ("on", "sst", {}), ("on", "dsrb", {}),
-    ("on", "promptmlr", {"lr_schedule": "step", "lr_step_epochs": 2, "optimizer": "adam"}),
-    ("on", "promptmlr", {"lr_schedule": "onecycle", "optimizer": "adam"})])
-def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, cache, method, schedule):
+@pytest.mark.parametrize("cache, method, options, schedule", [
+    ("on", "promptmlr", {}, {}), ("off", "promptmlr", {}, {}), ("on", "sst", {"known_only_epochs": 1}, {}),
+    ("on", "dsrb", {"known_only_epochs": 1}, {}), ("on", "promptmlr", STACKED, {}),
+    ("on", "promptmlr", {}, {"lr_schedule": "step", "lr_step_epochs": 2, "optimizer": "adam"}),
+    ("on", "promptmlr", {}, {"lr_schedule": "onecycle", "optimizer": "adam"})])
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp_path, cache, method, options,
+                                                                schedule):
     train = {"cache": {"enabled": cache, "directory": str(tmp_path / "cache")}, "ema_decay": 0.5,
              "recovery": {"enabled": True, "known_only_epochs": 1}, **schedule}
-    options = {} if method == "promptmlr" else {"known_only_epochs": 1}
     uninterrupted = run(_config(colour_data, tmp_path, method, options, **train), tmp_path / "full", log=_quiet)
 
     epochs = []
@@ -81,6 +88,49 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(colour_data, tmp
         full, again = load_file(tmp_path / "full" / name), load_file(tmp_path / "resumed" / name)
         assert full.keys() == again.keys()
         assert all(torch.equal(full[key], again[key]) for key in full)
+
+
+@pytest.mark.slow
+def test_branch_weights_are_chosen_on_validation_before_each_evaluation_and_the_selected_epoch_keeps_its(
+        colour_data, tmp_path, monkeypatch):
+    import promptmlr.models.promptmlr as promptmlr_module
+
+    chosen = []
+
+    def choose(branch_logits, labels):  # a different convex weighting each epoch, so each is recognisable
+        chosen.append((branch_logits.copy(), labels.copy()))
+        return np.roll([0.1, 0.2, 0.3, 0.4], len(chosen))
+
+    monkeypatch.setattr(promptmlr_module, "validated_weights", choose)
+    result = run(_config(colour_data, tmp_path, options=STACKED), tmp_path / "run", log=_quiet)
+    splits, _ = load_splits(result.config.data)
+    assert len(chosen) == 3  # one choice per epoch, before its evaluation
+    assert all(logits.shape == (len(splits.val), 4, len(CLASSES)) for logits, _ in chosen)
+    assert all(np.array_equal(labels, splits.val.labels) for _, labels in chosen)
+    # each epoch's validation mAP is that of the branches it chose on, fused with its choice: chosen first
+    for epoch, (logits, labels) in enumerate(chosen, start=1):
+        fused = np.einsum("nkc,k->nc", logits, np.roll([0.1, 0.2, 0.3, 0.4], epoch))
+        assert result.metrics["history"][epoch - 1]["val_mAP"] == pytest.approx(
+            mean_average_precision(fused, labels), abs=1e-6)
+    best_epoch = result.metrics["best"]["epoch"]
+    np.testing.assert_allclose(load_file(tmp_path / "run" / "best.safetensors")["branch_weights"].numpy(),
+                               np.roll([0.1, 0.2, 0.3, 0.4], best_epoch), rtol=1e-6)
+
+
+def test_a_trainer_without_a_validation_split_refuses_a_method_that_chooses_on_it(colour_data, tmp_path):
+    import dataclasses
+
+    from promptmlr.backbones import create_backbone
+    from promptmlr.errors import ConfigError
+    from promptmlr.models import build_method
+
+    config = _config(colour_data, tmp_path, options=STACKED, select_on="test")
+    splits, _ = load_splits(config.data)
+    method = build_method("promptmlr", create_backbone("openclip:promptmlr-tiny-vit"), CLASSES, **STACKED)
+    trainer = Trainer(method, dataclasses.replace(splits, val=None), config.train, tmp_path / "run")
+    with pytest.raises(ConfigError, match="chooses values on the validation split .* this run has none"):
+        trainer.fit()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -12,7 +12,9 @@ from promptmlr.backbones import ImageFeatures, create_backbone
 from promptmlr.descriptions import DescriptionsError, check_classes, load_descriptions, shipped_descriptions_path
 from promptmlr.errors import ConfigError
 from promptmlr.losses import asymmetric_loss
+from promptmlr.metrics import mean_average_precision
 from promptmlr.models import build_method, list_methods
+from promptmlr.models.fusion import simplex_grid, validated_weights
 from promptmlr.models.head import SemanticDecouplingHead
 from promptmlr.models.prompts import PromptLearner
 from promptmlr.prompt_files import PromptsFileError, export_text_embeddings, load_prompts, read_header, save_prompts
@@ -137,6 +139,64 @@ def test_promptmlr_branches_are_summed_by_default_and_averaged_as_an_ensemble_un
     ensemble.zero_grad()
     asymmetric_loss(ensemble(features).extras["branch_logits"][2], targets).backward()
     torch.testing.assert_close(ensemble.decoupled_classifier.weight.grad, together)
+
+
+def test_simplex_grid_holds_the_mean_first_and_convex_weights():
+    grid = simplex_grid(4)
+    assert grid.shape == (1 + 286, 4) and np.allclose(grid.sum(1), 1) and (grid >= 0).all()
+    np.testing.assert_array_equal(grid[0], [0.25] * 4)
+    np.testing.assert_allclose(simplex_grid(2)[1:], [(i / 10, (10 - i) / 10) for i in range(11)])
+
+
+def test_validated_weights_favour_the_branch_that_ranks_the_validation_labels():
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random((200, 5)) < 0.3, 1, -1)
+    labels[rng.random((200, 5)) < 0.5] = 0  # half the entries unknown
+    informative = 3.0 * labels + rng.normal(size=(200, 5))
+    noise = 3.0 * rng.normal(size=(200, 5))
+    weights = validated_weights(np.stack([noise, informative], axis=1), labels)
+    fused = np.einsum("nkc,k->nc", np.stack([noise, informative], axis=1), weights)
+    assert weights[1] > weights[0] and mean_average_precision(fused, labels) >= mean_average_precision(
+        informative, labels)
+    # the unknown entries play no part: changing their logits leaves the choice as it was
+    changed = np.where(labels == 0, rng.normal(size=(200, 5)) * 50, informative)
+    np.testing.assert_array_equal(validated_weights(np.stack([noise, changed], axis=1), labels), weights)
+    # a split that cannot tell the weights apart keeps the mean
+    np.testing.assert_array_equal(validated_weights(np.stack([informative, informative], axis=1), labels), [0.5, 0.5])
+    np.testing.assert_array_equal(validated_weights(np.stack([noise, informative], axis=1), np.zeros_like(labels)),
+                                  [0.5, 0.5])
+
+
+def test_promptmlr_probe_branch_and_validated_fusion(vit, tmp_path):
+    torch.manual_seed(0)
+    method = build_method("promptmlr", vit, CLASSES, **BRANCHES, probe=True, probe_lr_scale=10,
+                          branch_losses=True, fusion="validated").eval()
+    assert method.fits_on_validation() and not build_method(
+        "promptmlr", vit, CLASSES, **BRANCHES, branch_losses=True).fits_on_validation()
+    features, targets = _separable_batch(vit)
+    output = method(features)
+    branches = output.extras["branch_logits"]
+    assert branches.shape == (4, 6, len(CLASSES))
+    torch.testing.assert_close(branches[3], method.probe(F.normalize(features.global_features, dim=-1)))
+    torch.testing.assert_close(output.logits, branches.mean(0))  # the mean until the first fit
+    method.fit_on_validation(method.validation_fit_inputs(output).detach().numpy(), targets.numpy())
+    weights = method.branch_weights.clone()
+    assert not torch.allclose(weights, torch.full((4,), 0.25))
+    assert float(weights.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(method(features).logits, torch.einsum("k,kbc->bc", weights, branches))
+    # the fitted weights are part of the state: the selected epoch and an exported file keep them
+    loaded, _ = load_prompts(save_prompts(method, tmp_path / "prompts.safetensors", thresholds=[0.5] * 4,
+                                          metrics={"mAP": 1.0}, mask_sha256="ab" * 32))
+    torch.testing.assert_close(loaded.branch_weights, weights, rtol=0, atol=0)
+    groups = method.parameter_groups()
+    assert groups[-1]["lr_scale"] == 10 and {id(p) for p in groups[-1]["params"]} == \
+        {id(p) for p in method.probe.parameters()}
+    inert = build_method("promptmlr", vit, CLASSES, fusion="validated").config.inert_options()
+    assert {"fusion", "probe_lr_scale"} <= inert  # without branch_losses nothing is weighted
+    probe_only = build_method("promptmlr", vit, CLASSES, enhance=False, probe=True, branch_losses=True,
+                              fusion="validated")
+    assert probe_only.fits_on_validation() and not {"fusion", "probe_lr_scale", "branch_losses"} & \
+        probe_only.config.inert_options()
 
 
 def test_promptmlr_trains_its_decoupled_branch_at_its_own_rate(vit):

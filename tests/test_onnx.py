@@ -87,6 +87,8 @@ def _prompts_run(folder: Path, method_name: str, backbone, classes=CLASSES, seed
         for parameter in method.parameters():
             if parameter.requires_grad:
                 parameter.add_(torch.randn_like(parameter) * 0.05)
+        if method.fits_on_validation():  # weights as fitted, not the mean they start at
+            method.branch_weights.copy_(torch.randn_like(method.branch_weights).softmax(0))
     thresholds = np.linspace(0.3, 0.7, len(classes)).tolist()
     save_prompts(method, folder / "best.safetensors", thresholds=thresholds, metrics=metrics or {"mAP": 50.0},
                  mask_sha256="0" * 64, extra={"epoch": 3, "selected_on": "val"})
@@ -129,10 +131,11 @@ def test_every_method_exports_the_logits_predict_gives(method_name, sandbox, wor
     assert str(WEIGHTS_DIR) not in json.dumps(metadata)  # where the weights lie stays on this machine
 
 
-def test_promptmlr_on_its_sandbox_recipe_exports_its_branches_average(sandbox, world_images, tmp_path):
-    """The quickstart's run: three branches, their logits averaged (configs/methods/synthetic/promptmlr.yaml)."""
+def test_promptmlr_on_its_sandbox_recipe_exports_its_weighted_branches(sandbox, world_images, tmp_path):
+    """The quickstart's run: four branches, their logits weighted by weights fitted on validation
+    (configs/methods/synthetic/promptmlr.yaml)."""
     options = resolve_config("synthetic", None, [{"model": {"method": "promptmlr"}}]).model.options
-    assert options["decoupled"] and options["branch_losses"]
+    assert options["decoupled"] and options["probe"] and options["branch_losses"] and options["fusion"] == "validated"
     run = _prompts_run(tmp_path / "run", "promptmlr", sandbox, **options)
     _assert_same_predictions(run, promptmlr.export(run, tmp_path / "tagger.onnx", format="onnx"), world_images)
 

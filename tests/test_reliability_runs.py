@@ -209,6 +209,12 @@ def test_selecting_on_a_validation_split_that_does_not_exist_is_refused_up_front
     assert resolve_config("csv", overrides=[{"data": {"val_fraction": 0}, "train": {"select_on": "test"}}])
     # zero-shot trains and selects nothing: it may use every training image
     assert resolve_config("csv", overrides=[{"data": {"val_fraction": 0}, "model": {"method": "zeroshot"}}])
+    # branch weights fitted on a validation split that does not exist would stay the mean, unsaid
+    stacked = {"method": "promptmlr", "options": {"decoupled": True, "branch_losses": True, "fusion": "validated"}}
+    with pytest.raises(ConfigError, match=r"model.options.fusion validated .* set data.val_fraction above 0 or "
+                                          r"model.options.fusion mean"):
+        resolve_config("csv", overrides=[{"data": {"val_fraction": 0}, "train": {"select_on": "test"},
+                                          "model": stacked}])
 
 
 @pytest.mark.slow

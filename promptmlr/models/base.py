@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -136,6 +137,23 @@ class MultiLabelMethod(nn.Module):
         """Read every training batch once, its features and known labels in {1, -1, 0}; the engine
         calls it without gradient and in evaluation mode when :meth:`wants_training_pass` says so."""
         raise NotImplementedError(f"method {self.name} reads no training pass")
+
+    def fits_on_validation(self) -> bool:
+        """Whether the method fits something on the validation split before each evaluation
+        (promptmlr's weights over its branches); never by default. The engine then scores the
+        validation split, hands :meth:`validation_fit_inputs` of every batch to :meth:`fit_on_validation`,
+        and evaluates after it: the fitted values are part of the method's state, so the epoch selected
+        and the checkpoint keep them."""
+        return False
+
+    def validation_fit_inputs(self, output: MethodOutput) -> torch.Tensor:
+        """What :meth:`fit_on_validation` reads from a validation batch's output, rows first ``[B, ...]``."""
+        raise NotImplementedError(f"method {self.name} fits nothing on the validation split")
+
+    def fit_on_validation(self, inputs: np.ndarray, labels: np.ndarray) -> None:
+        """Fit on the whole validation split: :meth:`validation_fit_inputs` of every image ``[N, ...]``
+        in dataset order and its known labels ``[N, C]`` in {1, -1, 0}."""
+        raise NotImplementedError(f"method {self.name} fits nothing on the validation split")
 
     def class_embeddings(self) -> torch.Tensor:
         """Unit-norm joint-space vector per class ``[C, D]`` (its positive prompt feature): a plain

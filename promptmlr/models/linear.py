@@ -27,20 +27,28 @@ class LinearConfig:
         check_fields(self)
 
 
+def zero_shot_linear(backbone, class_names, init_scale: float) -> nn.Linear:
+    """A linear classifier on the unit image feature that starts as ``init_scale`` times the
+    zero-shot one (as LP-FT, Kumar et al. 2022), so training starts from CLIP's ranking rather than
+    from noise."""
+    classifier = nn.Linear(backbone.embed_dim, len(class_names))
+    with torch.no_grad():
+        classifier.weight.copy_(init_scale * class_text_features(backbone, class_names))
+        classifier.bias.zero_()
+    return classifier
+
+
 @register_method
 class LinearProbe(MultiLabelMethod):
-    """``logits = W x + b`` on the unit-norm image feature; W starts from the zero-shot classifier
-    (as LP-FT, Kumar et al. 2022), so training starts from CLIP's ranking rather than from noise."""
+    """``logits = W x + b`` on the unit-norm image feature, W starting from the zero-shot classifier
+    (:func:`zero_shot_linear`)."""
 
     name = "linear"
     Config = LinearConfig
 
     def __init__(self, backbone, class_names, config: LinearConfig, descriptions=None):
         super().__init__(backbone, class_names, config, descriptions)
-        self.classifier = nn.Linear(backbone.embed_dim, self.num_classes)
-        with torch.no_grad():
-            self.classifier.weight.copy_(config.init_scale * class_text_features(backbone, class_names))
-            self.classifier.bias.zero_()
+        self.classifier = zero_shot_linear(backbone, class_names, config.init_scale)
 
     def forward(self, features: ImageFeatures) -> MethodOutput:
         pooled = features.global_features if self.config.features == "global" else features.dense_features.mean(1)

@@ -8,9 +8,10 @@ starts from a base without the enhancement (lr 0.005, logit scale 20, global bra
 changes one thing per row; step 2 combines what helped with one learning rate for every part;
 step 3 gives the prompts and the enhancement each its own rate (today's defaults) and varies the
 rest once more. Two CLSL rows put promptmlr's best beside that method's. Step 5 adds the seed
-methods' heads as branches, summed or each trained on its own loss (``--rows NAME ...``: some rows); its
-narrow decoupled row is promptmlr's sandbox recipe, and every promptmlr row starts from that recipe without
-step 5's branches (``BEFORE_STEP_5``). Writes
+methods' heads as branches, summed or each trained on its own loss (``--rows NAME ...``: some rows);
+step 6 adds a linear probe on the global embedding as a branch and chooses the branches' weights on
+validation. Every promptmlr row starts from the sandbox recipe without the branches and the fusion
+of steps 5 and 6 (``WITHOUT_BRANCHES``), so that each names all it adds. Writes
 ``<out>/ablation.md`` (val and test mAP of the epoch each run selected on validation, plus the
 recovered labels' precision and recall where recovery is on) and ``<out>/ablation.json``.
 
@@ -50,9 +51,14 @@ def decoupled_branch(decoupling_dim: int, classifier_dim: int) -> tuple[str, ...
 
 DECOUPLED = decoupled_branch(512, 1024)  # HCP-MLR-PL's widths
 NARROW_DECOUPLED = decoupled_branch(256, 256)  # the sandbox recipe's
-# promptmlr's sandbox recipe took step 5's branches; every promptmlr row starts from the recipe without
-# them, so that each row changes what it names from the configuration it was measured on
-BEFORE_STEP_5 = ("model.options.branch_losses=false", "model.options.decoupled=false")
+# promptmlr's sandbox recipe took branches of steps 5 and 6; every promptmlr row starts from the recipe
+# without them, so that each row changes what it names from the configuration it was measured on
+WITHOUT_BRANCHES = ("model.options.branch_losses=false", "model.options.decoupled=false", "model.options.probe=false",
+                    "model.options.fusion=mean")
+# step 6: the narrow decoupled ensemble of step 5, plus a probe branch and weights chosen on validation
+STEP_5_RECIPE = (*NARROW_DECOUPLED, *ENSEMBLE)
+PROBE = ("model.options.probe=true",)
+VALIDATED = ("model.options.fusion=validated",)
 
 # (row name, step, method, what it changes, --set assignments on top of the method's recipe)
 ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
@@ -100,10 +106,15 @@ ROWS: tuple[tuple[str, int, str, str, tuple[str, ...]], ...] = (
     ("decoupled", 5, "promptmlr", "the defaults plus HCP's decoupled branch", DECOUPLED),
     ("decoupled-ensemble", 5, "promptmlr", "the same, each branch on its own loss", (*DECOUPLED, *ENSEMBLE)),
     ("decoupled-narrow", 5, "promptmlr", "the decoupled branch 256 wide, one loss on the sum", NARROW_DECOUPLED),
-    ("decoupled-narrow-ensemble", 5, "promptmlr", "the same, each branch on its own loss (the sandbox recipe)",
-     (*NARROW_DECOUPLED, *ENSEMBLE)),
+    ("decoupled-narrow-ensemble", 5, "promptmlr", "the same, each branch on its own loss (step 5's recipe)",
+     STEP_5_RECIPE),
     ("three-branches", 5, "promptmlr", "CLSL's layers and the decoupled branch, each on its own loss",
      (*CLSL_LAYERS, *DECOUPLED, *ENSEMBLE)),
+    ("validated", 6, "promptmlr", "step 5's recipe, the branches' weights chosen on validation",
+     (*STEP_5_RECIPE, *VALIDATED)),
+    ("probe", 6, "promptmlr", "step 5's recipe plus the probe branch, logits averaged", (*STEP_5_RECIPE, *PROBE)),
+    ("probe-validated", 6, "promptmlr", "step 5's recipe plus the probe branch, weights chosen on validation",
+     (*STEP_5_RECIPE, *PROBE, *VALIDATED)),
     ("clsl", 4, "clsl", "CLSL, its recipe", ()),
     ("clsl-no-recovery", 4, "clsl", "CLSL without its recovery head", ("model.options.recovery_weight=0",)),
 )
@@ -111,7 +122,8 @@ STEPS = {1: "Step 1: one component on or off, from the base configuration",
          2: "Step 2: combining what helped, one learning rate for every part",
          3: "Step 3: each part at its own learning rate (today's defaults)",
          4: "For reference: CLSL, the best other method",
-         5: "Step 5: the seed methods' heads as branches, summed or each on its own loss"}
+         5: "Step 5: the seed methods' heads as branches, summed or each on its own loss",
+         6: "Step 6: a probe on the global embedding as a branch; the branches' weights chosen on validation"}
 
 
 def plan(args: argparse.Namespace):
@@ -122,7 +134,7 @@ def plan(args: argparse.Namespace):
         if args.rows and name not in args.rows:
             continue
         own = {"data": {"known": 0.1, "mask_seed": 0}, "train": {"seed": 0}, "model": {"method": method}}
-        start = BEFORE_STEP_5 if method == "promptmlr" else ()
+        start = WITHOUT_BRANCHES if method == "promptmlr" else ()
         runs.append((name, resolve_config("synthetic", None,
                                           [*shared, own, *map(parse_assignment, (*start, *assignments))])))
     return runs
