@@ -68,14 +68,17 @@ def labels_csv(path: Path, images: Sequence[Path], class_names: Sequence[str], l
 
 def csv_config(base: RunConfig, labels: Path, val_fraction: float | None = None) -> RunConfig:
     """``base`` (the synthetic recipe) trained on the CSV file ``labels`` as all there is to know;
-    ``val_fraction`` 0: on every image, for the recipe's epochs (scored at the last)."""
+    ``val_fraction`` 0: on every image, for the recipe's epochs (scored at the last), and an ensemble
+    whose weights the recipe chooses on validation (promptmlr's ``fusion``) takes their mean."""
     data = dataclasses.replace(base.data, dataset="csv", root=str(dataset_root(base.data)), known=1.0,
                                options={"labels": str(labels.resolve())})
-    train = base.train
+    train, model = base.train, base.model
     if val_fraction == 0:
         data = dataclasses.replace(data, val_fraction=0.0)
         train = dataclasses.replace(train, select_on="test")  # required without validation; only the last is read
-    return dataclasses.replace(base, data=data, train=train)
+        if model.options.get("fusion") == "validated":
+            model = dataclasses.replace(model, options={**model.options, "fusion": "mean"})
+    return dataclasses.replace(base, data=data, train=train, model=model)
 
 
 def realised(filled_labels: np.ndarray, before: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
