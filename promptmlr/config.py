@@ -158,8 +158,8 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config", new
                           "set data.val_fraction above 0 or use thresholds fixed or prior")
     method_config = method_class(config.model.method).Config(**options)
     if getattr(method_config, "fits_on_validation", bool)() and config.data.val_fraction == 0:
-        raise ConfigError(f"model.options.fusion validated fits method {config.model.method}'s branch weights on the "
-                          f"validation split; set data.val_fraction above 0 or model.options.fusion mean")
+        raise ConfigError(f"model.options.fusion validated chooses method {config.model.method}'s branch weights on "
+                          f"the validation split; set data.val_fraction above 0 or model.options.fusion mean")
     # selecting on a split that does not exist would label the last epoch "selected on val"; a
     # method with nothing to train selects nothing, so it may use every training image
     selects = new_run and method_class(config.model.method).learns

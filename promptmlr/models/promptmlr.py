@@ -140,7 +140,7 @@ class PromptMLRConfig(PromptConfig):
         check_blend_settings(self)
 
     def fits_on_validation(self) -> bool:
-        """Whether a run fits the branches' weights on the validation split (a run without one is
+        """Whether a run chooses the branches' weights on the validation split (a run without one is
         refused when its configuration is checked)."""
         return self.fusion == "validated" and self.branch_losses and (self.enhance or self.decoupled or self.probe)
 
