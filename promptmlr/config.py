@@ -156,13 +156,13 @@ def checked(config: RunConfig, trackers: bool = True, where: str = "config", new
     if recovery.enabled and recovery.thresholds == "calibrated" and config.data.val_fraction == 0:
         raise ConfigError("train.recovery.thresholds calibrated sets its thresholds on the validation split; "
                           "set data.val_fraction above 0 or use thresholds fixed or prior")
-    method_config = method_class(config.model.method).Config(**options)
-    if getattr(method_config, "fits_on_validation", bool)() and config.data.val_fraction == 0:
+    method = method_class(config.model.method)
+    if getattr(method.Config(**options), "fits_on_validation", bool)() and config.data.val_fraction == 0:
         raise ConfigError(f"model.options.fusion validated chooses method {config.model.method}'s branch weights on "
                           f"the validation split; set data.val_fraction above 0 or model.options.fusion mean")
     # selecting on a split that does not exist would label the last epoch "selected on val"; a
     # method with nothing to train selects nothing, so it may use every training image
-    selects = new_run and method_class(config.model.method).learns
+    selects = new_run and method.learns
     if selects and config.train.select_on == "val" and config.data.val_fraction == 0:
         raise ConfigError("train.select_on val picks the epoch with the best validation mAP, but data.val_fraction "
                           "is 0 (no validation split); set data.val_fraction above 0 (e.g. 0.1), or --select-on "
