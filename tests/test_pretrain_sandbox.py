@@ -157,3 +157,33 @@ def test_continued_pretraining_starts_from_the_weights_given(tmp_path):
         torch.testing.assert_close(trainer.model.state_dict()[key], expected, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="state_dict"):
         tool.Trainer(args, tool.ARCH, images, scenes)
+
+
+
+def test_lone_object_check_reads_the_object_location_and_the_best_one_apart():
+    """Only scenes with one object count; the location under its centre and the best-scoring
+    location are scored apart, so a background location that outscores the object is a miss of the
+    best location only."""
+    from dataclasses import replace
+
+    from promptmlr.backbones import create_backbone
+    from promptmlr.data.world import SyntheticWorld
+    from promptmlr.models.text import class_text_features
+
+    backbone = create_backbone("openclip:promptmlr-tiny-rn")
+    rows, cols = backbone.dense_shape[1]
+    text = class_text_features(backbone, tool.SYNTHETIC_CLASS_NAMES, templates=[tool.EVAL_TEMPLATE])
+    world = SyntheticWorld(0)
+    crowded = next(scene for scene in map(world.scene, range(50)) if len(scene.objects) > 1)
+    lone = [replace(crowded.objects[0], colour=colour, shape=shape, x=0.9, y=0.1)  # row 0, last column
+            for colour, shape in (("red", "circle"), ("blue", "star"))]
+    scenes = [replace(crowded, objects=(obj,)) for obj in lone] + [crowded]
+    first, second = (obj.class_index for obj in lone)
+    dense = torch.zeros(3, rows * cols, text.shape[1])
+    dense[0, cols - 1] = text[first]
+    dense[1, cols - 1] = text[second] + 0.3 * text[(second + 2) % len(text)]  # names it, less sharply
+    dense[1, 0] = text[(second + 1) % len(text)]  # a background location that outscores it
+    global_features = torch.stack([text[first], text[first], text[0]])  # wrong for the second scene
+    result = tool.lone_object_top1(backbone, scenes, global_features, dense)
+    assert result == {"scenes": 2, "global": 50.0, "object_location": 100.0, "best_location": 50.0}
+    assert tool.lone_object_top1(backbone, [crowded], global_features[2:], dense[2:]) == {"scenes": 0}

@@ -4,7 +4,7 @@ The sandbox backbone is an open_clip CLIP (``promptmlr-sandbox-rn``, the default
 ModifiedResNet image tower with CLIP's attention pool, as RN50/RN101; or ``promptmlr-sandbox-vit``,
 a small ViT; both with a text transformer and the standard CLIP BPE tokenizer) trained from scratch
 on (scene, caption) pairs from :mod:`promptmlr.data.world`, so that prompt tuning has a frozen,
-pretrained encoder to work with offline. Three modes:
+pretrained encoder to work with offline. Four modes:
 
 train (default)
     Render a pool of scenes once (``--pool-size``, in ``--workers`` processes, cached to
@@ -25,9 +25,13 @@ train (default)
     ``<weights-dir>/<name>.safetensors`` (by default ``promptmlr/backbones/weights/`` and the arch
     without ``promptmlr-``: ``sandbox-rn``, ``sandbox-vit``; ``--name`` ships a candidate beside
     them), load it back through ``create_backbone("openclip:<arch>:<file>")`` (the path a user's
-    own checkpoint takes), measure zero-shot mAP against chance, per-location zero-shot mAP and
-    linear probes on the global and on the mean dense feature of a held-out synthetic set, and
-    write the recipe next to it (``<name>.json``).
+    own checkpoint takes), measure zero-shot mAP against chance, per-location zero-shot mAP, the
+    lone-object check of ``--diagnose`` and linear probes on the global and on the mean dense
+    feature of a held-out synthetic set, and write the recipe next to it (``<name>.json``).
+--diagnose SPEC
+    For any backbone (a shipped name or a checkpoint spec), on the same held-out set: how widely its
+    attention pool spreads its attention, and how often a lone object's own dense location, the best
+    location and the global embedding name it (zero-shot top-1). Prints JSON and exits.
 
 Example (the shipped checkpoint's command is recorded in ``sandbox-rn.json``)::
 
@@ -48,6 +52,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import open_clip
@@ -58,7 +63,7 @@ from torch.nn.utils import parametrize
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
 from promptmlr.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
-from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, SyntheticWorld
+from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, Scene, SyntheticWorld
 from promptmlr.files import atomic_write, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -506,6 +511,8 @@ def finalize(args) -> None:
     test_global, test_dense = encode_images(backbone, images)
     results["dense_zeroshot_map"] = round(mean_ap(dense_zeroshot_scores(backbone, test_dense), labels), 2)
     log(f"per-location zero-shot mAP {results['dense_zeroshot_map']} (each class's best location)")
+    results["lone_objects"] = lone_object_top1(backbone, test, test_global, test_dense)
+    log(f"lone objects: {results['lone_objects']}")
     if isinstance(getattr(fp32.model.visual, "attnpool", None), AttentionPool2d):
         results["pool_attention"] = backbone_pool_spread(fp32, images)
         log(f"attention pool: entropy {results['pool_attention']['normalized_entropy']:.3f} of uniform, "
@@ -577,21 +584,23 @@ def backbone_pool_spread(backbone, images) -> dict[str, float]:
     return {key: round(value, 4) for key, value in spread.items()}
 
 
-def report_pool_spread(args) -> None:
-    """Print the attention pool's spread for the backbone ``--pool-spread`` names, on the held-out
-    scenes ``--finalize`` evaluates on."""
+def report_diagnosis(args) -> None:
+    """Print, for the backbone ``--diagnose`` names, on the held-out scenes ``--finalize`` evaluates
+    on: how widely its attention pool spreads its attention (ResNets), and :func:`lone_object_top1`."""
     import json
 
     from promptmlr.backbones import create_backbone
 
     torch.set_num_threads(args.threads)
-    backbone = create_backbone(args.pool_spread)
-    if not isinstance(getattr(backbone.model.visual, "attnpool", None), AttentionPool2d):
-        sys.exit(f"--pool-spread {args.pool_spread}: this image tower has no attention pool (a ViT?)")
+    backbone = create_backbone(args.diagnose)
     world = SyntheticWorld(args.eval_seed, args.eval_image_size)
-    images = [world.render(world.scene(TEST_INDEX_OFFSET + i)) for i in range(args.eval_size)]
-    print(json.dumps({"backbone": args.pool_spread, "scenes": args.eval_size,
-                      **backbone_pool_spread(backbone, images)}))
+    scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
+    images = [world.render(s) for s in scenes]
+    report = {"backbone": args.diagnose, "scenes": args.eval_size}
+    if isinstance(getattr(backbone.model.visual, "attnpool", None), AttentionPool2d):
+        report["pool_attention"] = backbone_pool_spread(backbone, images)
+    report["lone_objects"] = lone_object_top1(backbone, scenes, *encode_images(backbone, images))
+    print(json.dumps(report))
 
 
 @torch.no_grad()
@@ -611,6 +620,37 @@ def dense_zeroshot_scores(backbone, dense: torch.Tensor) -> np.ndarray:
 
     text = class_text_features(backbone, SYNTHETIC_CLASS_NAMES, templates=[EVAL_TEMPLATE])
     return (F.normalize(dense, dim=-1) @ text.T).amax(1).numpy()
+
+
+@torch.no_grad()
+def lone_object_top1(backbone, scenes: Sequence[Scene], global_features: torch.Tensor, dense: torch.Tensor
+                     ) -> dict[str, float | int]:
+    """Zero-shot top-1 accuracy (%) over the ``scenes`` that hold a single object: from CLIP's global
+    embedding, from the dense location under the object's centre, and from the best-scoring location.
+
+    DualCoOp-style methods score locations, so they need the object's own location to name it as the
+    global embedding does, and no background location to outscore it (their spatial softmax follows
+    the highest score). A lone object is where nothing else in the scene can explain a miss.
+    """
+    from promptmlr.models.text import class_text_features
+
+    lone = [i for i, scene in enumerate(scenes) if len(scene.objects) == 1]
+    if not lone:
+        return {"scenes": 0}
+    objects = [scenes[i].objects[0] for i in lone]
+    truth = torch.tensor([obj.class_index for obj in objects])
+    rows, cols = backbone.dense_shape[1]
+    under_centre = torch.tensor([min(int(obj.y * rows), rows - 1) * cols + min(int(obj.x * cols), cols - 1)
+                                 for obj in objects])
+    text = class_text_features(backbone, SYNTHETIC_CLASS_NAMES, templates=[EVAL_TEMPLATE])
+    cosines = F.normalize(dense[lone], dim=-1) @ text.T  # [N, HW, C]
+
+    def top1(scores: torch.Tensor) -> float:
+        return round(100.0 * (scores.argmax(-1) == truth).float().mean().item(), 2)
+
+    return {"scenes": len(lone), "global": top1(global_features[lone] @ text.T),
+            "object_location": top1(cosines[torch.arange(len(lone)), under_centre]),
+            "best_location": top1(cosines.amax(1))}
 
 
 def linear_probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
@@ -705,9 +745,9 @@ def parse_args(argv=None):
     p.add_argument("--bench-arch", nargs="+", default=[ARCH])
     p.add_argument("--bench-steps", type=int, default=4)
     p.add_argument("--finalize", action="store_true")
-    p.add_argument("--pool-spread", metavar="SPEC",
-                   help="print how widely the attention pool of this backbone (e.g. sandbox) spreads its attention "
-                        "over the held-out scenes, and exit")
+    p.add_argument("--diagnose", metavar="SPEC",
+                   help="print, for this backbone (e.g. sandbox), how widely its attention pool spreads its attention "
+                        "and how often a lone object's own location names it, over the held-out scenes, and exit")
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="--finalize: where to ship the files")
     p.add_argument("--name", help="--finalize: the shipped files' name (default: the arch without 'promptmlr-', "
                                   "sandbox-rn or sandbox-vit); another name keeps the shipped sandbox as it is")
@@ -730,8 +770,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.extra_config_dir:
         open_clip.add_model_config(args.extra_config_dir)
-    if args.pool_spread:
-        report_pool_spread(args)
+    if args.diagnose:
+        report_diagnosis(args)
     elif args.bench:
         bench(args)
     elif args.finalize:

@@ -20,6 +20,11 @@ Each row is one :mod:`tools.bench.accuracy` benchmark in ``<out>/<row>/`` (so an
 continues where it stopped); every method runs its own recipe (``configs/methods/<dataset>/``), is
 selected on the validation split, and is scored on the test split. ``promptmlr`` is measured and
 shown, but no property involves it. Writes ``<out>/calibration.md`` and ``calibration.json``.
+
+Beside the properties, the report splits each row's test mAP at the lowest known proportion by how
+many classes a test scene holds (1, 2, 3, 4 or more): where the dense mean falls behind the global
+embedding, this says whether it is the lone object on a cluttered background or the crowded scene
+that it loses.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 from promptmlr.config import resolve_config
 from promptmlr.data.protocol import load_split
 from promptmlr.files import write_json_atomic, write_text_atomic
+from promptmlr.metrics import mean_average_precision
 from promptmlr.report import aggregate
 from tools.bench import accuracy
 
@@ -49,11 +55,15 @@ ROWS: dict[str, tuple[list[str], list[str]]] = {
     "promptmlr": (["promptmlr"], []),
 }
 Means = dict[str, dict[float, tuple[float, float | None]]]  # row -> known -> (mean, std)
+SCENE_CLASSES = ("1", "2", "3", ">= 4")  # buckets of test scenes by the classes they hold
+BySceneClasses = dict[str, list[float | None]]  # row -> test mAP per bucket (mean over seeds)
 
 
-def measure(args: argparse.Namespace) -> Means:
-    """Run (or read back) every row's benchmark; test mAP mean and std per row and known."""
+def measure(args: argparse.Namespace) -> tuple[Means, dict[str, list[dict[str, Any]]]]:
+    """Run (or read back) every row's benchmark; test mAP mean and std per row and known, and each
+    row's runs (as its ``results.json`` lists them)."""
     means: Means = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     for row in args.rows:
         methods, sets = ROWS[row]
         argv = ["--dataset", args.dataset, "--methods", *methods, "--known", *map(str, args.known),
@@ -64,10 +74,32 @@ def measure(args: argparse.Namespace) -> Means:
             argv += ["--backbone", args.backbone]
         if accuracy.main(argv) != 0:
             raise SystemExit(f"calibration.py: the {row} benchmark failed (see {args.out / row}/results.md)")
-        rows = json.loads((args.out / row / "results.json").read_text(encoding="utf-8"))["runs"]
-        groups = aggregate(rows, ["test_mAP"])
+        runs[row] = json.loads((args.out / row / "results.json").read_text(encoding="utf-8"))["runs"]
+        groups = aggregate(runs[row], ["test_mAP"])
         means[row] = {group.known: (group.mean["test_mAP"], group.std["test_mAP"]) for group in groups}
-    return means
+    return means, runs
+
+
+def map_by_scene_classes(runs: dict[str, list[dict[str, Any]]], known: float) -> BySceneClasses:
+    """Each row's test mAP over the scenes holding 1, 2, 3 and >= 4 classes at ``known``, mean over
+    seeds, from the runs' saved test predictions. A row none of whose runs saved them is left out; a
+    bucket without scenes reads None."""
+    table: BySceneClasses = {}
+    for row, row_runs in runs.items():
+        saved = [Path(run["run_dir"]) / "predictions_test.npz" for run in row_runs
+                 if run["known"] == known and "run_dir" in run]
+        per_seed = [_map_per_bucket(path) for path in saved if path.is_file()]
+        if per_seed:
+            table[row] = [None if np.isnan(value) else float(value) for value in np.mean(per_seed, axis=0)]
+    return table
+
+
+def _map_per_bucket(predictions: Path) -> list[float]:
+    with np.load(predictions, allow_pickle=False) as saved:
+        logits, labels = saved["logits"], saved["labels"]
+    bucket = np.minimum((labels == 1).sum(1), len(SCENE_CLASSES))  # a scene without a class: in no bucket
+    return [mean_average_precision(logits[bucket == n], labels[bucket == n]) if (bucket == n).any() else np.nan
+            for n in range(1, len(SCENE_CLASSES) + 1)]
 
 
 def chance_map(dataset: str) -> float:
@@ -112,7 +144,8 @@ def properties(means: Means, chance: float) -> list[dict[str, Any]]:
     ]
 
 
-def render(means: Means, verdicts: list[dict[str, Any]], chance: float, command: str) -> str:
+def render(means: Means, verdicts: list[dict[str, Any]], chance: float, command: str,
+           by_classes: BySceneClasses | None = None, by_classes_known: float | None = None) -> str:
     knowns = sorted({known for row in means.values() for known in row})
     header = "| row | " + " | ".join(f"{k:g} known" for k in knowns) + " |"
     lines = [header, "|" + " --- |" * (len(knowns) + 1)]
@@ -127,6 +160,11 @@ def render(means: Means, verdicts: list[dict[str, Any]], chance: float, command:
     for v in verdicts:
         verdict = {True: "pass", False: "**fail**", None: "not measured"}[v["pass"]]
         lines.append(f"| {v['property']} | {v['rule']} | {v['real_clip_rn101']} | {v['measured']} | {verdict} |")
+    if by_classes:
+        lines += ["", f"Test mAP by the classes a test scene holds ({by_classes_known:g} known, mean over seeds):", "",
+                  "| row | " + " | ".join(SCENE_CLASSES) + " |", "|" + " --- |" * (len(SCENE_CLASSES) + 1)]
+        lines += [f"| {row} | " + " | ".join("" if v is None else f"{v:.2f}" for v in values) + " |"
+                  for row, values in by_classes.items()]
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
@@ -149,13 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    means = measure(args)
+    means, runs = measure(args)
     chance = chance_map(args.dataset)
     verdicts = properties(means, chance)
-    text = render(means, verdicts, chance, " ".join(["python -m tools.bench.calibration", *argv]))
+    lowest_known = min(args.known)
+    by_classes = map_by_scene_classes(runs, lowest_known)
+    text = render(means, verdicts, chance, " ".join(["python -m tools.bench.calibration", *argv]),
+                  by_classes, lowest_known)
     write_json_atomic(args.out / "calibration.json", {"means": {row: {str(k): v for k, v in values.items()}
                                                                 for row, values in means.items()},
-                                                      "chance_map": chance, "properties": verdicts})
+                                                      "chance_map": chance, "properties": verdicts,
+                                                      "map_by_scene_classes": {"known": lowest_known,
+                                                                               "buckets": list(SCENE_CLASSES),
+                                                                               "rows": by_classes}})
     write_text_atomic(args.out / "calibration.md", text)
     print("\n" + text)
     return 0
