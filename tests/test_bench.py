@@ -262,33 +262,37 @@ def test_calibration_measures_only_the_rows_asked_for(tmp_path, monkeypatch):
 
 
 def test_calibration_splits_test_map_by_the_classes_a_scene_holds(tmp_path):
-    """Each bucket's mAP is computed on that bucket's scenes only, averaged over the seeds at the known
-    proportion asked for; other proportions, and rows without saved predictions, play no part."""
+    """Each bucket's mAP is computed on that bucket's scenes only and averaged over the seeds at the
+    known proportion asked for; other proportions play no part, a row with a seed's predictions
+    missing is left out, and a bucket without scenes reads None."""
     calibration = _load("calibration")
-    classes_per_scene = np.repeat([1, 2, 3, 4, 5], 6)  # 30 scenes, 6 of each size
+    classes_per_scene = np.repeat([1, 2, 4, 5], 6)  # no scene holds exactly 3 classes
     rng = np.random.default_rng(0)
-    labels = -np.ones((30, 6), dtype=np.int8)
+    labels = -np.ones((len(classes_per_scene), 6), dtype=np.int8)
     for scene, count in enumerate(classes_per_scene):
         labels[scene, rng.choice(6, count, replace=False)] = 1
     ranked = np.where(labels == 1, 1.0, 0.0)  # every positive above every negative: AP 1
+    lone = classes_per_scene[:, None] == 1
 
     def run(name: str, known: float, logits: np.ndarray) -> dict:
         folder = tmp_path / name
         folder.mkdir()
-        np.savez(folder / "predictions_test.npz", logits=logits, labels=labels)
+        np.savez(folder / "predictions_test.npz", logits=logits, labels=labels,
+                 class_names=np.array([f"c{i}" for i in range(6)]),
+                 images=np.array([f"{i}.jpg" for i in range(len(labels))]))
         return {"known": known, "run_dir": str(folder)}
 
-    inverted_crowds = np.where(classes_per_scene[:, None] >= 4, -ranked, ranked)
-    runs = {"perfect": [run("p0", 0.1, ranked), run("p1", 0.1, ranked), run("p9", 0.9, inverted_crowds)],
-            "lost-in-crowds": [run("c0", 0.1, inverted_crowds)],
-            "unsaved": [{"known": 0.1, "run_dir": str(tmp_path / "gone")}]}
+    inverted_lone = np.where(lone, -ranked, ranked)
+    runs = {"two-seeds": [run("a0", 0.1, ranked), run("a1", 0.1, inverted_lone), run("a9", 0.9, inverted_lone)],
+            "one-seed-missing": [run("m0", 0.1, ranked), {"known": 0.1, "run_dir": str(tmp_path / "gone")}]}
     table = calibration.map_by_scene_classes(runs, 0.1)
-    assert set(table) == {"perfect", "lost-in-crowds"}
-    assert table["perfect"] == pytest.approx([100.0] * 4)
-    crowded = calibration.mean_average_precision(-ranked[classes_per_scene >= 4], labels[classes_per_scene >= 4])
-    assert table["lost-in-crowds"] == pytest.approx([100.0, 100.0, 100.0, crowded]) and crowded < 60
-    text = calibration.render({"perfect": {0.1: (100.0, None)}}, [], 6.0, "cmd", table, 0.1)
-    assert "| lost-in-crowds | 100.00 | 100.00 | 100.00 |" in text and "(0.1 known" in text
+    assert set(table) == {"two-seeds"}
+    inverted = calibration.mean_average_precision(-ranked[lone[:, 0]], labels[lone[:, 0]])
+    assert inverted < 60
+    assert table["two-seeds"][0] == pytest.approx((100.0 + inverted) / 2)
+    assert table["two-seeds"][1:] == [pytest.approx(100.0), None, pytest.approx(100.0)]
+    text = calibration.render({"two-seeds": {0.1: (100.0, None)}}, [], 6.0, "cmd", table, 0.1)
+    assert "| two-seeds | " in text and "| 100.00 |  | 100.00 |" in text and "(0.1 known" in text
 
 
 def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():

@@ -168,8 +168,8 @@ def test_config_command_shows_value_default_allowed_values_and_help(capsys):
     assert lines["model.options.n_ctx"].split()[:4] == ["8", "16", ">=", "1"]
     assert "context tokens" in lines["model.options.n_ctx"]
     assert "model.options.map_scale" in lines and "model.options.enhance" not in lines  # dualcoop's options only
-    # configs/synthetic.yaml sets 10 epochs; the dataclass default is 20
-    assert lines["train.epochs"].split()[:2] == ["10", "20"]
+    # its sandbox recipe sets 50 epochs over configs/synthetic.yaml's 10; the dataclass default is 20
+    assert lines["train.epochs"].split()[:2] == ["50", "20"]
     assert lines["model.method"].split()[:2] == ["dualcoop", "promptmlr"]
 
 

@@ -41,7 +41,8 @@ from promptmlr.config import resolve_config
 from promptmlr.data.protocol import load_split
 from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.metrics import mean_average_precision
-from promptmlr.report import aggregate
+from promptmlr.report import Predictions, aggregate, load_predictions
+from promptmlr.report.loading import PREDICTIONS_FILE
 from tools.bench import accuracy
 
 # row name -> (methods, --set overrides): one accuracy benchmark each
@@ -82,24 +83,24 @@ def measure(args: argparse.Namespace) -> tuple[Means, dict[str, list[dict[str, A
 
 def map_by_scene_classes(runs: dict[str, list[dict[str, Any]]], known: float) -> BySceneClasses:
     """Each row's test mAP over the scenes holding 1, 2, 3 and >= 4 classes at ``known``, mean over
-    seeds, from the runs' saved test predictions. A row none of whose runs saved them is left out; a
-    bucket without scenes reads None."""
+    seeds, from the runs' saved test predictions. A row whose runs at ``known`` did not all save them
+    is left out (a mean over fewer seeds would not compare with the others); a bucket without scenes
+    reads None."""
     table: BySceneClasses = {}
     for row, row_runs in runs.items():
-        saved = [Path(run["run_dir"]) / "predictions_test.npz" for run in row_runs
-                 if run["known"] == known and "run_dir" in run]
-        per_seed = [_map_per_bucket(path) for path in saved if path.is_file()]
-        if per_seed:
-            table[row] = [None if np.isnan(value) else float(value) for value in np.mean(per_seed, axis=0)]
+        folders = [Path(run["run_dir"]) for run in row_runs if run["known"] == known and run.get("run_dir")]
+        if not folders or not all((folder / PREDICTIONS_FILE).is_file() for folder in folders):
+            continue
+        per_seed = [_map_per_bucket(load_predictions(folder)) for folder in folders]
+        table[row] = [None if np.isnan(value) else float(value) for value in np.mean(per_seed, axis=0)]
     return table
 
 
-def _map_per_bucket(predictions: Path) -> list[float]:
-    with np.load(predictions, allow_pickle=False) as saved:
-        logits, labels = saved["logits"], saved["labels"]
-    bucket = np.minimum((labels == 1).sum(1), len(SCENE_CLASSES))  # a scene without a class: in no bucket
-    return [mean_average_precision(logits[bucket == n], labels[bucket == n]) if (bucket == n).any() else np.nan
-            for n in range(1, len(SCENE_CLASSES) + 1)]
+def _map_per_bucket(predictions: Predictions) -> list[float]:
+    classes_held = (predictions.labels == 1).sum(1)
+    bucket = np.minimum(classes_held, len(SCENE_CLASSES))  # a scene without a class: in no bucket
+    return [mean_average_precision(predictions.scores[bucket == n], predictions.labels[bucket == n])
+            if (bucket == n).any() else np.nan for n in range(1, len(SCENE_CLASSES) + 1)]
 
 
 def chance_map(dataset: str) -> float:
