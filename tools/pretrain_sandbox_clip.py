@@ -483,10 +483,8 @@ def finalize(args) -> None:
     log(f"loaded {spec} ({target.stat().st_size / 1e6:.1f} MB)")
 
     results = {}
-    world = SyntheticWorld(args.eval_seed, args.eval_image_size)
-    test = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
+    world, test, images = held_out_set(args)
     labels = np.stack([world.labels(s) for s in test])
-    images = [world.render(s) for s in test]
     scores = zeroshot_scores(backbone, images, SYNTHETIC_CLASS_NAMES, templates=(EVAL_TEMPLATE,))
     results["zeroshot_map"] = round(mean_ap(scores, labels), 2)
     results["chance_map"] = round(chance_map(labels), 2)
@@ -584,6 +582,15 @@ def backbone_pool_spread(backbone, images) -> dict[str, float]:
     return {key: round(value, 4) for key, value in spread.items()}
 
 
+def held_out_set(args) -> tuple[SyntheticWorld, list[Scene], list]:
+    """The world, scenes and rendered images ``--finalize`` and ``--diagnose`` evaluate on: test
+    scenes of world ``--eval-seed`` (indices from TEST_INDEX_OFFSET, which the pretraining pool never
+    draws)."""
+    world = SyntheticWorld(args.eval_seed, args.eval_image_size)
+    scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
+    return world, scenes, [world.render(s) for s in scenes]
+
+
 def report_diagnosis(args) -> None:
     """Print, for the backbone ``--diagnose`` names, on the held-out scenes ``--finalize`` evaluates
     on: how widely its attention pool spreads its attention (ResNets), and :func:`lone_object_top1`."""
@@ -593,9 +600,7 @@ def report_diagnosis(args) -> None:
 
     torch.set_num_threads(args.threads)
     backbone = create_backbone(args.diagnose)
-    world = SyntheticWorld(args.eval_seed, args.eval_image_size)
-    scenes = [world.scene(TEST_INDEX_OFFSET + i) for i in range(args.eval_size)]
-    images = [world.render(s) for s in scenes]
+    _, scenes, images = held_out_set(args)
     report = {"backbone": args.diagnose, "scenes": args.eval_size}
     if isinstance(getattr(backbone.model.visual, "attnpool", None), AttentionPool2d):
         report["pool_attention"] = backbone_pool_spread(backbone, images)
