@@ -14,6 +14,15 @@ import torch
 from safetensors.torch import save_file
 
 from promptmlr.checkpoint import load_checkpoint
+from promptmlr.data.world import (
+    SHAPE_WORDS,
+    SIZES,
+    SYNTHETIC_CLASS_NAMES,
+    Scene,
+    SceneObject,
+    SyntheticWorld,
+    visible_masks,
+)
 from tools import pretrain_sandbox_clip as tool
 
 TINY_RN = "promptmlr-tiny-rn"
@@ -73,6 +82,9 @@ def test_a_pool_temperature_divides_the_logits_and_ships_as_plain_weights(pool_a
     (["--pool-temperature", "0"], "--pool-temperature must be positive"),
     (["--device", "gpu"], "--device must be cpu, cuda or cuda:N"),
     (["--init-weights", "missing.safetensors"], "--init-weights missing.safetensors: no such file"),
+    (["--crop-fraction", "1.5"], "--crop-fraction must be in [0, 1]"),
+    (["--crop-side", "0.8", "0.4"], "--crop-side must satisfy 0.1 <= MIN <= MAX < 1"),
+    (["--crop-side", "0.01", "0.4"], "--crop-side must satisfy 0.1 <= MIN <= MAX < 1"),
 ])
 def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -80,12 +92,13 @@ def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("augmentation", [[], ["--crop-fraction", "0.5"]], ids=["flips", "flips-and-close-ups"])
+def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, augmentation):
     """Stopped after its step-2 checkpoint and resumed, a run ends with the weights of one never stopped."""
     def run(out, *extra):
         tool.main(["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--steps", "4",
                    "--warmup", "2", "--save-every", "2", "--eval-size", "8", "--workers", "1", "--threads", "1",
-                   "--no-channels-last", "--log-every", "1", "--out-dir", str(out), *extra])
+                   "--no-channels-last", "--log-every", "1", "--out-dir", str(out), *augmentation, *extra])
 
     run(tmp_path / "straight")
     original_step = tool.Trainer.train_step
@@ -187,3 +200,68 @@ def test_lone_object_check_reads_the_object_location_and_the_best_one_apart():
     result = tool.lone_object_top1(backbone, scenes, global_features, dense)
     assert result == {"scenes": 2, "global": 50.0, "object_location": 100.0, "best_location": 50.0}
     assert tool.lone_object_top1(backbone, [crowded], global_features[2:], dense[2:]) == {"scenes": 0}
+
+
+def _one_object_scene(x: float, y: float, radius: float) -> Scene:
+    red = SceneObject(colour="red", shape="circle", x=x, y=y, radius=radius, rotation=0.0, texture="solid",
+                      size="small", rgb=(215, 35, 35), texture_angle=0.0, texture_period=0.3)
+    return Scene(index=0, theme="clinic", background="gradient", dark=False, objects=(red,), render_seed=3)
+
+
+def test_a_close_up_names_the_objects_it_holds_where_its_pixels_show_them():
+    """A crop keeps an object in its caption only when the object is in it, at the crop's own
+    coordinates and size word, and its pixels show the object there; a crop of bare background shows
+    none of it and gets a caption that names no class."""
+    world = SyntheticWorld(0, 128)
+    scene = _one_object_scene(0.3, 0.3, 0.1)
+    image = world.render_array(scene)
+    rng = np.random.default_rng(0)
+    views = [tool.crop_scene(scene, rng, (0.4, 0.6)) for _ in range(60)]
+    with_object = [view for view in views if view is not None and view[0].objects]
+    without = [view for view in views if view is not None and not view[0].objects]
+    assert with_object and without
+
+    def red(pixels):
+        return (pixels[..., 0].astype(int) > 150) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+
+    for view, (left, top, side) in with_object:
+        (circle,) = view.objects
+        assert circle.x * side + left == pytest.approx(0.3) and circle.y * side + top == pytest.approx(0.3)
+        assert circle.radius == pytest.approx(0.1 / side) and circle.size == tool.size_word(0.1 / side) != "small"
+        pixels = tool.crop_pixels(image, (left, top, side))
+        assert red(pixels[int(circle.y * 128), int(circle.x * 128)])  # the circle's fill at its mapped centre
+        assert "red" in tool.describe(world, view, rng)
+    object_words = {word for name in SYNTHETIC_CLASS_NAMES for word in name.split()}
+    object_words |= {word for forms in SHAPE_WORDS.values() for pair in forms for word in pair}
+    for view, box in without:
+        assert not red(tool.crop_pixels(image, box)).any()
+        caption = tool.describe(world, view, rng)
+        assert "background" in caption and not object_words & set(caption.rstrip(".").split())
+
+
+def test_a_close_up_holds_each_visible_object_whole_or_not_at_all():
+    """Every object of the scene has, of its visible area, either at least CROP_INSIDE inside the crop
+    (and is named) or none (and is not): no caption leaves out an object the crop shows."""
+    world = SyntheticWorld(1, 128, 5)
+    rng = np.random.default_rng(1)
+    views = 0
+    for index in range(40):
+        scene = world.scene(index)
+        view = tool.crop_scene(scene, rng, (0.4, 0.8))
+        if view is None:
+            continue
+        views += 1
+        cropped, (left, top, side) = view
+        fine = 256  # measured on a finer raster than the crop's own, so the rule is checked, not re-run
+        inside = np.zeros((fine, fine), bool)
+        inside[round(top * fine):round((top + side) * fine), round(left * fine):round((left + side) * fine)] = True
+        shares = [(mask & inside).sum() / mask.sum() for mask in visible_masks(scene.objects, fine)]
+        assert all(share < 0.01 or share > tool.CROP_INSIDE - 0.03 for share in shares)
+        named = sorted(obj.class_index for obj, share in zip(scene.objects, shares) if share > 0.5)
+        assert sorted(obj.class_index for obj in cropped.objects) == named
+    assert views >= 30  # most scenes have a crop that holds their objects whole or not at all
+
+
+def test_size_words_follow_the_worlds_size_ranges():
+    for word, (low, high) in SIZES.items():
+        assert tool.size_word(low) == tool.size_word(high) == word

@@ -11,7 +11,9 @@ train (default)
     ``<out-dir>/pool-<seed>-<size>-<n>.npz``), then train with symmetric InfoNCE, AdamW, linear
     warmup and cosine decay. Each step draws a batch from the pool, flips half the images left-right
     (the caption is written for the flipped scene, so "left of" stays true) and writes a fresh
-    caption for every image. Progress (step, loss, lr, images/s) goes to stdout; every
+    caption for every image; with ``--crop-fraction`` a share of the images is replaced by a close-up
+    (a square crop of ``--crop-side`` of the scene, resized back, captioned for the objects it holds
+    or, when it holds none, for its bare background). Progress (step, loss, lr, images/s) goes to stdout; every
     ``--save-every`` steps and at the end the model is saved atomically to
     ``<out-dir>/last.safetensors`` with a zero-shot mAP on held-out scenes, so a usable checkpoint exists
     even if the run is cut short (``--time-budget`` stops it cleanly). The checkpoint holds the
@@ -51,6 +53,7 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -59,11 +62,20 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d
+from PIL import Image
 from torch.nn.utils import parametrize
 
 import promptmlr.backbones  # noqa: F401  (registers promptmlr's model configs with open_clip)
 from promptmlr.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
-from promptmlr.data.world import SYNTHETIC_CLASS_NAMES, TEST_INDEX_OFFSET, Scene, SyntheticWorld
+from promptmlr.data.world import (
+    BACKGROUND_WORDS,
+    SIZES,
+    SYNTHETIC_CLASS_NAMES,
+    TEST_INDEX_OFFSET,
+    Scene,
+    SyntheticWorld,
+    visible_masks,
+)
 from promptmlr.files import atomic_write, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +137,78 @@ def load_or_render_pool(args, log) -> tuple[np.ndarray, list]:
 def to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
     return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------------- close-ups
+CROP_GRID = 64  # raster on which an object's share inside a crop is measured (the world's layout grid)
+CROP_INSIDE = 0.6  # an object with at least this share of its visible area inside a crop is in it, and named
+CROP_TRIES = 8
+MIN_CROP_SIDE = 0.1  # a close-up's side, at least, as a fraction of the scene's
+
+
+def size_word(radius: float) -> str:
+    """The world's size word for an object of ``radius`` (a fraction of the image side): a close-up
+    makes a small object large, and its caption says so."""
+    if radius < (SIZES["small"][1] + SIZES["medium"][0]) / 2:
+        return "small"
+    if radius < (SIZES["medium"][1] + SIZES["large"][0]) / 2:
+        return "medium"
+    return "large"
+
+
+Box = tuple[float, float, float]  # a square crop: left, top and side, as fractions of the image side
+
+
+def crop_scene(scene: Scene, rng: np.random.Generator, side_range: tuple[float, float]) -> tuple[Scene, Box] | None:
+    """A square close-up of ``scene``: ``(view, (left, top, side))`` in image fractions, where ``view``
+    holds the objects in the crop, in the crop's own coordinates and size words, so that its caption
+    is true of the crop. Why: on a whole scene every location's feature is trained only through the
+    pooled embedding; a crop makes a few locations the whole image, so each location learns to name
+    what covers it, and a crop of bare background (a view with no objects) learns to name nothing.
+
+    An object is in the crop when at least ``CROP_INSIDE`` of its visible (unoccluded) area is, and
+    out when none of it is (every grid cell the crop touches counts); a crop that shows part of an
+    object without holding it is redrawn, so no caption leaves out an object one can see. After
+    ``CROP_TRIES`` such draws the scene stays whole (``None``)."""
+    visible = visible_masks(scene.objects, CROP_GRID)
+    areas = [max(int(mask.sum()), 1) for mask in visible]
+    for _ in range(CROP_TRIES):
+        side = float(rng.uniform(*side_range))
+        left, top = (float(v) for v in rng.uniform(0, 1 - side, 2))
+        x0, y0 = math.floor(left * CROP_GRID), math.floor(top * CROP_GRID)
+        x1, y1 = math.ceil((left + side) * CROP_GRID), math.ceil((top + side) * CROP_GRID)
+        inside = [mask[y0:y1, x0:x1].sum() / area for mask, area in zip(visible, areas)]
+        if any(0 < share < CROP_INSIDE for share in inside):
+            continue
+        objects = tuple(replace(o, x=(o.x - left) / side, y=(o.y - top) / side, radius=o.radius / side,
+                                size=size_word(o.radius / side))
+                        for o, share in zip(scene.objects, inside) if share >= CROP_INSIDE)
+        return replace(scene, objects=objects), (left, top, side)
+    return None
+
+
+def crop_pixels(image: np.ndarray, box: Box) -> np.ndarray:
+    """The ``(left, top, side)`` crop of a ``uint8 [S, S, 3]`` image, resized back to ``S`` (bicubic,
+    sampled at the box's exact fractions, as :func:`crop_scene` maps the objects)."""
+    size = image.shape[0]
+    left, top, side = (v * size for v in box)
+    crop = Image.fromarray(image).resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+    return np.asarray(crop)
+
+
+BACKGROUND_TEMPLATES = ("a photo of an empty {b} background", "an empty {b} background", "a {b} background",
+                        "a {b} background with no objects", "nothing on a {b} background",
+                        "a picture of a plain {b} background")
+
+
+def describe(world: SyntheticWorld, scene: Scene, rng: np.random.Generator) -> str:
+    """The world's caption for a scene with objects; for a bare-background crop, a caption that names
+    only the background, so that "no object here" has words of its own."""
+    if scene.objects:
+        return world.caption(scene, rng)
+    words = BACKGROUND_WORDS[scene.background]
+    template = BACKGROUND_TEMPLATES[int(rng.integers(len(BACKGROUND_TEMPLATES)))]
+    return template.format(b=words[int(rng.integers(len(words)))]) + ("." if rng.random() < 0.7 else "")
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -309,9 +393,14 @@ class Trainer:
         images = self.images[idx].copy()
         images[flip] = images[flip][:, :, ::-1]
         captions = []
-        for i, f in zip(idx, flip):
+        for row, (i, f) in enumerate(zip(idx, flip)):
             scene = self.scenes[i].mirror() if f else self.scenes[i]
-            captions.append(self.world.caption(scene, self.rng))
+            if self.args.crop_fraction and self.rng.random() < self.args.crop_fraction:
+                close_up = crop_scene(scene, self.rng, tuple(self.args.crop_side))
+                if close_up is not None:
+                    scene, box = close_up
+                    images[row] = crop_pixels(images[row], box)
+            captions.append(describe(self.world, scene, self.rng))
         pixels = to_tensor(images, self.mean, self.std).to(self.device, non_blocking=True)
         if self.args.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -402,6 +491,17 @@ def train(args) -> None:
             log(f"time budget of {args.time_budget}s reached at step {trainer.step}; stopping")
             break
     log("done")
+
+
+def augmentation_summary(train_args: dict) -> str:
+    """The pretraining augmentation in words, for the recipe."""
+    text = "left-right flip with the caption written for the flipped scene"
+    fraction = train_args.get("crop_fraction", 0.0)
+    if fraction:
+        low, high = train_args["crop_side"]
+        text += (f"; a share {fraction:g} of the images replaced by a square close-up ({low:g}-{high:g} of the "
+                 "side, resized back) captioned for the objects it holds or for its bare background")
+    return text
 
 
 def _on_cpu(tree):
@@ -539,7 +639,7 @@ def finalize(args) -> None:
             "data": {"generator": "promptmlr.data.world.SyntheticWorld", "seed": train_args["data_seed"],
                      "pool_size": train_args["pool_size"], "image_size": train_args["image_size"],
                      "max_objects": train_args["max_objects"],
-                     "augmentation": "left-right flip with the caption written for the flipped scene"},
+                     "augmentation": augmentation_summary(train_args)},
             "steps_done": state["step"], "steps_planned": train_args["steps"],
             "batch_size": train_args["batch_size"], "pairs_seen": state.get("pairs_seen"),
             "optimizer": {"name": "AdamW", "lr": train_args["lr"], "weight_decay": train_args["weight_decay"],
@@ -737,6 +837,10 @@ def parse_args(argv=None):
     p.add_argument("--pool-temperature", type=float, default=1.0,
                    help="divide the attention pool's logits by this while pretraining (>1 spreads its attention; "
                         "folded into the shipped weights)")
+    p.add_argument("--crop-fraction", type=float, default=0.0,
+                   help="share of the pretraining images replaced by a captioned close-up (0 to 1)")
+    p.add_argument("--crop-side", type=float, nargs=2, default=(0.4, 0.8), metavar=("MIN", "MAX"),
+                   help="a close-up's side as a fraction of the scene's, drawn uniformly")
     p.add_argument("--init-weights", metavar="FILE",
                    help="start from these weights (a shipped <name>.safetensors of the same arch) instead of "
                         "a random init: continued pretraining")
@@ -762,6 +866,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.pool_temperature <= 0:
         p.error(f"--pool-temperature must be positive, got {args.pool_temperature}")
+    if not 0 <= args.crop_fraction <= 1:
+        p.error(f"--crop-fraction must be in [0, 1], got {args.crop_fraction}")
+    low, high = args.crop_side
+    if not MIN_CROP_SIDE <= low <= high < 1:
+        p.error(f"--crop-side must satisfy {MIN_CROP_SIDE} <= MIN <= MAX < 1, got {low} {high}")
     if args.init_weights and not Path(args.init_weights).is_file():
         p.error(f"--init-weights {args.init_weights}: no such file; give a shipped .safetensors checkpoint")
     if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):

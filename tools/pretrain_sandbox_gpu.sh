@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Pretrain sandbox CLIP candidates on one GPU within a fixed budget, and bring back what --finalize
 # measured. On a GPU a minute renders and trains 50-100x the pairs two CPU cores do in one, so this is
-# where the levers of docs/sandbox.md (longer pretraining, a tempered attention pool) are tried first.
+# where the levers of docs/sandbox.md (longer pretraining, captioned close-ups, a tempered attention pool)
+# are tried first.
 #
 # Usage, from the repository root on a machine with CUDA and PyTorch:
 #   OUT=/tmp/sandbox-gpu BUDGET=240 bash tools/pretrain_sandbox_gpu.sh [CANDIDATE ...]
 # CANDIDATE is one of: long (the shipped recipe, trained for BUDGET seconds), tempered2, tempered4
-# (the same with --pool-temperature 2 or 4); default: long tempered2 (the device tool brings back
+# (the same with --pool-temperature 2 or 4), closeups (the same with half the images captioned close-ups,
+# --crop-fraction 0.5); default: long closeups (the device tool brings back
 # 8 files, 4 per candidate). DEVICE=cpu runs the same on a CPU (a smoke test with a tiny BUDGET). Where open_clip is not installed,
 # wheels in .wheels/ are installed first (make them here with
 #   pip download --no-deps -d .wheels open_clip_torch==3.3.0 ftfy wcwidth).
@@ -21,7 +23,7 @@ BUDGET=${BUDGET:-240}            # training seconds per candidate
 POOL=${POOL:-200000}             # scenes rendered once and shared by the candidates
 WORKERS=${WORKERS:-$(nproc)}
 DEVICE=${DEVICE:-cuda}
-if [ $# -gt 0 ]; then CANDIDATES=("$@"); else CANDIDATES=(long tempered2); fi
+if [ $# -gt 0 ]; then CANDIDATES=("$@"); else CANDIDATES=(long closeups); fi
 
 python3 -c "import open_clip" 2>/dev/null || python3 -m pip install -q --no-deps --no-index .wheels/*.whl
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -33,7 +35,8 @@ for candidate in "${CANDIDATES[@]}"; do
         long) extra=() ;;
         tempered2) extra=(--pool-temperature 2) ;;
         tempered4) extra=(--pool-temperature 4) ;;
-        *) echo "unknown candidate '$candidate': use long, tempered2 or tempered4" >&2; exit 2 ;;
+        closeups) extra=(--crop-fraction 0.5) ;;
+        *) echo "unknown candidate '$candidate': use long, tempered2, tempered4 or closeups" >&2; exit 2 ;;
     esac
     run="$OUT/$candidate"
     mkdir -p "$run"

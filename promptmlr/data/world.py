@@ -195,16 +195,21 @@ def object_mask(obj: SceneObject, size: int) -> np.ndarray:
     return np.asarray(image) > 127
 
 
+def visible_masks(objects: Sequence[SceneObject], size: int = _LAYOUT_GRID) -> list[np.ndarray]:
+    """Boolean ``[size, size]`` mask of each object's pixels not covered by objects drawn after it."""
+    covered = np.zeros((size, size), bool)
+    visible: list[np.ndarray] = [covered] * len(objects)
+    for i in range(len(objects) - 1, -1, -1):
+        mask = object_mask(objects[i], size)
+        visible[i] = mask & ~covered
+        covered = covered | mask
+    return visible
+
+
 def visible_fractions(objects: Sequence[SceneObject], size: int = _LAYOUT_GRID) -> list[float]:
     """Fraction of each object's area not covered by objects drawn after it."""
-    masks = [object_mask(o, size) for o in objects]
-    covered = np.zeros((size, size), bool)
-    fractions = [0.0] * len(masks)
-    for i in range(len(masks) - 1, -1, -1):
-        area = masks[i].sum()
-        fractions[i] = float((masks[i] & ~covered).sum() / max(area, 1))
-        covered |= masks[i]
-    return fractions
+    return [float(visible.sum() / max(object_mask(obj, size).sum(), 1))
+            for obj, visible in zip(objects, visible_masks(objects, size))]
 
 
 # ----------------------------------------------------------------------------------------- world
