@@ -21,7 +21,8 @@ from promptmlr.data.world import (
     Scene,
     SceneObject,
     SyntheticWorld,
-    visible_masks,
+    object_mask,
+    visible_parts,
 )
 from tools import pretrain_sandbox_clip as tool
 
@@ -255,7 +256,8 @@ def test_a_close_up_holds_each_visible_object_whole_or_not_at_all():
         fine = 256  # measured on a finer raster than the crop's own, so the rule is checked, not re-run
         inside = np.zeros((fine, fine), bool)
         inside[round(top * fine):round((top + side) * fine), round(left * fine):round((left + side) * fine)] = True
-        shares = [(mask & inside).sum() / mask.sum() for mask in visible_masks(scene.objects, fine)]
+        parts = visible_parts([object_mask(obj, fine) for obj in scene.objects])
+        shares = [(part & inside).sum() / part.sum() for part in parts]
         assert all(share < 0.01 or share > tool.CROP_INSIDE - 0.03 for share in shares)
         named = sorted(obj.class_index for obj, share in zip(scene.objects, shares) if share > 0.5)
         assert sorted(obj.class_index for obj in cropped.objects) == named

@@ -74,7 +74,8 @@ from promptmlr.data.world import (
     TEST_INDEX_OFFSET,
     Scene,
     SyntheticWorld,
-    visible_masks,
+    object_mask,
+    visible_parts,
 )
 from promptmlr.files import atomic_write, write_json_atomic
 
@@ -170,7 +171,7 @@ def crop_scene(scene: Scene, rng: np.random.Generator, side_range: tuple[float, 
     out when none of it is (every grid cell the crop touches counts); a crop that shows part of an
     object without holding it is redrawn, so no caption leaves out an object one can see. After
     ``CROP_TRIES`` such draws the scene stays whole (``None``)."""
-    visible = visible_masks(scene.objects, CROP_GRID)
+    visible = visible_parts([object_mask(o, CROP_GRID) for o in scene.objects])
     areas = [max(int(mask.sum()), 1) for mask in visible]
     for _ in range(CROP_TRIES):
         side = float(rng.uniform(*side_range))

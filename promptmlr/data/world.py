@@ -195,21 +195,22 @@ def object_mask(obj: SceneObject, size: int) -> np.ndarray:
     return np.asarray(image) > 127
 
 
-def visible_masks(objects: Sequence[SceneObject], size: int = _LAYOUT_GRID) -> list[np.ndarray]:
-    """Boolean ``[size, size]`` mask of each object's pixels not covered by objects drawn after it."""
-    covered = np.zeros((size, size), bool)
-    visible: list[np.ndarray] = [covered] * len(objects)
-    for i in range(len(objects) - 1, -1, -1):
-        mask = object_mask(objects[i], size)
-        visible[i] = mask & ~covered
-        covered = covered | mask
+def visible_parts(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each object mask (in drawing order) less what the masks drawn after it cover: what shows."""
+    if not masks:
+        return []
+    covered = np.zeros_like(masks[0])
+    visible = [covered] * len(masks)
+    for i in range(len(masks) - 1, -1, -1):
+        visible[i] = masks[i] & ~covered
+        covered = covered | masks[i]
     return visible
 
 
 def visible_fractions(objects: Sequence[SceneObject], size: int = _LAYOUT_GRID) -> list[float]:
     """Fraction of each object's area not covered by objects drawn after it."""
-    return [float(visible.sum() / max(object_mask(obj, size).sum(), 1))
-            for obj, visible in zip(objects, visible_masks(objects, size))]
+    masks = [object_mask(o, size) for o in objects]
+    return [float(part.sum() / max(mask.sum(), 1)) for mask, part in zip(masks, visible_parts(masks))]
 
 
 # ----------------------------------------------------------------------------------------- world
