@@ -120,6 +120,27 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, a
         assert torch.equal(value, resumed["model"][key]), key
 
 
+@pytest.mark.parametrize("changed, message", [
+    (["--crop-fraction", "0.3"], "--crop-fraction 0.3 differs from --crop-fraction 0.5"),
+    (["--crop-fraction", "0.5", "--lr", "0.01"], "--lr 0.01 differs from --lr 0.001"),
+    (["--crop-fraction", "0.5", "--bf16"], "--bf16 differs from no --bf16"),
+], ids=["crop-fraction", "lr", "bf16"])
+def test_a_run_resumed_under_other_options_is_refused_and_its_checkpoint_kept(tmp_path, changed, message):
+    """--resume would otherwise train a different run under the stored one's name and recipe."""
+    common = ["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--steps", "2",
+              "--warmup", "1", "--save-every", "2", "--eval-size", "8", "--workers", "1", "--threads", "1",
+              "--no-channels-last", "--out-dir", str(tmp_path)]
+    tool.main([*common, "--crop-fraction", "0.5"])
+    checkpoint = tmp_path / "last.safetensors"
+    before = checkpoint.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        tool.main([*common, "--steps", "4", "--resume", *changed])
+    assert message in str(refused.value) and str(checkpoint) in str(refused.value)
+    assert checkpoint.read_bytes() == before
+    tool.main([*common, "--steps", "4", "--resume", "--crop-fraction", "0.5"])  # the stored options, a longer run
+    assert load_checkpoint(checkpoint)["step"] == 4
+
+
 def test_the_linear_probe_reads_labels_a_feature_holds_and_scores_an_absent_class_zero():
     """What --finalize measures on the global and on the mean dense feature: a feature that carries
     the labels ranks them perfectly; one that does not ranks them near chance."""

@@ -19,7 +19,8 @@ train (default)
     even if the run is cut short (``--time-budget`` stops it cleanly). The checkpoint holds the
     batch order and every random state, so ``--resume`` continues bit for bit as if never stopped,
     unless ``--time-budget`` ends the schedule (the rate then follows the clock, on purpose: a run
-    on a slow machine still ends decayed).
+    on a slow machine still ends decayed). It resumes only under the options the run was trained
+    with (``RUN_DEFINING_OPTIONS``); ``--steps`` and ``--time-budget`` may grow.
 --bench
     Time a few steps of one or more architectures (``--bench-arch``) and exit.
 --finalize
@@ -431,9 +432,47 @@ def eval_set(args, mean, std) -> tuple[torch.Tensor, np.ndarray]:
     return to_tensor(images, mean, std), np.stack([world.labels(s) for s in scenes])
 
 
+# The options that define a run's data, model and optimisation; --steps and --time-budget may change on
+# resume (a run is extended), the rest (threads, logging, saving) does not change what is learned.
+RUN_DEFINING_OPTIONS = ("arch", "data_seed", "pool_size", "image_size", "max_objects", "batch_size", "lr",
+                        "weight_decay", "warmup", "bf16", "seed", "pool_temperature", "crop_fraction",
+                        "crop_side", "init_weights")
+
+
+def check_resume_options(args, stored: dict, checkpoint: Path) -> None:
+    """Refuse to resume a run under options it was not trained with.
+
+    ``--resume`` continues the stored run bit for bit only when its data, model and optimiser are the
+    stored ones; a different ``--crop-fraction`` or ``--lr`` on the command line would otherwise train a
+    different run under the old one's name and recipe. Options a checkpoint predates compare against
+    their defaults, which is what such a run used."""
+    defaults = vars(parse_args([]))
+    for name in RUN_DEFINING_OPTIONS:
+        now, was = _option_text(name, getattr(args, name)), _option_text(name, stored.get(name, defaults[name]))
+        if now != was:
+            raise SystemExit(f"pretrain_sandbox_clip.py: error: {now} differs from {was}, which {checkpoint} was "
+                             f"trained with; resume it with {was}, or start a new run in a new --out-dir")
+
+
+def _option_text(name: str, value) -> str:
+    """An option as typed on the command line (a flag's absence as 'no --flag'), for comparing and for messages."""
+    option = "--" + name.replace("_", "-")
+    if value is None or value is False:
+        return f"no {option}"
+    if value is True:
+        return option
+    if isinstance(value, (list, tuple)):
+        return f"{option} {' '.join(map(str, value))}"
+    return f"{option} {value}"
+
+
 def train(args) -> None:
     log = _logger()
     out = Path(args.out_dir)
+    resume = out / "last.safetensors"
+    state = load_checkpoint(resume) if args.resume and resume.exists() else {}
+    if state:
+        check_resume_options(args, state.get("args", {}), resume)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -444,9 +483,7 @@ def train(args) -> None:
     chance = chance_map(eval_labels)
     log(f"arch {args.arch}: {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M params; "
         f"held-out eval {args.eval_size} scenes, chance mAP {chance:.2f}")
-    resume = out / "last.safetensors"
-    if args.resume and resume.exists():
-        state = load_checkpoint(resume)
+    if state:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = state["step"]
@@ -457,8 +494,6 @@ def train(args) -> None:
             log(f"resumed from step {trainer.step}")
         else:
             log(f"resumed from step {trainer.step}, with fresh batches: the checkpoint holds no batch order")
-    else:
-        state = {}
     train_start = time.time() - state.get("train_seconds", 0.0)
     seen, window, losses = state.get("pairs_seen", 0), time.time(), []
     history = state.get("history", [])
