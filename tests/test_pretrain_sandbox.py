@@ -120,12 +120,7 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, a
         assert torch.equal(value, resumed["model"][key]), key
 
 
-@pytest.mark.parametrize("changed, message", [
-    (["--crop-fraction", "0.3"], "--crop-fraction 0.3 differs from --crop-fraction 0.5"),
-    (["--crop-fraction", "0.5", "--lr", "0.01"], "--lr 0.01 differs from --lr 0.001"),
-    (["--crop-fraction", "0.5", "--bf16"], "--bf16 differs from no --bf16"),
-], ids=["crop-fraction", "lr", "bf16"])
-def test_a_run_resumed_under_other_options_is_refused_and_its_checkpoint_kept(tmp_path, changed, message):
+def test_a_run_resumed_under_another_crop_fraction_is_refused_and_its_checkpoint_kept(tmp_path):
     """--resume would otherwise train a different run under the stored one's name and recipe."""
     common = ["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--steps", "2",
               "--warmup", "1", "--save-every", "2", "--eval-size", "8", "--workers", "1", "--threads", "1",
@@ -134,11 +129,24 @@ def test_a_run_resumed_under_other_options_is_refused_and_its_checkpoint_kept(tm
     checkpoint = tmp_path / "last.safetensors"
     before = checkpoint.read_bytes()
     with pytest.raises(SystemExit) as refused:
-        tool.main([*common, "--steps", "4", "--resume", *changed])
-    assert message in str(refused.value) and str(checkpoint) in str(refused.value)
-    assert checkpoint.read_bytes() == before
+        tool.main([*common, "--steps", "4", "--resume", "--crop-fraction", "0.3"])
+    assert "--crop-fraction 0.3 differs from --crop-fraction 0.5" in str(refused.value)
+    assert str(checkpoint) in str(refused.value) and checkpoint.read_bytes() == before
     tool.main([*common, "--steps", "4", "--resume", "--crop-fraction", "0.5"])  # the stored options, a longer run
     assert load_checkpoint(checkpoint)["step"] == 4
+
+
+@pytest.mark.parametrize("argv, stored, message", [
+    (["--lr", "0.01"], {"lr": 0.001}, "--lr 0.01 differs from --lr 0.001"),
+    (["--bf16"], {"bf16": False}, "--bf16 differs from no --bf16"),
+    (["--crop-side", "0.3", "0.8"], {"crop_side": [0.4, 0.8]}, "--crop-side 0.3 0.8 differs from --crop-side 0.4 0.8"),
+    (["--crop-fraction", "0.5"], {}, "--crop-fraction 0.5 differs from --crop-fraction 0.0"),  # a checkpoint before it
+], ids=["float", "flag", "pair", "older-checkpoint"])
+def test_resume_options_are_compared_as_typed_and_older_checkpoints_against_the_defaults(argv, stored, message):
+    with pytest.raises(SystemExit, match=message):
+        tool.check_resume_options(tool.parse_args(argv), stored, "last.safetensors")
+    same = {**vars(tool.parse_args(argv)), "init_weights": "elsewhere.safetensors", "steps": 9, "threads": 1}
+    tool.check_resume_options(tool.parse_args(argv), same, "last.safetensors")  # its own options pass
 
 
 def test_the_linear_probe_reads_labels_a_feature_holds_and_scores_an_absent_class_zero():

@@ -20,7 +20,7 @@ train (default)
     batch order and every random state, so ``--resume`` continues bit for bit as if never stopped,
     unless ``--time-budget`` ends the schedule (the rate then follows the clock, on purpose: a run
     on a slow machine still ends decayed). It resumes only under the options the run was trained
-    with (``RUN_DEFINING_OPTIONS``); ``--steps`` and ``--time-budget`` may grow.
+    with (``RUN_DEFINING_OPTIONS``); ``--steps`` and ``--time-budget`` may change.
 --bench
     Time a few steps of one or more architectures (``--bench-arch``) and exit.
 --finalize
@@ -432,11 +432,13 @@ def eval_set(args, mean, std) -> tuple[torch.Tensor, np.ndarray]:
     return to_tensor(images, mean, std), np.stack([world.labels(s) for s in scenes])
 
 
-# The options that define a run's data, model and optimisation; --steps and --time-budget may change on
-# resume (a run is extended), the rest (threads, logging, saving) does not change what is learned.
+# The options that define a run's data, model and optimisation: its recipe. --steps and --time-budget
+# may change on resume (a run is extended or cut); --init-weights is overwritten by the checkpoint;
+# threads, logging and saving leave the recipe as it is (--device and --channels-last change float
+# rounding only).
 RUN_DEFINING_OPTIONS = ("arch", "data_seed", "pool_size", "image_size", "max_objects", "batch_size", "lr",
                         "weight_decay", "warmup", "bf16", "seed", "pool_temperature", "crop_fraction",
-                        "crop_side", "init_weights")
+                        "crop_side")
 
 
 def check_resume_options(args, stored: dict, checkpoint: Path) -> None:
