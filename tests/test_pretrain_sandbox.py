@@ -27,6 +27,9 @@ from promptmlr.data.world import (
 from tools import pretrain_sandbox_clip as tool
 
 TINY_RN = "promptmlr-tiny-rn"
+# A pretraining run small enough for a test: 24 scenes at 64 px, batches of 8, a checkpoint every 2 steps.
+TINY_RUN = ["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--save-every", "2",
+            "--eval-size", "8", "--workers", "1", "--threads", "1", "--no-channels-last"]
 
 
 @pytest.fixture
@@ -97,9 +100,8 @@ def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
 def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, augmentation):
     """Stopped after its step-2 checkpoint and resumed, a run ends with the weights of one never stopped."""
     def run(out, *extra):
-        tool.main(["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--steps", "4",
-                   "--warmup", "2", "--save-every", "2", "--eval-size", "8", "--workers", "1", "--threads", "1",
-                   "--no-channels-last", "--log-every", "1", "--out-dir", str(out), *augmentation, *extra])
+        tool.main([*TINY_RUN, "--steps", "4", "--warmup", "2", "--log-every", "1", "--out-dir", str(out),
+                   *augmentation, *extra])
 
     run(tmp_path / "straight")
     original_step = tool.Trainer.train_step
@@ -122,9 +124,7 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, a
 
 def test_a_run_resumed_under_another_crop_fraction_is_refused_and_its_checkpoint_kept(tmp_path):
     """--resume would otherwise train a different run under the stored one's name and recipe."""
-    common = ["--arch", TINY_RN, "--image-size", "64", "--pool-size", "24", "--batch-size", "8", "--steps", "2",
-              "--warmup", "1", "--save-every", "2", "--eval-size", "8", "--workers", "1", "--threads", "1",
-              "--no-channels-last", "--out-dir", str(tmp_path)]
+    common = [*TINY_RUN, "--steps", "2", "--warmup", "1", "--out-dir", str(tmp_path)]
     tool.main([*common, "--crop-fraction", "0.5"])
     checkpoint = tmp_path / "last.safetensors"
     before = checkpoint.read_bytes()
