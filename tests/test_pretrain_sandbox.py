@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from promptmlr.checkpoint import load_checkpoint
+from promptmlr.checkpoint import load_checkpoint, save_checkpoint
 from promptmlr.data.world import (
     SHAPE_WORDS,
     SIZES,
@@ -120,6 +120,41 @@ def test_an_interrupted_pretraining_resumes_bit_for_bit(tmp_path, monkeypatch, a
     assert resumed["step"] == straight["step"] == 4
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_batch_workers_change_the_speed_never_the_run(tmp_path):
+    """Batches made ahead in two worker processes train the weights one process makes, bit for bit."""
+    def run(out, workers):
+        tool.main([*TINY_RUN, "--steps", "3", "--warmup", "1", "--crop-fraction", "0.5", "--out-dir", str(out),
+                   "--batch-workers", str(workers)])
+        return load_checkpoint(out / "last.safetensors")["model"]
+
+    alone, ahead = run(tmp_path / "alone", 0), run(tmp_path / "ahead", 2)
+    for key, value in alone.items():
+        assert torch.equal(value, ahead[key]), key
+
+
+def test_a_checkpoint_from_before_per_step_batches_resumes_and_says_its_batches_differ(tmp_path, capsys):
+    common = [*TINY_RUN, "--steps", "2", "--warmup", "1", "--out-dir", str(tmp_path)]
+    tool.main(common)
+    checkpoint = tmp_path / "last.safetensors"
+    state = load_checkpoint(checkpoint)
+    del state["batch_stream"]  # as a checkpoint written before it
+    save_checkpoint(checkpoint, state)
+    capsys.readouterr()
+    tool.main([*common, "--steps", "3", "--resume"])
+    assert "resumed from step 2, with batches other than the ones it would have seen" in capsys.readouterr().out
+    assert load_checkpoint(checkpoint)["step"] == 3
+
+
+def test_each_epoch_sees_the_pool_once_and_a_step_batch_needs_only_its_step():
+    pool, batch = 10, 4
+    steps = [tool.batch_positions(step, batch, pool, seed=3) for step in range(5)]  # 20 scenes: two epochs
+    order = np.concatenate(steps)
+    assert sorted(order[:pool]) == sorted(order[pool:]) == list(range(pool))
+    assert not np.array_equal(order[:pool], order[pool:])  # a fresh permutation each epoch
+    assert len(steps[2]) == batch  # step 2 runs over the first epoch's end
+    assert not np.array_equal(tool.batch_positions(0, batch, pool, seed=4), steps[0])
 
 
 def test_a_run_resumed_under_another_crop_fraction_is_refused_and_its_checkpoint_kept(tmp_path):

@@ -16,11 +16,13 @@ train (default)
     or, when it holds none, for its bare background). Progress (step, loss, lr, images/s) goes to stdout; every
     ``--save-every`` steps and at the end the model is saved atomically to
     ``<out-dir>/last.safetensors`` with a zero-shot mAP on held-out scenes, so a usable checkpoint exists
-    even if the run is cut short (``--time-budget`` stops it cleanly). The checkpoint holds the
-    batch order and every random state, so ``--resume`` continues bit for bit as if never stopped,
-    unless ``--time-budget`` ends the schedule (the rate then follows the clock, on purpose: a run
-    on a slow machine still ends decayed). It resumes only under the options the run was trained
-    with (``RUN_DEFINING_OPTIONS``); ``--steps`` and ``--time-budget`` may change.
+    even if the run is cut short (``--time-budget`` stops it cleanly). A step's batch is a function
+    of the step alone (:class:`PairBatches`; ``--batch-workers`` processes prepare them ahead, which
+    a GPU needs to be kept busy) and the checkpoint holds every other random state, so ``--resume``
+    continues bit for bit as if never stopped, unless ``--time-budget`` ends the schedule (the rate
+    then follows the clock, on purpose: a run on a slow machine still ends decayed). It resumes only
+    under the options the run was trained with (``RUN_DEFINING_OPTIONS``); ``--steps`` and
+    ``--time-budget`` may change.
 --bench
     Time a few steps of one or more architectures (``--bench-arch``) and exit.
 --finalize
@@ -56,7 +58,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import open_clip
@@ -136,8 +138,11 @@ def load_or_render_pool(args, log) -> tuple[np.ndarray, list]:
     return images, scenes
 
 
-def to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+def to_tensor(images: np.ndarray | torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, S, S, 3]`` images as the normalised float ``[N, 3, S, S]`` input, on ``mean``'s device."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    x = images.to(mean.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     return (x - mean) / std
 
 
@@ -211,6 +216,56 @@ def describe(world: SyntheticWorld, scene: Scene, rng: np.random.Generator) -> s
     words = BACKGROUND_WORDS[scene.background]
     template = BACKGROUND_TEMPLATES[int(rng.integers(len(BACKGROUND_TEMPLATES)))]
     return template.format(b=words[int(rng.integers(len(words)))]) + ("." if rng.random() < 0.7 else "")
+
+
+# --------------------------------------------------------------------------------------- batches
+BATCH_STREAM = "per-step"  # in checkpoints: the batches are PairBatches', a function of the step alone
+
+
+def batch_positions(step: int, batch_size: int, pool_size: int, seed: int) -> np.ndarray:
+    """The pool indices of step ``step``'s batch: consecutive slices of a fresh permutation of the
+    pool per epoch (epoch ``e``'s from the stream ``(seed, 1, e)``), a batch running over an epoch's
+    end into the next's. Computed from the step alone, so any process can compute any step."""
+    start, stop = step * batch_size, (step + 1) * batch_size
+    parts = []
+    for epoch in range(start // pool_size, (stop - 1) // pool_size + 1):
+        order = np.random.default_rng([seed, 1, epoch]).permutation(pool_size)
+        offset = epoch * pool_size
+        parts.append(order[max(start - offset, 0):min(stop - offset, pool_size)])
+    return np.concatenate(parts)
+
+
+class PairBatches(torch.utils.data.Dataset):
+    """Step ``k``'s (images, caption tokens) of a pretraining run: uint8 ``[B, S, S, 3]`` and the
+    tokenizer's ``[B, L]``.
+
+    Every random choice of step ``k`` (which scenes, which are flipped, which become close-ups and
+    where, how each is captioned) comes from that step's own stream ``(seed, 2, k)``, so a batch is
+    the same whichever process makes it and in whatever order: batches can be prepared in parallel
+    (on a GPU one process cannot keep up: a batch of 512 takes ~0.3 s to caption and crop) and a run
+    resumes bit for bit from its step count alone."""
+
+    def __init__(self, images: np.ndarray, scenes: Sequence[Scene], world: SyntheticWorld, tokenizer,
+                 batch_size: int, seed: int, crop_fraction: float, crop_side: tuple[float, float]):
+        self.images, self.scenes, self.world, self.tokenizer = images, scenes, world, tokenizer
+        self.batch_size, self.seed, self.crop_fraction, self.crop_side = batch_size, seed, crop_fraction, crop_side
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, 2, step])
+        idx = batch_positions(step, self.batch_size, len(self.images), self.seed)
+        flip = rng.random(len(idx)) < 0.5
+        images = self.images[idx]
+        images[flip] = images[flip][:, :, ::-1]
+        captions = []
+        for row, (i, flipped) in enumerate(zip(idx, flip)):
+            scene = self.scenes[i].mirror() if flipped else self.scenes[i]
+            if self.crop_fraction and rng.random() < self.crop_fraction:
+                close_up = crop_scene(scene, rng, self.crop_side)
+                if close_up is not None:
+                    scene, box = close_up
+                    images[row] = crop_pixels(images[row], box)
+            captions.append(describe(self.world, scene, rng))
+        return torch.from_numpy(images), self.tokenizer(captions)
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -379,34 +434,30 @@ class Trainer:
         self.model.train()
         self.tokenizer = open_clip.get_tokenizer(arch)
         cfg = open_clip.get_model_preprocess_cfg(self.model)
-        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        # on the device, where the inputs are normalised (a GPU's work, not the data loader's)
+        self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr,
                                            betas=(0.9, 0.98), eps=1e-6)
-        self.rng = np.random.default_rng([args.seed, 1])
-        self.order = np.empty(0, np.int64)
+        self.pairs = PairBatches(images, scenes, self.world, self.tokenizer, args.batch_size, args.seed,
+                                 args.crop_fraction, tuple(args.crop_side))
         self.step = 0
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(self.order) < size:
-            self.order = np.concatenate([self.order, self.rng.permutation(len(self.images))])
-        idx, self.order = self.order[:size], self.order[size:]
-        flip = self.rng.random(size) < 0.5
-        images = self.images[idx].copy()
-        images[flip] = images[flip][:, :, ::-1]
-        captions = []
-        for row, (i, f) in enumerate(zip(idx, flip)):
-            scene = self.scenes[i].mirror() if f else self.scenes[i]
-            if self.args.crop_fraction and self.rng.random() < self.args.crop_fraction:
-                close_up = crop_scene(scene, self.rng, tuple(self.args.crop_side))
-                if close_up is not None:
-                    scene, box = close_up
-                    images[row] = crop_pixels(images[row], box)
-            captions.append(describe(self.world, scene, self.rng))
-        pixels = to_tensor(images, self.mean, self.std).to(self.device, non_blocking=True)
-        if self.args.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        return pixels, self.tokenizer(captions).to(self.device)
+    def input(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch's uint8 images as the model's normalised input, on its device."""
+        pixels = to_tensor(images, self.mean, self.std)
+        return pixels.contiguous(memory_format=torch.channels_last) if self.args.channels_last else pixels
+
+    def batches(self, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The inputs and tokens of steps ``self.step`` to ``--steps`` in order, prepared in ``workers``
+        processes (0: this one) a few steps ahead. Each step's batch depends on the step alone
+        (:class:`PairBatches`), so the worker count changes the speed, never the batches."""
+        loader = torch.utils.data.DataLoader(
+            self.pairs, batch_size=None, sampler=range(self.step, self.args.steps), num_workers=workers,
+            prefetch_factor=4 if workers else None, pin_memory=self.device.type == "cuda",
+            multiprocessing_context="fork" if workers else None)  # fork: the workers share the pool's pages
+        for images, tokens in loader:
+            yield self.input(images), tokens.to(self.device, non_blocking=True)
 
     def train_step(self, images: torch.Tensor, tokens: torch.Tensor, elapsed: float = 0.0) -> float:
         for group in self.optimizer.param_groups:
@@ -489,18 +540,13 @@ def train(args) -> None:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = state["step"]
-        if "batch_rng" in state:
-            trainer.rng.bit_generator.state = state["batch_rng"]
-            trainer.order = state["batch_order"].numpy()
-            restore_rng_states(state["rng"])
-            log(f"resumed from step {trainer.step}")
-        else:
-            log(f"resumed from step {trainer.step}, with fresh batches: the checkpoint holds no batch order")
+        restore_rng_states(state["rng"])
+        log(f"resumed from step {trainer.step}" + ("" if state.get("batch_stream") == BATCH_STREAM else
+            ", with batches other than the ones it would have seen: it predates per-step batches"))
     train_start = time.time() - state.get("train_seconds", 0.0)
     seen, window, losses = state.get("pairs_seen", 0), time.time(), []
     history = state.get("history", [])
-    while trainer.step < args.steps:
-        images_t, tokens = trainer.batch(args.batch_size)
+    for images_t, tokens in trainer.batches(args.batch_workers):
         losses.append(trainer.train_step(images_t, tokens, time.time() - train_start))
         seen += args.batch_size
         elapsed = time.time() - train_start
@@ -517,8 +563,7 @@ def train(args) -> None:
                             "minutes": round(elapsed / 60, 1), **_pool_spread_entry(trainer.model, eval_images)})
             save_checkpoint(resume, {"model": _on_cpu(trainer.model.state_dict()),
                                      "optimizer": _on_cpu(trainer.optimizer.state_dict()),
-                                     "step": trainer.step, "batch_rng": trainer.rng.bit_generator.state,
-                                     "batch_order": torch.from_numpy(trainer.order.copy()),
+                                     "step": trainer.step, "batch_stream": BATCH_STREAM,
                                      "arch": args.arch, "args": _plain(vars(args)),
                                      "history": history, "train_seconds": elapsed, "pairs_seen": seen,
                                      "chance_map": chance, "command": _command()})
@@ -576,7 +621,8 @@ def bench(args) -> None:
         times, batch_times = [], []
         for i in range(args.bench_steps):
             t0 = time.time()
-            batch = trainer.batch(args.batch_size)
+            images_u8, tokens = trainer.pairs[i]
+            batch = trainer.input(images_u8), tokens.to(trainer.device)
             t1 = time.time()
             loss = trainer.train_step(*batch)
             if trainer.device.type == "cuda":
@@ -883,6 +929,9 @@ def parse_args(argv=None):
                    help="start from these weights (a shipped <name>.safetensors of the same arch) instead of "
                         "a random init: continued pretraining")
     p.add_argument("--workers", type=int, default=2, help="processes rendering the pool")
+    p.add_argument("--batch-workers", type=int, default=0,
+                   help="processes preparing the batches a few steps ahead (0: the training process, best on a "
+                        "2-core CPU; on a GPU, most of the cores); the batches are the same for any count")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--time-budget", type=float, default=0, help="stop (and save) after this many training seconds")
@@ -904,6 +953,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.pool_temperature <= 0:
         p.error(f"--pool-temperature must be positive, got {args.pool_temperature}")
+    if args.batch_workers < 0:
+        p.error(f"--batch-workers must be 0 or more, got {args.batch_workers}")
     if not 0 <= args.crop_fraction <= 1:
         p.error(f"--crop-fraction must be in [0, 1], got {args.crop_fraction}")
     low, high = args.crop_side
