@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from promptmlr.config import resolve_config
+from promptmlr.data.protocol import load_split
 from tests.conftest import write_colour_csv
 from tests.test_report import TINY
 
@@ -293,6 +294,37 @@ def test_calibration_splits_test_map_by_the_classes_a_scene_holds(tmp_path):
     assert table["two-seeds"][1:] == [pytest.approx(100.0), None, pytest.approx(100.0)]
     text = calibration.render({"two-seeds": {0.1: (100.0, None)}}, [], 6.0, "cmd", table, 0.1)
     assert "| two-seeds | " in text and "| 100.00 |  | 100.00 |" in text and "(0.1 known" in text
+
+
+def test_calibration_splits_test_map_by_object_size(tmp_path):
+    """Each size's mAP keeps every negative and only the positives of that size: small positives
+    ranked below every negative lower the small column alone, and a size no object has reads None."""
+    calibration = _load("calibration")
+    labels = np.array([[1, -1], [1, 1], [-1, 1], [-1, -1], [1, -1], [-1, 1]], dtype=np.int8)
+    sizes = np.where(labels == 1, np.array([[0, 1], [1, 1], [0, 0], [0, 0], [1, 0], [0, 1]]), -1)  # no large
+    logits = np.where(labels == 1, 1.0, 0.0)
+    logits[(labels == 1) & (sizes == 0)] = -1.0  # small positives below every negative
+    folder = tmp_path / "run"
+    folder.mkdir()
+    np.savez(folder / "predictions_test.npz", logits=logits, labels=labels, class_names=np.array(["a", "b"]),
+             images=np.array([f"{i}.png" for i in range(len(labels))]))
+    runs = {"row": [{"known": 0.1, "run_dir": str(folder)}]}
+    table = calibration.map_by_object_size(runs, 0.1, sizes)
+    small = calibration.mean_average_precision(logits, np.where((labels == 1) & (sizes != 0), 0, labels))
+    assert small < 50 and table["row"] == [pytest.approx(small), pytest.approx(100.0), None]
+    with pytest.raises(SystemExit, match="measure again"):
+        calibration.map_by_object_size(runs, 0.1, sizes[:3])
+
+
+def test_the_synthetic_test_splits_object_sizes_agree_with_its_labels(tmp_path, monkeypatch):
+    from promptmlr.data import synthetic
+    monkeypatch.setattr(synthetic, "CACHE_ROOT", tmp_path)
+    monkeypatch.setattr(synthetic, "STANDARD", {"seed": 2, "n_train": 4, "n_test": 30, "image_size": 32})
+    calibration = _load("calibration")
+    sizes = calibration.object_sizes_in_test_split("synthetic")
+    test = load_split(resolve_config("synthetic").data, "test")
+    np.testing.assert_array_equal(sizes >= 0, test.labels == 1)
+    assert set(np.unique(sizes)) == {-1, 0, 1, 2}
 
 
 def test_ablation_rows_resolve_to_the_settings_they_name_and_render_by_step():

@@ -20,6 +20,9 @@ def test_data_synth_writes_a_dataset_that_reads_back_with_full_labels(tmp_path):
     world = SyntheticWorld(seed=4, image_size=64)
     np.testing.assert_array_equal(train.labels[3] == 1, world.labels(world.scene(3)).astype(bool))
     assert len(build_dataset("synthetic", out, "test")) == 5
+    scenes = synthetic.synthetic_scenes(out, "train")  # what each row's image holds, in the split's order
+    assert len(scenes) == 12 and scenes[3] == world.scene(3)
+    np.testing.assert_array_equal(np.stack([world.labels(s) for s in scenes]) == 1, train.labels == 1)
     assert main(["data", "synth", "--out", str(out)]) == 1  # never overwrites
 
 

@@ -25,6 +25,7 @@ from promptmlr.data.world import (
     SYNTHETIC_CLASS_NAMES,
     TEST_INDEX_OFFSET,
     THEMES,
+    Scene,
     SyntheticWorld,
     write_scene_files,
 )
@@ -53,6 +54,14 @@ def default_synthetic_root() -> Path:
 @register_dataset("synthetic", splits=("train", "test"))
 def build_synthetic(root: Path, split: str) -> MultiLabelDataset:
     """The synthetic world of coloured shapes (promptmlr data synth); full labels known."""
+    read_meta(root)
+    dataset = build_csv(root, split)
+    dataset.name = "synthetic"
+    return dataset
+
+
+def read_meta(root: Path) -> dict:
+    """A synthetic dataset's ``meta.json``: the world's seed, sizes and scene counts."""
     path = root / "meta.json"
     if not path.is_file():
         raise DatasetError(f"{root} holds no synthetic dataset (no meta.json); create one with "
@@ -65,9 +74,17 @@ def build_synthetic(root: Path, split: str) -> MultiLabelDataset:
     meta = upgrade("synthetic-dataset", meta, path, DatasetError)
     if not isinstance(meta, dict) or meta.get("generator") != GENERATOR:
         raise DatasetError(f"{path} was not written by promptmlr's synthetic generator")
-    dataset = build_csv(root, split)
-    dataset.name = "synthetic"
-    return dataset
+    return meta
+
+
+def synthetic_scenes(root: Path, split: str) -> list[Scene]:
+    """The world's scenes behind a synthetic split, in its rows' order: where each object is and how
+    large, which the labels do not say; diagnostics read them (``tools.bench.calibration`` splits a
+    test mAP by object size). The split's rows are its scenes in index order (:func:`write_synthetic_files`)."""
+    meta = read_meta(root)
+    world = SyntheticWorld(meta["seed"], meta["image_size"], meta["max_objects"])
+    count, offset = {"train": (meta["n_train"], 0), "test": (meta["n_test"], meta["test_index_offset"])}[split]
+    return [world.scene(offset + index) for index in range(count)]
 
 
 def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed: int = 0,

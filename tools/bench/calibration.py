@@ -24,7 +24,9 @@ shown, but no property involves it. Writes ``<out>/calibration.md`` and ``calibr
 Beside the properties, the report splits each row's test mAP at the lowest known proportion by how
 many classes a test scene holds (1, 2, 3, 4 or more): where the dense mean falls behind the global
 embedding, this says whether it is the lone object on a cluttered background or the crowded scene
-that it loses.
+that it loses. On the synthetic world it also splits it by the size of a class's object (each
+class's AP over all its negatives and only the positives whose largest object of that class is
+small, medium or large): whether a row loses the objects that cover a single cell of the grid.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from promptmlr.config import resolve_config
-from promptmlr.data.protocol import load_split
+from promptmlr.data.protocol import dataset_root, load_split
+from promptmlr.data.synthetic import synthetic_scenes
+from promptmlr.data.world import NUM_CLASSES, SIZES
 from promptmlr.files import write_json_atomic, write_text_atomic
 from promptmlr.metrics import mean_average_precision
 from promptmlr.report import Predictions, aggregate, load_predictions
@@ -58,6 +62,7 @@ ROWS: dict[str, tuple[list[str], list[str]]] = {
 Means = dict[str, dict[float, tuple[float, float | None]]]  # row -> known -> (mean, std)
 SCENE_CLASSES = ("1", "2", "3", ">= 4")  # buckets of test scenes by the classes they hold
 BySceneClasses = dict[str, list[float | None]]  # row -> test mAP per bucket (mean over seeds)
+OBJECT_SIZES = tuple(SIZES)  # small, medium, large: the world's size words, smallest first
 
 
 def measure(args: argparse.Namespace) -> tuple[Means, dict[str, list[dict[str, Any]]]]:
@@ -83,17 +88,53 @@ def measure(args: argparse.Namespace) -> tuple[Means, dict[str, list[dict[str, A
 
 def map_by_scene_classes(runs: dict[str, list[dict[str, Any]]], known: float) -> BySceneClasses:
     """Each row's test mAP over the scenes holding 1, 2, 3 and >= 4 classes at ``known``, mean over
-    seeds, from the runs' saved test predictions. A row whose runs at ``known`` did not all save them
-    is left out (a mean over fewer seeds would not compare with the others); a bucket without scenes
-    reads None."""
+    seeds; a bucket without scenes reads None."""
+    return _mean_over_seeds(runs, known, _map_per_bucket)
+
+
+def map_by_object_size(runs: dict[str, list[dict[str, Any]]], known: float, sizes: np.ndarray) -> BySceneClasses:
+    """Each row's test mAP at ``known`` by object size, mean over seeds: for each size, every class's
+    AP over all its negatives and only the positives whose largest object of that class has that size
+    (the other positives left out, as unknown labels are); a size no object has reads None. ``sizes``
+    ``[N, C]``: the index in :data:`OBJECT_SIZES` of the largest object of class ``c`` in test image
+    ``n`` (-1: none)."""
+    def per_size(predictions: Predictions) -> list[float]:
+        if predictions.labels.shape != sizes.shape:
+            raise SystemExit(f"calibration.py: predictions of {predictions.labels.shape} labels where the test "
+                             f"split's scenes give {sizes.shape}; measure again into a new --out")
+        targets = [np.where((predictions.labels == 1) & (sizes != size), 0, predictions.labels)
+                   for size in range(len(OBJECT_SIZES))]
+        return [mean_average_precision(predictions.scores, kept) if (kept == 1).any() else np.nan for kept in targets]
+    return _mean_over_seeds(runs, known, per_size)
+
+
+def _mean_over_seeds(runs: dict[str, list[dict[str, Any]]], known: float,
+                     per_run: Callable[[Predictions], list[float]]) -> BySceneClasses:
+    """``per_run`` of each row's saved test predictions at ``known``, mean over seeds (NaN -> None). A row
+    whose runs at ``known`` did not all save them is left out: a mean over fewer seeds would not compare."""
     table: BySceneClasses = {}
     for row, row_runs in runs.items():
         folders = [Path(run["run_dir"]) for run in row_runs if run["known"] == known and run.get("run_dir")]
         if not folders or not all((folder / PREDICTIONS_FILE).is_file() for folder in folders):
             continue
-        per_seed = [_map_per_bucket(load_predictions(folder)) for folder in folders]
+        per_seed = [per_run(load_predictions(folder)) for folder in folders]
         table[row] = [None if np.isnan(value) else float(value) for value in np.mean(per_seed, axis=0)]
     return table
+
+
+def object_sizes_in_test_split(dataset: str) -> np.ndarray | None:
+    """``[N, C]``: the size (an index in :data:`OBJECT_SIZES`) of the largest object of each class in
+    each test image of the synthetic world, -1 where the class is absent; None for other datasets,
+    whose labels say nothing of size."""
+    config = resolve_config(dataset)
+    if config.data.dataset != "synthetic":
+        return None
+    scenes = synthetic_scenes(dataset_root(config.data), config.data.test_split)
+    sizes = np.full((len(scenes), NUM_CLASSES), -1)
+    for row, scene in enumerate(scenes):
+        for obj in scene.objects:
+            sizes[row, obj.class_index] = max(sizes[row, obj.class_index], OBJECT_SIZES.index(obj.size))
+    return sizes
 
 
 def _map_per_bucket(predictions: Predictions) -> list[float]:
@@ -146,7 +187,8 @@ def properties(means: Means, chance: float) -> list[dict[str, Any]]:
 
 
 def render(means: Means, verdicts: list[dict[str, Any]], chance: float, command: str,
-           by_classes: BySceneClasses | None = None, by_classes_known: float | None = None) -> str:
+           by_classes: BySceneClasses | None = None, by_classes_known: float | None = None,
+           by_size: BySceneClasses | None = None) -> str:
     knowns = sorted({known for row in means.values() for known in row})
     header = "| row | " + " | ".join(f"{k:g} known" for k in knowns) + " |"
     lines = [header, "|" + " --- |" * (len(knowns) + 1)]
@@ -166,6 +208,12 @@ def render(means: Means, verdicts: list[dict[str, Any]], chance: float, command:
                   "| row | " + " | ".join(SCENE_CLASSES) + " |", "|" + " --- |" * (len(SCENE_CLASSES) + 1)]
         lines += [f"| {row} | " + " | ".join("" if v is None else f"{v:.2f}" for v in values) + " |"
                   for row, values in by_classes.items()]
+    if by_size:
+        lines += ["", f"Test mAP by the size of a class's object ({by_classes_known:g} known, mean over seeds; each "
+                      "class's AP over all its negatives and the positives of that size):", "",
+                  "| row | " + " | ".join(OBJECT_SIZES) + " |", "|" + " --- |" * (len(OBJECT_SIZES) + 1)]
+        lines += [f"| {row} | " + " | ".join("" if v is None else f"{v:.2f}" for v in values) + " |"
+                  for row, values in by_size.items()]
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines) + "\n"
 
@@ -193,14 +241,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = properties(means, chance)
     lowest_known = min(args.known)
     by_classes = map_by_scene_classes(runs, lowest_known)
+    sizes = object_sizes_in_test_split(args.dataset)
+    by_size = None if sizes is None else map_by_object_size(runs, lowest_known, sizes)
     text = render(means, verdicts, chance, " ".join(["python -m tools.bench.calibration", *argv]),
-                  by_classes, lowest_known)
+                  by_classes, lowest_known, by_size)
     write_json_atomic(args.out / "calibration.json", {"means": {row: {str(k): v for k, v in values.items()}
                                                                 for row, values in means.items()},
                                                       "chance_map": chance, "properties": verdicts,
                                                       "map_by_scene_classes": {"known": lowest_known,
                                                                                "buckets": list(SCENE_CLASSES),
-                                                                               "rows": by_classes}})
+                                                                               "rows": by_classes},
+                                                      "map_by_object_size": None if by_size is None else
+                                                      {"known": lowest_known, "sizes": list(OBJECT_SIZES),
+                                                       "rows": by_size}})
     write_text_atomic(args.out / "calibration.md", text)
     print("\n" + text)
     return 0
