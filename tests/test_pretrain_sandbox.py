@@ -89,6 +89,7 @@ def test_a_pool_temperature_divides_the_logits_and_ships_as_plain_weights(pool_a
     (["--crop-fraction", "1.5"], "--crop-fraction must be in [0, 1]"),
     (["--crop-side", "0.8", "0.4"], "--crop-side must satisfy 0.1 <= MIN <= MAX < 1"),
     (["--crop-side", "0.01", "0.4"], "--crop-side must satisfy 0.1 <= MIN <= MAX < 1"),
+    (["--close-up-probes", "1", "0"], "--close-up-probes: each SIDE must be in [0.1, 1]"),
 ])
 def test_bad_pretraining_options_fail_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -326,6 +327,25 @@ def test_a_close_up_holds_each_visible_object_whole_or_not_at_all():
         named = sorted(obj.class_index for obj, share in zip(scene.objects, shares) if share > 0.5)
         assert sorted(obj.class_index for obj in cropped.objects) == named
     assert views >= 30  # most scenes have a crop that holds their objects whole or not at all
+
+
+def test_close_up_probes_see_each_scene_whole_or_closer_and_score_both_probes(capsys):
+    """--diagnose --close-up-probes: side 1 is the held-out scenes themselves; a closer side keeps only
+    views that hold whole objects, labelled with those, and both probes are scored on each."""
+    world = SyntheticWorld(0, 64)
+    scenes = [world.scene(i) for i in range(40)]
+    images, labels = tool.close_up_views(world, scenes, 1.0, seed=0)
+    assert len(images) == 40 and (labels == np.stack([world.labels(s) for s in scenes])).all()
+    _, closer = tool.close_up_views(world, scenes, 0.5, seed=0)
+    assert 0 < len(closer) <= 40 and closer.sum() < labels.sum()  # a half-side view holds fewer objects
+    tool.main(["--diagnose", f"openclip:{TINY_RN}", "--close-up-probes", "1", "0.5", "--eval-size", "24",
+               "--probe-train", "40", "--eval-image-size", "64", "--threads", "1"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    whole, half = report["close_up_probes"]
+    assert (whole["side"], whole["test_views"], whole["train_views"]) == (1.0, 24, 40)
+    assert half["side"] == 0.5 and half["test_views"] <= 24
+    for entry in (whole, half):
+        assert entry["dense_over_global"] == pytest.approx(entry["probe_dense"] / entry["probe_global"], abs=1e-3)
 
 
 def test_size_words_follow_the_worlds_size_ranges():

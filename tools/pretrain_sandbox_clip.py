@@ -777,19 +777,59 @@ def held_out_set(args) -> tuple[SyntheticWorld, list[Scene], list]:
 
 def report_diagnosis(args) -> None:
     """Print, for the backbone ``--diagnose`` names, on the held-out scenes ``--finalize`` evaluates
-    on: how widely its attention pool spreads its attention (ResNets), and :func:`lone_object_top1`."""
+    on: how widely its attention pool spreads its attention (ResNets), :func:`lone_object_top1`, and with
+    ``--close-up-probes`` :func:`close_up_probes` at each side."""
     import json
 
     from promptmlr.backbones import create_backbone
 
     torch.set_num_threads(args.threads)
     backbone = create_backbone(args.diagnose)
-    _, scenes, images = held_out_set(args)
+    world, scenes, images = held_out_set(args)
     report = {"backbone": args.diagnose, "scenes": args.eval_size}
     if isinstance(getattr(backbone.model.visual, "attnpool", None), AttentionPool2d):
         report["pool_attention"] = backbone_pool_spread(backbone, images)
     report["lone_objects"] = lone_object_top1(backbone, scenes, *encode_images(backbone, images))
+    if args.close_up_probes:
+        report["close_up_probes"] = [close_up_probes(backbone, world, range(args.probe_train), scenes, side)
+                                     for side in args.close_up_probes]
     print(json.dumps(report))
+
+
+def close_up_views(world: SyntheticWorld, scenes: Sequence[Scene], side: float, seed: int
+                   ) -> tuple[list[Image.Image], np.ndarray]:
+    """Each scene as a close-up of a fixed ``side`` (1: the scene itself), its objects that much larger,
+    and the labels of the objects it holds; a scene with no close-up that holds each object whole or
+    not at all (:func:`crop_scene`) is left out."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for scene in scenes:
+        pixels = world.render_array(scene)
+        if side < 1:
+            close_up = crop_scene(scene, rng, (side, side))
+            if close_up is None:
+                continue
+            scene, box = close_up
+            pixels = crop_pixels(pixels, box)
+        images.append(Image.fromarray(pixels))
+        labels.append(world.labels(scene))
+    return images, np.stack(labels)
+
+
+def close_up_probes(backbone, world: SyntheticWorld, train_indices: Sequence[int], test_scenes: Sequence[Scene],
+                    side: float) -> dict[str, float]:
+    """The fully labelled probes of ``--finalize`` (global embedding, mean of the dense map) on close-ups
+    of ``side``: whether the dense map's gap (property c of docs/sandbox.md) narrows when every object
+    covers more of the grid, ``1 / side ** 2`` times the area."""
+    train_images, train_y = close_up_views(world, [world.scene(i) for i in train_indices], side, seed=1)
+    test_images, test_y = close_up_views(world, test_scenes, side, seed=2)
+    train_global, train_dense = encode_images(backbone, train_images)
+    test_global, test_dense = encode_images(backbone, test_images)
+    on_global = mean_ap(linear_probe_scores(train_global.numpy(), train_y, test_global.numpy()), test_y)
+    on_dense = mean_ap(linear_probe_scores(train_dense.mean(1).numpy(), train_y, test_dense.mean(1).numpy()), test_y)
+    return {"side": side, "train_views": len(train_images), "test_views": len(test_images),
+            "classes_per_test_view": round(float(test_y.sum(1).mean()), 2), "probe_global": round(on_global, 2),
+            "probe_dense": round(on_dense, 2), "dense_over_global": round(on_dense / on_global, 3)}
 
 
 @torch.no_grad()
@@ -944,6 +984,9 @@ def parse_args(argv=None):
     p.add_argument("--diagnose", metavar="SPEC",
                    help="print, for this backbone (e.g. sandbox), how widely its attention pool spreads its attention "
                         "and how often a lone object's own location names it, over the held-out scenes, and exit")
+    p.add_argument("--close-up-probes", type=float, nargs="+", metavar="SIDE",
+                   help="--diagnose: also the fully labelled probes (global, mean dense) on close-ups of each SIDE "
+                        "(1: whole scenes; 0.5: every object twice as large), --probe-train training scenes")
     p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="--finalize: where to ship the files")
     p.add_argument("--name", help="--finalize: the shipped files' name (default: the arch without 'promptmlr-', "
                                   "sandbox-rn or sandbox-vit); another name keeps the shipped sandbox as it is")
@@ -960,6 +1003,8 @@ def parse_args(argv=None):
     low, high = args.crop_side
     if not MIN_CROP_SIDE <= low <= high < 1:
         p.error(f"--crop-side must satisfy {MIN_CROP_SIDE} <= MIN <= MAX < 1, got {low} {high}")
+    if args.close_up_probes and not all(MIN_CROP_SIDE <= side <= 1 for side in args.close_up_probes):
+        p.error(f"--close-up-probes: each SIDE must be in [{MIN_CROP_SIDE}, 1], got {args.close_up_probes}")
     if args.init_weights and not Path(args.init_weights).is_file():
         p.error(f"--init-weights {args.init_weights}: no such file; give a shipped .safetensors checkpoint")
     if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
