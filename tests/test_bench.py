@@ -312,8 +312,10 @@ def test_calibration_splits_test_map_by_object_size(tmp_path):
     table = calibration.map_by_object_size(runs, 0.1, sizes)
     small = calibration.mean_average_precision(logits, np.where((labels == 1) & (sizes != 0), 0, labels))
     assert small < 50 and table["row"] == [pytest.approx(small), pytest.approx(100.0), None]
+    text = calibration.render({"row": {0.1: (80.0, None)}}, [], 6.0, "cmd", None, 0.1, table)
+    assert "| row | small | medium | large |" in text and f"| row | {small:.2f} | 100.00 |  |" in text
     with pytest.raises(SystemExit, match="measure again"):
-        calibration.map_by_object_size(runs, 0.1, sizes[:3])
+        calibration.map_by_object_size(runs, 0.1, sizes[:3])  # images 3-5 name scenes the split lacks
 
 
 def test_the_synthetic_test_splits_object_sizes_agree_with_its_labels(tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ train (default)
 --diagnose SPEC
     For any backbone (a shipped name or a checkpoint spec), on the same held-out set: how widely its
     attention pool spreads its attention, and how often a lone object's own dense location, the best
-    location and the global embedding name it (zero-shot top-1). Prints JSON and exits.
+    location and the global embedding name it (zero-shot top-1); with ``--close-up-probes SIDE ...``
+    also the fully labelled probes on close-ups of each side. Prints JSON and exits.
 
 Example (the shipped checkpoint's command is recorded in ``sandbox-rn.json``)::
 
@@ -220,16 +221,24 @@ def describe(world: SyntheticWorld, scene: Scene, rng: np.random.Generator) -> s
 
 # --------------------------------------------------------------------------------------- batches
 BATCH_STREAM = "per-step"  # in checkpoints: the batches are PairBatches', a function of the step alone
+EPOCH_ORDER, STEP_CHOICES = 1, 2  # the two kinds of random stream a run's batches draw from
+
+
+def random_stream(seed: int, kind: int, index: int) -> np.random.Generator:
+    """The run's ``index``-th random stream of ``kind``. Spawn keys keep it apart from the world's
+    ``default_rng([seed, index])`` streams, which a plain list would not (NumPy's seed sequence drops
+    trailing zeros: ``[s, 1, 0]`` and ``[s, 1]`` are one stream)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind, index)))
 
 
 def batch_positions(step: int, batch_size: int, pool_size: int, seed: int) -> np.ndarray:
     """The pool indices of step ``step``'s batch: consecutive slices of a fresh permutation of the
-    pool per epoch (epoch ``e``'s from the stream ``(seed, 1, e)``), a batch running over an epoch's
-    end into the next's. Computed from the step alone, so any process can compute any step."""
+    pool per epoch (epoch ``e``'s from the stream ``(EPOCH_ORDER, e)``), a batch running over an
+    epoch's end into the next's. Computed from the step alone, so any process can compute any step."""
     start, stop = step * batch_size, (step + 1) * batch_size
     parts = []
     for epoch in range(start // pool_size, (stop - 1) // pool_size + 1):
-        order = np.random.default_rng([seed, 1, epoch]).permutation(pool_size)
+        order = random_stream(seed, EPOCH_ORDER, epoch).permutation(pool_size)
         offset = epoch * pool_size
         parts.append(order[max(start - offset, 0):min(stop - offset, pool_size)])
     return np.concatenate(parts)
@@ -239,11 +248,11 @@ class PairBatches(torch.utils.data.Dataset):
     """Step ``k``'s (images, caption tokens) of a pretraining run: uint8 ``[B, S, S, 3]`` and the
     tokenizer's ``[B, L]``.
 
-    Every random choice of step ``k`` (which scenes, which are flipped, which become close-ups and
-    where, how each is captioned) comes from that step's own stream ``(seed, 2, k)``, so a batch is
-    the same whichever process makes it and in whatever order: batches can be prepared in parallel
-    (on a GPU one process cannot keep up: a batch of 512 takes ~0.3 s to caption and crop) and a run
-    resumes bit for bit from its step count alone."""
+    Its scenes are :func:`batch_positions`' and every other random choice of step ``k`` (which
+    images are flipped, which become close-ups and where, how each is captioned) comes from the
+    step's own stream ``(STEP_CHOICES, k)``, so a batch is the same whichever process makes it and in
+    whatever order: batches can be prepared in parallel (on a GPU one process cannot keep up: a batch
+    of 512 takes ~0.3 s to caption and crop) and a run resumes bit for bit from its step count alone."""
 
     def __init__(self, images: np.ndarray, scenes: Sequence[Scene], world: SyntheticWorld, tokenizer,
                  batch_size: int, seed: int, crop_fraction: float, crop_side: tuple[float, float]):
@@ -251,7 +260,7 @@ class PairBatches(torch.utils.data.Dataset):
         self.batch_size, self.seed, self.crop_fraction, self.crop_side = batch_size, seed, crop_fraction, crop_side
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, 2, step])
+        rng = random_stream(self.seed, STEP_CHOICES, step)
         idx = batch_positions(step, self.batch_size, len(self.images), self.seed)
         flip = rng.random(len(idx)) < 0.5
         images = self.images[idx]
@@ -421,7 +430,7 @@ class Trainer:
     """One training run's state: model, optimiser, pool, and the step function."""
 
     def __init__(self, args, arch: str, images: np.ndarray, scenes: list, log=print):
-        self.args, self.arch, self.images, self.scenes, self.log = args, arch, images, scenes, log
+        self.args, self.arch, self.log = args, arch, log
         self.world = SyntheticWorld(args.data_seed, args.image_size, args.max_objects)
         self.device = torch.device(args.device)
         self.model = build_model(arch, args.seed)
@@ -449,12 +458,15 @@ class Trainer:
         return pixels.contiguous(memory_format=torch.channels_last) if self.args.channels_last else pixels
 
     def batches(self, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The inputs and tokens of steps ``self.step`` to ``--steps`` in order, prepared in ``workers``
-        processes (0: this one) a few steps ahead. Each step's batch depends on the step alone
-        (:class:`PairBatches`), so the worker count changes the speed, never the batches."""
+        """The inputs and tokens of steps ``self.step`` to ``--steps`` in order, made by this process
+        (``workers`` 0) or by ``workers`` processes two steps ahead each. Each step's batch depends on
+        the step alone (:class:`PairBatches`), so the worker count changes the speed, never the batches.
+        The loader draws its base seed from a generator of its own: from the global one it would
+        advance the torch RNG state a resumed run restores."""
         loader = torch.utils.data.DataLoader(
             self.pairs, batch_size=None, sampler=range(self.step, self.args.steps), num_workers=workers,
-            prefetch_factor=4 if workers else None, pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if workers else None, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),
             multiprocessing_context="fork" if workers else None)  # fork: the workers share the pool's pages
         for images, tokens in loader:
             yield self.input(images), tokens.to(self.device, non_blocking=True)
@@ -798,9 +810,9 @@ def report_diagnosis(args) -> None:
 
 def close_up_views(world: SyntheticWorld, scenes: Sequence[Scene], side: float, seed: int
                    ) -> tuple[list[Image.Image], np.ndarray]:
-    """Each scene as a close-up of a fixed ``side`` (1: the scene itself), its objects that much larger,
-    and the labels of the objects it holds; a scene with no close-up that holds each object whole or
-    not at all (:func:`crop_scene`) is left out."""
+    """Each scene as a close-up of a fixed ``side`` (1: the scene itself), its objects ``1 / side`` times
+    as large, and the labels of the objects it holds (at least ``CROP_INSIDE`` of one in view); a
+    scene :func:`crop_scene` finds no such close-up of is left out."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for scene in scenes:
@@ -1003,6 +1015,8 @@ def parse_args(argv=None):
     low, high = args.crop_side
     if not MIN_CROP_SIDE <= low <= high < 1:
         p.error(f"--crop-side must satisfy {MIN_CROP_SIDE} <= MIN <= MAX < 1, got {low} {high}")
+    if args.close_up_probes and not args.diagnose:
+        p.error("--close-up-probes needs --diagnose SPEC (the backbone whose probes it scores)")
     if args.close_up_probes and not all(MIN_CROP_SIDE <= side <= 1 for side in args.close_up_probes):
         p.error(f"--close-up-probes: each SIDE must be in [{MIN_CROP_SIDE}, 1], got {args.close_up_probes}")
     if args.init_weights and not Path(args.init_weights).is_file():

@@ -45,8 +45,8 @@ for candidate in "${CANDIDATES[@]}"; do
     run="$OUT/$candidate"
     mkdir -p "$run"
     for pool in "$pool_dir"/pool-*.npz; do ln -sf "$(realpath "$pool")" "$run"/; done  # render the pool once
-    python3 tools/pretrain_sandbox_clip.py --device "$DEVICE" --bf16 --threads "$WORKERS" --workers "$WORKERS" \
-        --batch-workers "$BATCH_WORKERS" --pool-size "$POOL" --batch-size 512 --steps 1000000 --time-budget "$BUDGET" --save-every 500 \
+    python3 tools/pretrain_sandbox_clip.py --device "$DEVICE" --bf16 --threads "$((WORKERS - BATCH_WORKERS))" \
+        --workers "$WORKERS" --batch-workers "$BATCH_WORKERS" --pool-size "$POOL" --batch-size 512 --steps 1000000 --time-budget "$BUDGET" --save-every 500 \
         --out-dir "$run" "${extra[@]}" 2>&1 | tee "$run/train.log" | grep -E "saved|pool|done"
     for pool in "$run"/pool-*.npz; do [ -L "$pool" ] || mv "$pool" "$pool_dir"/; done
     python3 tools/pretrain_sandbox_clip.py --out-dir "$run" --finalize --weights-dir "$run" \

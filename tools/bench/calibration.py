@@ -61,7 +61,7 @@ ROWS: dict[str, tuple[list[str], list[str]]] = {
 }
 Means = dict[str, dict[float, tuple[float, float | None]]]  # row -> known -> (mean, std)
 SCENE_CLASSES = ("1", "2", "3", ">= 4")  # buckets of test scenes by the classes they hold
-BySceneClasses = dict[str, list[float | None]]  # row -> test mAP per bucket (mean over seeds)
+Breakdown = dict[str, list[float | None]]  # row -> test mAP per bucket of a breakdown (mean over seeds)
 OBJECT_SIZES = tuple(SIZES)  # small, medium, large: the world's size words, smallest first
 
 
@@ -86,33 +86,37 @@ def measure(args: argparse.Namespace) -> tuple[Means, dict[str, list[dict[str, A
     return means, runs
 
 
-def map_by_scene_classes(runs: dict[str, list[dict[str, Any]]], known: float) -> BySceneClasses:
+def map_by_scene_classes(runs: dict[str, list[dict[str, Any]]], known: float) -> Breakdown:
     """Each row's test mAP over the scenes holding 1, 2, 3 and >= 4 classes at ``known``, mean over
     seeds; a bucket without scenes reads None."""
     return _mean_over_seeds(runs, known, _map_per_bucket)
 
 
-def map_by_object_size(runs: dict[str, list[dict[str, Any]]], known: float, sizes: np.ndarray) -> BySceneClasses:
+def map_by_object_size(runs: dict[str, list[dict[str, Any]]], known: float, sizes: np.ndarray) -> Breakdown:
     """Each row's test mAP at ``known`` by object size, mean over seeds: for each size, every class's
     AP over all its negatives and only the positives whose largest object of that class has that size
     (the other positives left out, as unknown labels are); a size no object has reads None. ``sizes``
-    ``[N, C]``: the index in :data:`OBJECT_SIZES` of the largest object of class ``c`` in test image
-    ``n`` (-1: none)."""
+    ``[N, C]``: the index in :data:`OBJECT_SIZES` of the largest object of class ``c`` in test scene
+    ``n`` (-1: none), the scene a prediction's image names (``test/<n:06d>.png``)."""
     def per_size(predictions: Predictions) -> list[float]:
-        if predictions.labels.shape != sizes.shape:
-            raise SystemExit(f"calibration.py: predictions of {predictions.labels.shape} labels where the test "
-                             f"split's scenes give {sizes.shape}; measure again into a new --out")
-        targets = [np.where((predictions.labels == 1) & (sizes != size), 0, predictions.labels)
+        scenes = [Path(image).stem for image in predictions.images]
+        if not all(scene.isdigit() and int(scene) < len(sizes) for scene in scenes) \
+                or predictions.labels.shape[1] != sizes.shape[1]:
+            raise SystemExit(f"calibration.py: predictions of {predictions.labels.shape} labels for images such as "
+                             f"{predictions.images[0]} are not of the synthetic test split's {sizes.shape}; "
+                             "measure again into a new --out")
+        of_image = sizes[[int(scene) for scene in scenes]]
+        targets = [np.where((predictions.labels == 1) & (of_image != size), 0, predictions.labels)
                    for size in range(len(OBJECT_SIZES))]
         return [mean_average_precision(predictions.scores, kept) if (kept == 1).any() else np.nan for kept in targets]
     return _mean_over_seeds(runs, known, per_size)
 
 
 def _mean_over_seeds(runs: dict[str, list[dict[str, Any]]], known: float,
-                     per_run: Callable[[Predictions], list[float]]) -> BySceneClasses:
+                     per_run: Callable[[Predictions], list[float]]) -> Breakdown:
     """``per_run`` of each row's saved test predictions at ``known``, mean over seeds (NaN -> None). A row
     whose runs at ``known`` did not all save them is left out: a mean over fewer seeds would not compare."""
-    table: BySceneClasses = {}
+    table: Breakdown = {}
     for row, row_runs in runs.items():
         folders = [Path(run["run_dir"]) for run in row_runs if run["known"] == known and run.get("run_dir")]
         if not folders or not all((folder / PREDICTIONS_FILE).is_file() for folder in folders):
@@ -187,8 +191,8 @@ def properties(means: Means, chance: float) -> list[dict[str, Any]]:
 
 
 def render(means: Means, verdicts: list[dict[str, Any]], chance: float, command: str,
-           by_classes: BySceneClasses | None = None, by_classes_known: float | None = None,
-           by_size: BySceneClasses | None = None) -> str:
+           by_classes: Breakdown | None = None, by_classes_known: float | None = None,
+           by_size: Breakdown | None = None) -> str:
     knowns = sorted({known for row in means.values() for known in row})
     header = "| row | " + " | ".join(f"{k:g} known" for k in knowns) + " |"
     lines = [header, "|" + " --- |" * (len(knowns) + 1)]
@@ -241,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = properties(means, chance)
     lowest_known = min(args.known)
     by_classes = map_by_scene_classes(runs, lowest_known)
-    sizes = object_sizes_in_test_split(args.dataset)
+    sizes = object_sizes_in_test_split(args.dataset) if by_classes else None  # only where predictions were saved
     by_size = None if sizes is None else map_by_object_size(runs, lowest_known, sizes)
     text = render(means, verdicts, chance, " ".join(["python -m tools.bench.calibration", *argv]),
                   by_classes, lowest_known, by_size)
