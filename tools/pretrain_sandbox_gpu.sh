@@ -6,7 +6,8 @@
 #
 # Usage, from the repository root on a machine with CUDA and PyTorch:
 #   OUT=/tmp/sandbox-gpu BUDGET=240 bash tools/pretrain_sandbox_gpu.sh [CANDIDATE ...]
-# CANDIDATE is one of: long (the shipped recipe, trained for BUDGET seconds), tempered2, tempered4
+# CANDIDATE is one of: long (the shipped recipe, the benchmark world's up to 5 objects a scene, with
+# batches of 512, trained for BUDGET seconds), tempered2, tempered4
 # (the same with --pool-temperature 2 or 4), closeups (the same with half the images captioned close-ups,
 # --crop-fraction 0.5); default: long closeups (the device tool brings back
 # 8 files, 4 per candidate). DEVICE=cpu runs the same on a CPU (a smoke test with a tiny BUDGET). Where open_clip is not installed,
@@ -46,8 +47,9 @@ for candidate in "${CANDIDATES[@]}"; do
     mkdir -p "$run"
     for pool in "$pool_dir"/pool-*.npz; do ln -sf "$(realpath "$pool")" "$run"/; done  # render the pool once
     python3 tools/pretrain_sandbox_clip.py --device "$DEVICE" --bf16 --threads "$((WORKERS - BATCH_WORKERS))" \
-        --workers "$WORKERS" --batch-workers "$BATCH_WORKERS" --pool-size "$POOL" --batch-size 512 --steps 1000000 --time-budget "$BUDGET" --save-every 500 \
-        --out-dir "$run" "${extra[@]}" 2>&1 | tee "$run/train.log" | grep -E "saved|pool|done"
+        --workers "$WORKERS" --batch-workers "$BATCH_WORKERS" --pool-size "$POOL" --image-size 128 \
+        --max-objects 5 --lr 1e-3 --warmup 150 --batch-size 512 --steps 1000000 --time-budget "$BUDGET" \
+        --save-every 500 --out-dir "$run" "${extra[@]}" 2>&1 | tee "$run/train.log" | grep -E "saved|pool|done"
     for pool in "$run"/pool-*.npz; do [ -L "$pool" ] || mv "$pool" "$pool_dir"/; done
     python3 tools/pretrain_sandbox_clip.py --out-dir "$run" --finalize --weights-dir "$run" \
         --threads "$WORKERS" 2>&1 | tail -6
