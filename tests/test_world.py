@@ -180,7 +180,7 @@ def test_a_few_pretraining_steps_lower_the_loss():
     args = tool.parse_args(["--batch-size", "32", "--lr", "1e-3", "--warmup", "1", "--steps", "8", "--data-seed", "2"])
     images, scenes = tool.render_pool(args.data_seed, args.image_size, 32, args.max_objects, workers=1)
     trainer = tool.Trainer(args, tool.ARCH, images, scenes)
-    batch = trainer.batch(32)
+    batch = next(trainer.batches(workers=0))  # step 0's
     losses = [trainer.train_step(*batch) for _ in range(8)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.3, losses
 
