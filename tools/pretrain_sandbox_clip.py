@@ -49,6 +49,7 @@ Example (the shipped checkpoint's command is recorded in ``sandbox-rn.json``)::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import multiprocessing
 import os
@@ -231,14 +232,22 @@ def random_stream(seed: int, kind: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(kind, index)))
 
 
+@functools.lru_cache(maxsize=2)  # a step needs its epoch's order, and at an epoch's end the next one's
+def epoch_order(seed: int, epoch: int, pool_size: int) -> np.ndarray:
+    """Epoch ``epoch``'s permutation of the pool, from the stream ``(EPOCH_ORDER, epoch)``."""
+    order = random_stream(seed, EPOCH_ORDER, epoch).permutation(pool_size)
+    order.flags.writeable = False  # shared by every step of the epoch
+    return order
+
+
 def batch_positions(step: int, batch_size: int, pool_size: int, seed: int) -> np.ndarray:
     """The pool indices of step ``step``'s batch: consecutive slices of a fresh permutation of the
-    pool per epoch (epoch ``e``'s from the stream ``(EPOCH_ORDER, e)``), a batch running over an
-    epoch's end into the next's. Computed from the step alone, so any process can compute any step."""
+    pool per epoch (:func:`epoch_order`), a batch running over an epoch's end into the next's.
+    Computed from the step alone, so any process can compute any step."""
     start, stop = step * batch_size, (step + 1) * batch_size
     parts = []
     for epoch in range(start // pool_size, (stop - 1) // pool_size + 1):
-        order = random_stream(seed, EPOCH_ORDER, epoch).permutation(pool_size)
+        order = epoch_order(seed, epoch, pool_size)
         offset = epoch * pool_size
         parts.append(order[max(start - offset, 0):min(stop - offset, pool_size)])
     return np.concatenate(parts)
@@ -631,10 +640,10 @@ def bench(args) -> None:
         trainer = Trainer(args, arch, images, scenes, log)
         params = sum(p.numel() for p in trainer.model.parameters())
         times, batch_times = [], []
+        batches = trainer.batches(workers=0)  # made in this process, so that their time is measured
         for i in range(args.bench_steps):
             t0 = time.time()
-            images_u8, tokens = trainer.pairs[i]
-            batch = trainer.input(images_u8), tokens.to(trainer.device)
+            batch = next(batches)
             t1 = time.time()
             loss = trainer.train_step(*batch)
             if trainer.device.type == "cuda":
@@ -715,10 +724,8 @@ def finalize(args) -> None:
     train_scenes = [world.scene(i) for i in range(args.probe_train)]
     train_global, train_dense = encode_images(backbone, [world.render(s) for s in train_scenes])
     train_y = np.stack([world.labels(s) for s in train_scenes])
-    global_probe = linear_probe_scores(train_global.numpy(), train_y, test_global.numpy())
-    dense_probe = linear_probe_scores(train_dense.mean(1).numpy(), train_y, test_dense.mean(1).numpy())
-    results["linear_probe_map"] = round(mean_ap(global_probe, labels), 2)
-    results["linear_probe_dense_map"] = round(mean_ap(dense_probe, labels), 2)
+    on_global, on_dense = probe_maps((train_global, train_dense, train_y), (test_global, test_dense, labels))
+    results["linear_probe_map"], results["linear_probe_dense_map"] = round(on_global, 2), round(on_dense, 2)
     log(f"linear probe mAP {results['linear_probe_map']} on the global feature, "
         f"{results['linear_probe_dense_map']} on the mean dense feature "
         f"({results['linear_probe_dense_map'] / results['linear_probe_map']:.2f}x; {args.probe_train} training scenes)")
@@ -835,10 +842,8 @@ def close_up_probes(backbone, world: SyntheticWorld, train_indices: Sequence[int
     covers more of the grid, ``1 / side ** 2`` times the area."""
     train_images, train_y = close_up_views(world, [world.scene(i) for i in train_indices], side, seed=1)
     test_images, test_y = close_up_views(world, test_scenes, side, seed=2)
-    train_global, train_dense = encode_images(backbone, train_images)
-    test_global, test_dense = encode_images(backbone, test_images)
-    on_global = mean_ap(linear_probe_scores(train_global.numpy(), train_y, test_global.numpy()), test_y)
-    on_dense = mean_ap(linear_probe_scores(train_dense.mean(1).numpy(), train_y, test_dense.mean(1).numpy()), test_y)
+    on_global, on_dense = probe_maps((*encode_images(backbone, train_images), train_y),
+                                     (*encode_images(backbone, test_images), test_y))
     return {"side": side, "train_views": len(train_images), "test_views": len(test_images),
             "classes_per_test_view": round(float(test_y.sum(1).mean()), 2), "probe_global": round(on_global, 2),
             "probe_dense": round(on_dense, 2), "dense_over_global": round(on_dense / on_global, 3)}
@@ -909,6 +914,16 @@ def linear_probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
         clf = LogisticRegression(C=0.1, max_iter=1000).fit((train_x - mean) / std, train_y[:, c])
         scores[:, c] = clf.decision_function((test_x - mean) / std)
     return scores
+
+
+def probe_maps(train: tuple[torch.Tensor, torch.Tensor, np.ndarray], test: tuple[torch.Tensor, torch.Tensor, np.ndarray]
+               ) -> tuple[float, float]:
+    """Test mAP of :func:`linear_probe_scores` on the global features and on the mean of the dense map;
+    ``train`` and ``test`` are (global ``[N, D]``, dense ``[N, HW, D]``, labels ``[N, C]``)."""
+    (train_global, train_dense, train_y), (test_global, test_dense, test_y) = train, test
+    on_global = mean_ap(linear_probe_scores(train_global.numpy(), train_y, test_global.numpy()), test_y)
+    on_dense = mean_ap(linear_probe_scores(train_dense.mean(1).numpy(), train_y, test_dense.mean(1).numpy()), test_y)
+    return on_global, on_dense
 
 
 def _fp32_backbone(state):
